@@ -1,0 +1,80 @@
+"""The pydantic model of a whole recipe, assembled from the registry after plugins loaded.
+
+Top-level keys: ``recipe`` (description and, for files outside a recipe directory, name
+and version), one key per slot (``model: {type_hint, config}``), one per plain section
+(``trainer``), and ``pins``. Anything else is an error, so a typo never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model
+
+from llm_gym.config.validation_errors import describe_errors
+from llm_gym.errors import UserError
+from llm_gym.registry import ComponentChoice, ResolverRegistry
+
+
+class RecipeMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    description: str = Field("", description="one line shown by `recipe list`")
+    name: str | None = Field(None, description="only for a recipe file outside a recipe dir")
+    version: PositiveInt | None = Field(None, description="only for a recipe file outside a dir")
+
+
+class Pin(BaseModel):
+    """The component a recipe was written against."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: PositiveInt
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{12}$")
+
+
+class RecipeBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    recipe: RecipeMeta = Field(default_factory=RecipeMeta)
+    pins: dict[str, Pin] = Field(default_factory=dict, description="kind/name -> pin")
+
+    __slot_names__: tuple[str, ...] = ()
+
+    def components(self) -> dict[str, ComponentChoice]:
+        """The filled component slots, ``slot -> {type_hint, config}``."""
+        return {
+            name: getattr(self, name)
+            for name in self.__slot_names__
+            if getattr(self, name) is not None
+        }
+
+
+def build_recipe_model(registry: ResolverRegistry) -> type[RecipeBase]:
+    fields: dict[str, Any] = {}
+    for name, section in registry.sections().items():
+        fields[name] = (section, Field(default_factory=dict, validate_default=True))
+    slot_names = []
+    for slot in registry.slots():
+        if slot.kind not in registry.kinds:
+            continue  # nobody provides this kind: the key is then simply unexpected
+        choice = registry.kind(slot.kind).choice_type
+        description = slot.doc or f"a {slot.kind} component"
+        if slot.required:
+            fields[slot.name] = (choice, Field(description=description))
+        else:
+            fields[slot.name] = (choice | None, Field(None, description=description))
+        slot_names.append(slot.name)
+    model = create_model("Recipe", __base__=RecipeBase, **fields)
+    model.__slot_names__ = tuple(slot_names)
+    return model
+
+
+def validate_recipe(
+    data: dict[str, Any], registry: ResolverRegistry, source: str
+) -> RecipeBase:
+    """Validate a resolved recipe dict, reporting every problem with its YAML path."""
+    model = build_recipe_model(registry)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = describe_errors(exc, data)
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise UserError(f"{source}: {len(problems)} {noun} in the recipe", problems) from None

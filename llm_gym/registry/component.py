@@ -1,0 +1,163 @@
+"""Declaring a component: one decorated pydantic config class that knows how to build its object.
+
+```python
+@component("scheduler", "StepLR", version=1)
+class StepLRConfig(ComponentConfig):
+    '''Decays the learning rate by gamma every step_size steps.'''
+    step_size: int = Field(ge=1)
+    gamma: float = Field(ge=0.0)
+
+    def build(self, optimizer: torch.optim.Optimizer) -> LRScheduler:
+        return torch.optim.lr_scheduler.StepLR(optimizer, self.step_size, self.gamma)
+```
+
+The decorator only attaches a ``ComponentSpec`` to the class; a plugin hands its classes to
+the registry (``collect_components`` finds every decorated class in a package), and the
+registry derives the kind's ``LookupEnum``, pydantic union and class-resolver from them.
+The parameters of ``build`` (after ``self``) name the components it depends on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import pkgutil
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+# Keys that document a schema without changing what it accepts: editing a description
+# must not force every recipe to re-pin.
+_COSMETIC_SCHEMA_KEYS = {"description", "title", "examples"}
+
+
+class ComponentConfig(BaseModel):
+    """Base class of every component's config. Unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    def build(self, **dependencies: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define build()")
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """One parameter of a component's ``build``: injected from a built component or the caller."""
+
+    name: str
+    required: bool
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What the registry knows about one declared component."""
+
+    kind: str
+    name: str
+    version: int
+    config_cls: type[ComponentConfig]
+    accepts_any_dependency: bool = field(default=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+    @property
+    def doc(self) -> str:
+        """The first line of the config class's docstring."""
+        text = inspect.getdoc(self.config_cls) or ""
+        return text.strip().splitlines()[0] if text.strip() else ""
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A short hash of the config schema: fields, types, defaults and constraints."""
+        schema = _strip_cosmetic(self.config_cls.model_json_schema())
+        canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @cached_property
+    def dependencies(self) -> tuple[Dependency, ...]:
+        """The named parameters of ``build`` after ``self``."""
+        params = inspect.signature(self.config_cls.build).parameters.values()
+        return tuple(
+            Dependency(p.name, p.default is inspect.Parameter.empty)
+            for p in params
+            if p.name != "self"
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        )
+
+
+ConfigT = TypeVar("ConfigT", bound=type[ComponentConfig])
+
+
+def component(kind: str, name: str, *, version: int = 1) -> Callable[[ConfigT], ConfigT]:
+    """Declare a pydantic config class as the component ``kind/name`` at ``version``.
+
+    Bump ``version`` when the meaning of a config changes without its schema changing;
+    schema changes are noticed by the fingerprint anyway.
+    """
+    for label, value in (("kind", kind), ("name", name)):
+        if not _NAME.match(value):
+            raise ValueError(f"component {label} {value!r} must start with a letter "
+                             "and contain only letters, digits, '_', '-' and '.'")
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"component {kind}/{name}: version must be a positive int")
+
+    def declare(cls: ConfigT) -> ConfigT:
+        if not (isinstance(cls, type) and issubclass(cls, ComponentConfig)):
+            raise TypeError(f"@component({kind!r}, {name!r}) decorates a ComponentConfig "
+                            f"subclass, not {cls!r}")
+        if cls.build is ComponentConfig.build:
+            raise TypeError(f"{cls.__name__} ({kind}/{name}) must define build()")
+        accepts_any = any(p.kind is p.VAR_KEYWORD
+                          for p in inspect.signature(cls.build).parameters.values())
+        # Stored in the class's own __dict__ so subclasses don't inherit the declaration.
+        cls.__llm_gym_component__ = ComponentSpec(kind, name, version, cls, accepts_any)
+        return cls
+
+    return declare
+
+
+def spec_of(cls: type) -> ComponentSpec | None:
+    """The spec declared on exactly this class (not inherited from a base)."""
+    return cls.__dict__.get("__llm_gym_component__")
+
+
+def collect_components(package: str) -> list[type[ComponentConfig]]:
+    """Import ``package`` and all its submodules; return every class declared with @component.
+
+    This is what lets a plugin hold no list of its components: a new file with one
+    decorated class is found by the next run.
+    """
+    root = importlib.import_module(package)
+    modules = [root]
+    if hasattr(root, "__path__"):
+        for info in sorted(pkgutil.walk_packages(root.__path__, prefix=f"{package}."),
+                           key=lambda m: m.name):
+            modules.append(importlib.import_module(info.name))
+    found: list[type[ComponentConfig]] = []
+    for module in modules:
+        for obj in vars(module).values():
+            if isinstance(obj, type) and obj.__module__ == module.__name__ and spec_of(obj):
+                found.append(obj)
+    return found
+
+
+def _strip_cosmetic(node: Any, names: bool = False) -> Any:
+    """Drop documentation keys from a JSON schema; ``names`` marks a mapping of field names."""
+    if isinstance(node, dict):
+        return {
+            k: _strip_cosmetic(v, names=k in ("properties", "$defs") and not names)
+            for k, v in node.items()
+            if names or k not in _COSMETIC_SCHEMA_KEYS
+        }
+    if isinstance(node, list):
+        return [_strip_cosmetic(v) for v in node]
+    return node

@@ -1,0 +1,171 @@
+"""One component kind (model, optimizer, scheduler, ...): its specs and everything derived from them.
+
+From the declared specs a kind derives, and rebuilds whenever a component is added:
+its ``LookupEnum``, its class-resolver resolver (type_hint -> config class), and the
+pydantic type of a recipe entry ``{type_hint: ..., config: {...}}``, a union of one model
+per component discriminated by ``type_hint``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Annotated, Any, Literal, Union
+
+from class_resolver import ClassResolver
+from class_resolver.utils import normalize_string
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    Tag,
+    WithJsonSchema,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
+
+from llm_gym.registry.component import ComponentConfig, ComponentSpec
+from llm_gym.registry.lookup import LookupEnum, build_lookup_enum
+
+
+class ComponentChoice(BaseModel):
+    """A validated recipe entry: which component (``type_hint``) and its ``config``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type_hint: Any
+    config: Any
+
+
+class UnknownComponentError(LookupError):
+    def __init__(self, kind: str, given: str, known: list[str]) -> None:
+        self.kind, self.given, self.known = kind, given, known
+        super().__init__(describe_unknown(kind, given, known))
+
+
+def describe_unknown(kind: str, given: Any, known: list[str]) -> str:
+    """'no scheduler named X; registered: A, B; did you mean A?'"""
+    text = f"no {kind} named {given!r}; registered: {', '.join(known) or '(none)'}"
+    closest = closest_name(str(given), known)
+    return f"{text}; did you mean {closest!r}?" if closest else text
+
+
+def closest_name(given: str, known: list[str]) -> str | None:
+    by_normalized = {normalize_string(k): k for k in known}
+    match = difflib.get_close_matches(normalize_string(given), list(by_normalized), n=1, cutoff=0.5)
+    return by_normalized[match[0]] if match else None
+
+
+class ComponentResolver(ClassResolver[ComponentConfig]):
+    """A class-resolver keyed by the declared component name rather than the class name."""
+
+    def extract_name(self, element: type[ComponentConfig]) -> str:
+        return element.__llm_gym_component__.name
+
+
+class ComponentKind:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._specs: dict[str, ComponentSpec] = {}
+        self.resolver = ComponentResolver(base=ComponentConfig, base_as_suffix=False)
+        self._enum: type[LookupEnum] | None = None
+        self._choice_type: Any = None
+
+    def add(self, spec: ComponentSpec) -> None:
+        existing = self._specs.get(spec.name)
+        if existing is not None:
+            if existing.config_cls is spec.config_cls:
+                return
+            raise ValueError(
+                f"component {spec.key} is declared twice: by "
+                f"{_where(existing.config_cls)} and by {_where(spec.config_cls)}"
+            )
+        self.resolver.register(spec.config_cls)
+        self._specs[spec.name] = spec
+        self._enum = self._choice_type = None  # derived types are rebuilt on next use
+
+    @property
+    def specs(self) -> list[ComponentSpec]:
+        return sorted(self._specs.values(), key=lambda s: s.name.lower())
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def spec(self, name: str) -> ComponentSpec:
+        """The spec for a name as a user may type it (exact, member name or normalized)."""
+        try:
+            return self._specs[self.enum(name).name]
+        except ValueError:
+            raise UnknownComponentError(self.name, name, self.names) from None
+
+    @property
+    def enum(self) -> type[LookupEnum]:
+        if self._enum is None:
+            self._enum = build_lookup_enum(self.name, {s.name: s.config_cls for s in self.specs})
+        return self._enum
+
+    @property
+    def choice_type(self) -> Any:
+        """The pydantic annotation of a recipe entry of this kind."""
+        if self._choice_type is None:
+            self._choice_type = self._build_choice_type()
+        return self._choice_type
+
+    def _build_choice_type(self) -> Any:
+        enum = self.enum
+        choices = [
+            Annotated[_choice_model(spec, enum[spec.name]), Tag(spec.name)] for spec in self.specs
+        ]
+        union: Any = Union[tuple(choices)] if len(choices) > 1 else choices[0]  # noqa: UP007
+        if len(choices) > 1:
+            union = Annotated[union, Discriminator(_type_hint_name)]
+        return Annotated[union, BeforeValidator(self._canonical_type_hint)]
+
+    def _canonical_type_hint(self, value: Any) -> Any:
+        """Turn whatever names the component (name, value, any spelling) into its enum member."""
+        if isinstance(value, str):  # shorthand: `scheduler: StepLR` when the config has defaults
+            value = {"type_hint": value}
+        if not isinstance(value, dict):
+            return value  # not ours to judge: the model reports the wrong type
+        if "type_hint" not in value:
+            raise PydanticCustomError(
+                "missing_type_hint",
+                "missing 'type_hint': which {kind} to use, one of {known}",
+                {"kind": self.name, "known": ", ".join(self.names)},
+            )
+        given = value["type_hint"]
+        try:
+            member = self.enum(given)
+        except (ValueError, TypeError):
+            raise PydanticCustomError(
+                "unknown_component", "{message}",
+                {"message": "type_hint: " + describe_unknown(self.name, given, self.names)},
+            ) from None
+        return {**value, "type_hint": member}
+
+
+def _type_hint_name(value: Any) -> str | None:
+    hint = value.get("type_hint") if isinstance(value, dict) else getattr(value, "type_hint", None)
+    return hint.name if isinstance(hint, LookupEnum) else None
+
+
+def _choice_model(spec: ComponentSpec, member: LookupEnum) -> type[ComponentChoice]:
+    type_hint = Annotated[
+        Literal[member],  # type: ignore[valid-type]
+        WithJsonSchema({"const": spec.name, "description": spec.doc}),
+        PlainSerializer(lambda m: m.name, return_type=str),
+    ]
+    return create_model(
+        re.sub(r"\W", "_", f"{spec.kind}_{spec.name}"),
+        __base__=ComponentChoice,
+        __doc__=spec.doc or None,
+        type_hint=(type_hint, ...),
+        config=(spec.config_cls, Field(default_factory=dict, validate_default=True)),
+    )
+
+
+def _where(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,45 @@
+"""Finding plugins: only installed entry points of the ``llm_gym`` group, never paths from a recipe."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint, entry_points
+
+import pluggy
+
+from llm_gym.errors import UserError
+from llm_gym.registry import hookspecs
+
+ENTRY_POINT_GROUP = "llm_gym"
+
+
+class PluginLoadError(UserError):
+    """An installed plugin could not be imported; names its distribution and entry point."""
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def installed_entry_points() -> list[EntryPoint]:
+    unique: dict[tuple[str, str], EntryPoint] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        unique.setdefault((ep.name, ep.value), ep)  # an editable install may list one twice
+    return sorted(unique.values(), key=lambda ep: ep.name)
+
+
+def load_entry_point_plugins(manager: pluggy.PluginManager) -> None:
+    """Import and register every installed plugin, saying which one failed and why."""
+    for ep in installed_entry_points():
+        if manager.has_plugin(ep.name):
+            continue
+        dist = ep.dist.name if ep.dist is not None else "an unknown distribution"
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # any import failure is the plugin's, and must be named
+            raise PluginLoadError(
+                f"plugin {ep.name!r} (entry point {ep.value!r} of distribution {dist!r}) "
+                f"failed to import: {type(exc).__name__}: {exc}"
+            ) from exc
+        manager.register(plugin, name=ep.name)

@@ -1,0 +1,156 @@
+"""``ResolverRegistry``: every component kind, filled by pluggy plugins, with the original API.
+
+```python
+registry = ResolverRegistry.from_installed_plugins()
+optimizer = registry.build_component_by_config(recipe.optimizer, extra_kwargs={"model": model})
+scheduler = registry.build_component_by_key_query("scheduler", "StepLR",
+                                                  {"step_size": 10, "gamma": 0.5,
+                                                   "optimizer": optimizer})
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pluggy
+from class_resolver import ClassResolver
+
+from llm_gym.registry.building import build_in_order, call_build
+from llm_gym.registry.component import ComponentConfig, ComponentSpec, spec_of
+from llm_gym.registry.hookspecs import Slot
+from llm_gym.registry.kinds import ComponentChoice, ComponentKind, UnknownComponentError
+from llm_gym.registry.lookup import LookupEnum
+from llm_gym.registry.plugins import load_entry_point_plugins, new_plugin_manager
+
+
+class ResolverRegistry:
+    def __init__(self, plugin_manager: pluggy.PluginManager | None = None) -> None:
+        self.plugin_manager = plugin_manager or new_plugin_manager()
+        self._kinds: dict[str, ComponentKind] = {}
+        self._resolvers: dict[str, ClassResolver[Any]] = {}
+        self._collect()
+
+    @classmethod
+    def from_installed_plugins(cls) -> ResolverRegistry:
+        """The core's own plugin plus every installed ``llm_gym`` entry point."""
+        from llm_gym import core_plugin
+
+        manager = new_plugin_manager()
+        manager.register(core_plugin, name="llm_gym.core")
+        load_entry_point_plugins(manager)
+        return cls(manager)
+
+    # -- filling -------------------------------------------------------------------------
+
+    def register_plugin(self, plugin: object, name: str | None = None) -> None:
+        """Register a plugin object or module in-process (tests, notebooks)."""
+        self.plugin_manager.register(plugin, name=name)
+        self._collect()
+
+    def register_component(self, config_cls: type[ComponentConfig]) -> None:
+        spec = spec_of(config_cls)
+        if spec is None:
+            raise TypeError(f"{config_cls!r} is not declared with @component")
+        self._kinds.setdefault(spec.kind, ComponentKind(spec.kind)).add(spec)
+
+    def _collect(self) -> None:
+        for classes in self.plugin_manager.hook.llm_gym_components():
+            for config_cls in classes:
+                self.register_component(config_cls)
+
+    # -- looking up ----------------------------------------------------------------------
+
+    @property
+    def kinds(self) -> dict[str, ComponentKind]:
+        return dict(sorted(self._kinds.items()))
+
+    def kind(self, name: str) -> ComponentKind:
+        if name not in self._kinds:
+            raise UnknownComponentError("component kind", name, sorted(self._kinds))
+        return self._kinds[name]
+
+    def spec(self, kind: str, name: str) -> ComponentSpec:
+        return self.kind(kind).spec(name)
+
+    def enum(self, kind: str) -> type[LookupEnum]:
+        return self.kind(kind).enum
+
+    def slots(self) -> list[Slot]:
+        """Declared slots of known kinds, then one optional slot per kind not yet covered."""
+        slots: dict[str, Slot] = {}
+        for contributed in self.plugin_manager.hook.llm_gym_recipe_slots():
+            for slot in contributed:
+                slots.setdefault(slot.name, slot)
+        covered = {s.kind for s in slots.values()}
+        for kind in self._kinds:
+            if kind not in covered and kind not in slots:
+                slots[kind] = Slot(kind, kind)
+        return list(slots.values())
+
+    def sections(self) -> dict[str, Any]:
+        sections: dict[str, Any] = {}
+        for contributed in self.plugin_manager.hook.llm_gym_recipe_sections():
+            sections.update(contributed)
+        return sections
+
+    def recipe_dirs(self) -> list[Any]:
+        return [d for dirs in self.plugin_manager.hook.llm_gym_recipe_dirs() for d in dirs]
+
+    # -- building: the original LLMgym API ---------------------------------------------
+
+    def add_resolver(self, resolver_key: str, resolver: ClassResolver[Any]) -> None:
+        """Make any class-resolver reachable through ``build_component_by_key_query``."""
+        self._resolvers[resolver_key] = resolver
+
+    def build_component_by_key_query(
+        self, register_key: str, type_hint: str, extra_kwargs: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Build ``type_hint`` of kind ``register_key`` from raw keyword arguments.
+
+        For a component kind, the arguments that are config fields are validated into its
+        config (class-resolver instantiates the config class); the rest are dependencies.
+        """
+        kwargs = dict(extra_kwargs or {})
+        if register_key in self._resolvers:
+            return self._resolvers[register_key].make(type_hint, kwargs)
+        kind = self.kind(register_key)
+        spec = kind.spec(type_hint)
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in spec.config_cls.model_fields}
+        config = kind.resolver.make(spec.name, fields)
+        return self._build(spec, config, kwargs)
+
+    def build_component_by_config(
+        self, config: ComponentChoice, extra_kwargs: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Build a validated recipe entry; ``extra_kwargs`` supply its dependencies."""
+        if not isinstance(config, ComponentChoice):
+            raise TypeError(f"expected a validated {{type_hint, config}} entry, got {config!r}")
+        spec = spec_of(config.type_hint.value)
+        return self._build(spec, config.config, dict(extra_kwargs or {}))
+
+    def build_components(
+        self, entries: Mapping[str, ComponentChoice], extra_kwargs: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Build several recipe entries, each getting the ones it depends on injected."""
+        specs = {
+            slot: (spec_of(choice.type_hint.value), choice.config)
+            for slot, choice in entries.items()
+        }
+        return build_in_order(specs, dict(extra_kwargs or {}))
+
+    def _build(self, spec: ComponentSpec, config: ComponentConfig, given: dict[str, Any]) -> Any:
+        accepted = {d.name for d in spec.dependencies}
+        unexpected = sorted(set(given) - accepted)
+        if unexpected and not spec.accepts_any_dependency:
+            raise TypeError(
+                f"{spec.key}.build() takes {sorted(accepted) or 'no dependencies'}, "
+                f"not {unexpected}"
+            )
+        return call_build(spec, config, given)
+
+
+def registered_specs(registry: ResolverRegistry) -> Iterable[ComponentSpec]:
+    for kind in registry.kinds.values():
+        yield from kind.specs

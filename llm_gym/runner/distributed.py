@@ -1,0 +1,156 @@
+"""The process group a training run lives in, and the few collectives the runner needs.
+
+One code path for every world size: even a plain ``python`` process (no torchrun, no
+launcher) gets a 1-rank process group, because FSDP2 shards over a device mesh and a mesh
+needs a process group. The 1-rank group rendezvous through an in-memory ``HashStore``, so
+it costs a few milliseconds, opens no port and cannot collide with another run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+# Variables torchrun / the elastic agent set for every worker.
+_LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process sits in the run: its ranks, its device and the backend in use."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    backend: str
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a worker started by torchrun or ``launch_local`` (rendezvous env present)."""
+    return all(name in os.environ for name in _LAUNCHER_ENV)
+
+
+def _pick_device(local_rank: int) -> tuple[torch.device, str]:
+    if torch.cuda.is_available():
+        # Bind this process to its GPU before any CUDA work: NCCL and FSDP allocate on the
+        # "current" device, and everyone on cuda:0 is the classic multi-GPU mistake.
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank), "nccl"
+    return torch.device("cpu"), "gloo"
+
+
+@contextmanager
+def distributed_world(timeout: timedelta | None = None) -> Iterator[World]:
+    """Join (or create) the process group for this run and leave it cleanly on exit.
+
+    Under torchrun or ``launch_local`` the group is initialised from the environment
+    (``env://``). Otherwise a 1-rank group is made in-process, so callers never branch on
+    the world size. On CUDA the backend is NCCL and each rank uses ``cuda:LOCAL_RANK``;
+    on CPU it is gloo.
+
+    Leaving: after a normal exit every rank meets at a barrier before the group is
+    destroyed (without it, ranks intermittently abort while others still talk to them).
+    When the body raised, the barrier is skipped: the other ranks may never arrive, and a
+    failing rank must exit promptly so the launcher can stop the rest.
+
+    If a process group already exists (a caller set one up), it is reused and left alone.
+    """
+    if dist.is_initialized():
+        yield _world_from_group()
+        return
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device, backend = _pick_device(local_rank)
+    kwargs = {} if timeout is None else {"timeout": timeout}
+    if launched_by_torchrun():
+        dist.init_process_group(backend=backend, init_method="env://", **kwargs)
+    else:
+        dist.init_process_group(
+            backend=backend, store=dist.HashStore(), rank=0, world_size=1, **kwargs
+        )
+    world = World(
+        rank=dist.get_rank(),
+        local_rank=local_rank,
+        world_size=dist.get_world_size(),
+        device=device,
+        backend=backend,
+    )
+    ok = False
+    try:
+        yield world
+        ok = True
+    finally:
+        try:
+            if ok:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def _world_from_group() -> World:
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = str(dist.get_backend())
+    if torch.cuda.is_available() and "nccl" in backend:
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    return World(dist.get_rank(), local_rank, dist.get_world_size(), device, backend)
+
+
+def is_main(world: World) -> bool:
+    """Rank 0 logs, prints progress and writes run-level files."""
+    return world.rank == 0
+
+
+T = TypeVar("T", float, torch.Tensor)
+
+
+def all_reduce_mean(value: T, world: World) -> T:
+    """Mean of ``value`` over all ranks; a float stays a float, a tensor stays a tensor.
+
+    Used for logging (e.g. the loss of the global batch when each rank saw its share), so
+    it always reduces in fp32 even when ``value`` is bf16.
+    """
+    if isinstance(value, torch.Tensor):
+        out = value.detach().to(device=world.device, dtype=torch.float32).clone()
+    else:
+        out = torch.tensor(float(value), dtype=torch.float32, device=world.device)
+    if world.world_size > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        out /= world.world_size
+    if isinstance(value, torch.Tensor):
+        return out.to(value.dtype)
+    return float(out.item())
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A 32-bit seed for ``rank`` derived from ``seed``.
+
+    Mixing with ``SeedSequence`` rather than ``seed + rank`` keeps (seed=1, rank=0) and
+    (seed=0, rank=1) from sharing a stream.
+    """
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    """Seed python, numpy and torch (CPU and all CUDA devices) for this rank.
+
+    Same ``seed`` and same world size give the same run. Parameters must be initialised
+    identically on every rank (FSDP2 shards whatever each rank holds), so build the model
+    after ``seed_everything(seed, 0)`` on every rank, then call ``seed_everything(seed,
+    world.rank)`` so dropout and data sampling differ between ranks.
+    """
+    derived = rank_seed(seed, rank)
+    random.seed(derived)
+    np.random.seed(derived)
+    torch.manual_seed(derived)  # also seeds every CUDA device

@@ -1,0 +1,126 @@
+"""Make a plain model trainable at scale: activation checkpointing, compile, FSDP2.
+
+The model code knows nothing of this module; the runner hands over the model and the list
+of its repeated blocks. The order is fixed and matters:
+
+1. activation checkpointing per block: the recomputation boundary is the block's forward;
+2. ``torch.compile`` per block: the compiled region then contains the checkpointed forward
+   (compile understands ``torch.utils.checkpoint``), and compiling block by block keeps
+   compile time flat in depth because every block has the same code;
+3. ``fully_shard`` per block, then on the root: FSDP2's all-gather/reduce-scatter hooks
+   sit on each block's ``__call__`` and therefore outside the compiled region, and the
+   root call picks up whatever the blocks did not claim (embeddings, final norm, the
+   head, and a head weight tied to the embedding, which thus stays one parameter).
+
+Steps 1 and 2 replace the block's ``forward`` on the instance instead of wrapping the
+module, so parameter names and ``state_dict`` keys stay exactly those of the plain model
+(no ``_checkpoint_wrapped_module.`` or ``_orig_mod.`` prefixes in checkpoints).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.utils.checkpoint import checkpoint
+
+from llm_gym.runner.distributed import World
+
+ActivationCheckpointing = Literal["none", "full"] | int
+
+# Set on a block once its forward has been replaced, so a second call fails loudly
+# instead of nesting checkpoints or compiles.
+_MARK = "_llm_gym_parallelized"
+
+
+def parallelize(
+    model: nn.Module,
+    blocks: Sequence[nn.Module],
+    *,
+    world: World,
+    param_dtype: torch.dtype = torch.float32,
+    reduce_dtype: torch.dtype = torch.float32,
+    activation_checkpointing: ActivationCheckpointing = "none",
+    compile: bool = False,
+) -> nn.Module:
+    """Apply activation checkpointing, compile and FSDP2 to ``model`` in place; return it.
+
+    ``blocks`` are the model's repeated layers (e.g. GPT-2's ``transformer.h``), each a
+    unit of checkpointing, compilation and sharding. ``activation_checkpointing`` is
+    ``"none"``, ``"full"`` (every block) or ``k`` (every k-th block: blocks k, 2k, ...,
+    1-based), trading compute for activation memory. Parameters stay fp32 in the
+    sharded master copy; ``param_dtype`` is what forward/backward compute in and
+    ``reduce_dtype`` what gradients are averaged in.
+
+    The model must already sit on ``world.device`` with identical values on every rank.
+    """
+    if any(getattr(block, _MARK, False) for block in blocks):
+        raise RuntimeError("parallelize() was already applied to these blocks")
+    for index in _checkpointed_indices(len(blocks), activation_checkpointing):
+        _checkpoint_forward(blocks[index])
+    if compile:
+        for block in blocks:
+            # Instance attribute, not module.compile(): FSDP's hooks must stay eager.
+            block.forward = torch.compile(block.forward)
+    for block in blocks:
+        setattr(block, _MARK, True)
+
+    mesh = init_device_mesh(world.device.type, (world.world_size,), mesh_dim_names=("dp",))
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    for index, block in enumerate(blocks):
+        # The last block's parameters are needed again at the start of backward; keeping
+        # them gathered saves one all-gather per step.
+        last = index == len(blocks) - 1
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=not last)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
+def _checkpointed_indices(num_blocks: int, mode: ActivationCheckpointing) -> list[int]:
+    if mode == "none":
+        return []
+    if mode == "full":
+        return list(range(num_blocks))
+    if isinstance(mode, bool) or not isinstance(mode, int) or mode < 1:
+        raise ValueError(
+            f"activation_checkpointing must be 'none', 'full' or a positive int, got {mode!r}"
+        )
+    return [i for i in range(num_blocks) if (i + 1) % mode == 0]
+
+
+def _checkpoint_forward(block: nn.Module) -> None:
+    # Non-reentrant checkpointing: it supports kwargs, inputs that do not require grad,
+    # and torch.compile; it also restores the RNG state so dropout recomputes identically.
+    block.forward = functools.partial(_run_checkpointed, block.forward)
+
+
+def _run_checkpointed(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def clip_grad_norm_(
+    parameters: Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0
+) -> float:
+    """Scale gradients so their global norm is at most ``max_norm``; return the norm before.
+
+    With FSDP2 each rank holds a shard of every gradient; the norm of the local shards is
+    not the model's gradient norm. The total is computed on DTensors (a partial result)
+    and made whole with ``full_tensor()``, an all-reduce, so every rank clips by the same
+    factor and returns the same, global, number. May return inf/nan: callers decide
+    whether to skip the step.
+    """
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        return 0.0
+    grads = [p.grad for p in params]
+    total = torch.nn.utils.get_total_norm(grads, norm_type=norm_type)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total.item())

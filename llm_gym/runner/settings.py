@@ -1,0 +1,36 @@
+"""The recipe's ``trainer`` section: how long, how big, how precise, how often."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class TrainerSettings(BaseModel):
+    """Settings of the training loop (not a component: there is one runner)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_steps: PositiveInt = Field(description="optimizer steps to train for")
+    seq_len: PositiveInt = Field(description="tokens per training sequence")
+    micro_batch_size: PositiveInt = Field(8, description="sequences per rank per forward pass")
+    grad_accumulation: PositiveInt = Field(1, description="micro-batches per optimizer step")
+    grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null: no clip")
+    eval_every: PositiveInt | None = Field(None, description="steps between evaluations")
+    eval_batches: PositiveInt = Field(8, description="micro-batches per evaluation")
+    log_every: PositiveInt = Field(10, description="steps between metric records")
+    checkpoint_every: PositiveInt | None = Field(None, description="steps between checkpoints")
+    keep_last: PositiveInt = Field(3, description="complete checkpoints to keep")
+    seed: int = Field(0, description="same seed and world size give identical losses")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    param_dtype: Precision = Field("fp32", description="dtype of parameters in compute")
+    reduce_dtype: Precision = Field("fp32", description="dtype of gradient reduction")
+    activation_checkpointing: Literal["none", "full"] | PositiveInt = Field(
+        "none", description="'none', 'full' (every block) or k (every k-th block)"
+    )
+    compile: bool = Field(False, description="torch.compile each transformer block")
+    sample_prompt: str | None = Field(None, description="text to continue after training")
+    sample_tokens: PositiveInt = Field(48, description="tokens to generate for the sample")
