@@ -1,0 +1,213 @@
+"""GPT-2 as a plain torch module: one file, no llm_gym imports, no device assumptions.
+
+Parameter names match Hugging Face's ``GPT2LMHeadModel`` so checkpoints map one to one,
+with one difference: every projection here is an ``nn.Linear``, whose weight is stored
+``(out_features, in_features)``, the transpose of HF's ``Conv1D`` ``(in, out)``. Export and
+import transpose ``c_attn``, ``c_proj`` and ``c_fc`` weights; nothing else changes.
+
+Model code stays free of parallelism: FSDP, activation checkpointing and compilation wrap
+``GPT2.blocks`` from outside. For sharded initialisation, build under
+``torch.device("meta")``, wrap, then ``to_empty(device=...)`` and ``init_weights()``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        if n_embd % n_head != 0:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        self.n_head = n_head
+        self.dropout = dropout
+        # One matmul for q, k and v together: fewer, larger kernels.
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim): heads become a batch dimension for SDPA.
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # is_causal lets SDPA pick a fused (flash / memory-efficient) kernel and spares us a
+        # (T, T) mask buffer, which would also need special care on the meta device.
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        # GPT-2 was trained with the tanh approximation ("gelu_new" in HF); using it keeps
+        # pretrained GPT-2 weights exact here.
+        self.act = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block: the unit FSDP shards and checkpointing recomputes."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, dropout, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalising only the branch input leaves the residual stream an identity path,
+        # which is what lets deep stacks train without warm-up tricks.
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    """GPT-2 language model: ``forward(input_ids[B, T]) -> logits[B, T, vocab_size]``."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        n_positions: int,
+        n_embd: int,
+        n_layer: int,
+        n_head: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.n_positions = n_positions
+        self.n_embd = n_embd
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(vocab_size, n_embd),
+                wpe=nn.Embedding(n_positions, n_embd),
+                drop=nn.Dropout(dropout),
+                h=nn.ModuleList(Block(n_embd, n_head, dropout, bias) for _ in range(n_layer)),
+                ln_f=nn.LayerNorm(n_embd, bias=bias),
+            )
+        )
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        # Tying the head to the token embedding saves vocab_size * n_embd parameters (a
+        # third of GPT-2 small) and is how GPT-2 was trained.
+        self.lm_head.weight = self.transformer.wte.weight
+        self.init_weights()
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks, in order: the units for FSDP and activation checkpointing."""
+        return list(self.transformer.h)
+
+    def init_weights(self) -> None:
+        """(Re-)apply GPT-2's initialisation in place; a no-op on the meta device.
+
+        Public so that a model built on ``meta`` and sharded can be initialised after
+        ``to_empty``; the ``nn.init`` calls work on FSDP's DTensor shards as well.
+        """
+        residual_std = 0.02 / math.sqrt(2 * self.n_layer)
+        for name, module in self.named_modules():
+            if module is self.lm_head:
+                continue  # tied: initialised once, as the embedding
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                # Each block adds two c_proj outputs to the residual stream; scaling them down
+                # keeps its variance from growing with depth (GPT-2 paper, section 2.3).
+                std = residual_std if name.endswith("c_proj") else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def to_empty(self, *, device: torch.device | str | None, recurse: bool = True) -> GPT2:
+        # Leaving the meta device creates a fresh Parameter per module, which would silently
+        # give the head its own (uninitialised) copy of the embedding; tie them again.
+        super().to_empty(device=device, recurse=recurse)
+        if self.lm_head.weight is not self.transformer.wte.weight:
+            self.lm_head.weight = self.transformer.wte.weight
+        return self
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.size(1)
+        if T > self.n_positions:
+            raise ValueError(
+                f"sequence length {T} exceeds the model's n_positions={self.n_positions}"
+            )
+        pos = torch.arange(T, device=input_ids.device)
+        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.lm_head(self.transformer.ln_f(x))
+
+    def num_params(self, exclude_position_embeddings: bool = True) -> int:
+        """Number of parameters, the tied head counted once.
+
+        Position embeddings are excluded by default because they cost no matmul FLOPs,
+        which makes this the N of the ``6 * N`` compute estimate.
+        """
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied one once
+        if exclude_position_embeddings:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs (forward + backward) per token at sequence length ``seq_len``.
+
+        ``6 * N`` for the weight matmuls plus ``12 * L * H * Q * T`` for attention scores and
+        their weighted sum (PaLM, appendix B), ignoring the causal mask's savings.
+        """
+        head_dim = self.n_embd // self.n_head
+        attention = 12 * self.n_layer * self.n_head * head_dim * seq_len
+        return 6 * self.num_params(exclude_position_embeddings=True) + attention
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Append ``max_new_tokens`` sampled tokens to ``input_ids[B, T]``; returns ``[B, T+n]``.
+
+        ``temperature=0`` picks the argmax (greedy). The context is cropped to the last
+        ``n_positions`` tokens. No KV cache: this is for samples during training, not
+        serving. Call ``eval()`` first if the model has dropout.
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        for _ in range(max_new_tokens):
+            logits = self(input_ids[:, -self.n_positions :])[:, -1, :]
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits, dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+            input_ids = torch.cat([input_ids, next_id], dim=1)
+        return input_ids
