@@ -78,3 +78,13 @@ def validate_recipe(
         problems = describe_errors(exc, data)
         noun = "problem" if len(problems) == 1 else "problems"
         raise UserError(f"{source}: {len(problems)} {noun} in the recipe", problems) from None
+
+
+def recipe_json_schema(registry: ResolverRegistry) -> dict[str, Any]:
+    """JSON Schema of the recipe format, for editor completion and validation."""
+    schema = build_recipe_model(registry).model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "llm_gym recipe",
+        **{k: v for k, v in schema.items() if k != "title"},
+    }

@@ -22,12 +22,17 @@ from llm_gym.registry.component import ComponentConfig, ComponentSpec, spec_of
 from llm_gym.registry.hookspecs import Slot
 from llm_gym.registry.kinds import ComponentChoice, ComponentKind, UnknownComponentError
 from llm_gym.registry.lookup import LookupEnum
-from llm_gym.registry.plugins import load_entry_point_plugins, new_plugin_manager
+from llm_gym.registry.plugins import call_each, load_entry_point_plugins, new_plugin_manager
 
 
 class ResolverRegistry:
-    def __init__(self, plugin_manager: pluggy.PluginManager | None = None) -> None:
+    def __init__(
+        self,
+        plugin_manager: pluggy.PluginManager | None = None,
+        origins: dict[str, str] | None = None,
+    ) -> None:
         self.plugin_manager = plugin_manager or new_plugin_manager()
+        self._origins = dict(origins or {})  # plugin name -> where it came from, for errors
         self._kinds: dict[str, ComponentKind] = {}
         self._resolvers: dict[str, ClassResolver[Any]] = {}
         self._collect()
@@ -39,8 +44,7 @@ class ResolverRegistry:
 
         manager = new_plugin_manager()
         manager.register(core_plugin, name="llm_gym.core")
-        load_entry_point_plugins(manager)
-        return cls(manager)
+        return cls(manager, load_entry_point_plugins(manager))
 
     # -- filling -------------------------------------------------------------------------
 
@@ -56,9 +60,12 @@ class ResolverRegistry:
         self._kinds.setdefault(spec.kind, ComponentKind(spec.kind)).add(spec)
 
     def _collect(self) -> None:
-        for classes in self.plugin_manager.hook.llm_gym_components():
+        for _, classes in self._call("llm_gym_components"):
             for config_cls in classes:
                 self.register_component(config_cls)
+
+    def _call(self, hook_name: str) -> list[tuple[str, Any]]:
+        return call_each(self.plugin_manager, hook_name, self._origins)
 
     # -- looking up ----------------------------------------------------------------------
 
@@ -80,7 +87,7 @@ class ResolverRegistry:
     def slots(self) -> list[Slot]:
         """Declared slots of known kinds, then one optional slot per kind not yet covered."""
         slots: dict[str, Slot] = {}
-        for contributed in self.plugin_manager.hook.llm_gym_recipe_slots():
+        for _, contributed in self._call("llm_gym_recipe_slots"):
             for slot in contributed:
                 slots.setdefault(slot.name, slot)
         covered = {s.kind for s in slots.values()}
@@ -91,12 +98,12 @@ class ResolverRegistry:
 
     def sections(self) -> dict[str, Any]:
         sections: dict[str, Any] = {}
-        for contributed in self.plugin_manager.hook.llm_gym_recipe_sections():
+        for _, contributed in self._call("llm_gym_recipe_sections"):
             sections.update(contributed)
         return sections
 
     def recipe_dirs(self) -> list[Any]:
-        return [d for dirs in self.plugin_manager.hook.llm_gym_recipe_dirs() for d in dirs]
+        return [d for _, dirs in self._call("llm_gym_recipe_dirs") for d in dirs]
 
     # -- building: the original LLMgym API ---------------------------------------------
 

@@ -1,0 +1,128 @@
+"""``llm_gym recipe ...``: list, show, validate, lock, schema, run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+recipe_dir_option = click.option(
+    "--recipe-dir", "recipe_dirs", multiple=True, type=click.Path(path_type=Path),
+    help="Extra directory of recipes (<name>/v<N>.yaml); repeatable. "
+    "Also: LLM_GYM_RECIPE_PATH.",
+)
+overrides_argument = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+spec_argument = click.argument("spec", metavar="NAME[@V]|PATH")
+
+
+@click.group()
+def recipe() -> None:
+    """Find, inspect, validate, pin and run recipes."""
+
+
+@recipe.command("list")
+@recipe_dir_option
+def list_recipes(recipe_dirs: tuple[Path, ...]) -> None:
+    """List recipes: name, versions and a one-line description."""
+    from rich.table import Table
+
+    from llm_gym.cli.output import out
+    from llm_gym.recipes.catalog import RecipeCatalog
+    from llm_gym.registry import ResolverRegistry
+
+    catalog = RecipeCatalog.from_registry(ResolverRegistry.from_installed_plugins(), recipe_dirs)
+    table = Table("recipe", "versions", "description", box=None, pad_edge=False)
+    for name in catalog.names():
+        refs = catalog.versions(name)
+        table.add_row(name, ", ".join(str(r.version) for r in refs), refs[-1].description())
+    out.print(table)
+
+
+@recipe.command()
+@spec_argument
+@overrides_argument
+@recipe_dir_option
+@click.option("--allow-drift", is_flag=True, help="Show it even if pins drifted.")
+def show(spec: str, overrides: tuple[str, ...], recipe_dirs: tuple[Path, ...],
+         allow_drift: bool) -> None:
+    """Print the recipe as YAML with interpolations and overrides resolved."""
+    from llm_gym.cli.output import out
+    from llm_gym.recipes.loading import load_recipe
+    from llm_gym.recipes.resolved import resolved_yaml
+
+    loaded = load_recipe(spec, overrides, recipe_dirs=recipe_dirs, allow_drift=allow_drift)
+    out.print(resolved_yaml(loaded), end="", markup=False, highlight=False)
+
+
+@recipe.command()
+@spec_argument
+@overrides_argument
+@recipe_dir_option
+@click.option("--allow-drift", is_flag=True, help="Warn about drifted pins instead of failing.")
+def validate(spec: str, overrides: tuple[str, ...], recipe_dirs: tuple[Path, ...],
+             allow_drift: bool) -> None:
+    """Check a recipe: YAML, interpolation, every value, and its pins."""
+    from llm_gym.cli.output import err, out
+    from llm_gym.recipes.loading import load_recipe
+
+    loaded = load_recipe(spec, overrides, recipe_dirs=recipe_dirs, allow_drift=allow_drift)
+    for drift in loaded.drift:
+        err.print(f"[yellow]warning:[/] pin drifted: {drift}", markup=True)
+    count = len(loaded.recipe.components())
+    out.print(f"{loaded.ref.label} ({loaded.ref.path}) is valid: {count} components, pins "
+              + ("drifted (allowed)" if loaded.drift else "match"), markup=False)
+
+
+@recipe.command()
+@spec_argument
+@recipe_dir_option
+def lock(spec: str, recipe_dirs: tuple[Path, ...]) -> None:
+    """Re-pin a recipe to the installed components, after a deliberate change."""
+    from llm_gym.cli.output import out
+    from llm_gym.recipes.loading import load_recipe
+    from llm_gym.recipes.pins import current_pins, write_pins
+
+    loaded = load_recipe(spec, recipe_dirs=recipe_dirs, allow_drift=True)
+    write_pins(loaded.ref.path, current_pins(loaded.recipe))
+    if loaded.drift:
+        for drift in loaded.drift:
+            out.print(f"re-pinned {drift}", markup=False)
+    else:
+        out.print(f"{loaded.ref.label}: pins already match", markup=False)
+
+
+@recipe.command()
+@click.option("--out", "out_path", type=click.Path(path_type=Path),
+              help="Write to this file instead of stdout.")
+def schema(out_path: Path | None) -> None:
+    """Print the JSON Schema of the recipe format (for YAML editors)."""
+    import json
+
+    from llm_gym.cli.output import out
+    from llm_gym.config.recipe_model import recipe_json_schema
+    from llm_gym.registry import ResolverRegistry
+
+    text = json.dumps(recipe_json_schema(ResolverRegistry.from_installed_plugins()), indent=2)
+    if out_path is None:
+        out.print(text, markup=False, highlight=False)
+    else:
+        out_path.write_text(text + "\n", encoding="utf-8")
+
+
+@recipe.command(context_settings={"ignore_unknown_options": False})
+@spec_argument
+@overrides_argument
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local worker processes (torch.distributed elastic launcher).")
+@click.option("--run-dir", type=click.Path(path_type=Path),
+              help="Where checkpoints and metrics go (default: runs/<recipe>-<time>).")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint.")
+@click.option("--allow-drift", is_flag=True, help="Run although pins drifted (with a warning).")
+@recipe_dir_option
+def run(spec: str, overrides: tuple[str, ...], nproc: int, run_dir: Path | None, resume: bool,
+        allow_drift: bool, recipe_dirs: tuple[Path, ...]) -> None:
+    """Train with a recipe, on one process or N local workers (also under torchrun)."""
+    from llm_gym.runner.entry import run_recipe
+
+    run_recipe(spec, overrides, nproc=nproc, run_dir=run_dir, resume=resume,
+               allow_drift=allow_drift, recipe_dirs=recipe_dirs)

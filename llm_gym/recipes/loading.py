@@ -1,0 +1,49 @@
+"""From what the user typed (``gpt2-tiny@1 trainer.max_steps=10``) to a validated, pinned recipe."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llm_gym.config.loading import load_config
+from llm_gym.config.recipe_model import RecipeBase, validate_recipe
+from llm_gym.errors import UserError
+from llm_gym.recipes.catalog import RecipeCatalog, RecipeRef
+from llm_gym.recipes.pins import Drift, find_drift
+from llm_gym.registry import ResolverRegistry
+
+
+class DriftError(UserError):
+    """The installed components no longer match the recipe's pins."""
+
+
+@dataclass
+class LoadedRecipe:
+    ref: RecipeRef
+    data: dict[str, Any]  # resolved YAML, before validation
+    recipe: RecipeBase
+    drift: list[Drift]
+
+
+def load_recipe(
+    spec: str,
+    overrides: Sequence[str] = (),
+    *,
+    registry: ResolverRegistry | None = None,
+    recipe_dirs: Sequence[Path] = (),
+    allow_drift: bool = False,
+) -> LoadedRecipe:
+    registry = registry or ResolverRegistry.from_installed_plugins()
+    ref = RecipeCatalog.from_registry(registry, recipe_dirs).resolve(spec)
+    data = load_config(ref.path, overrides)
+    recipe = validate_recipe(data, registry, source=str(ref.path))
+    drift = find_drift(recipe, registry)
+    if drift and not allow_drift:
+        raise DriftError(
+            f"{ref.path}: the installed components differ from the recipe's pins "
+            "(re-pin with `llm_gym recipe lock` after checking, or pass --allow-drift)",
+            [str(d) for d in drift],
+        )
+    return LoadedRecipe(ref, data, recipe, drift)

@@ -1,0 +1,102 @@
+"""Pins: the component set a recipe was written against, and what drifted since.
+
+A recipe carries, for every component it uses, ``kind/name: {version, fingerprint}``.
+``recipe lock`` rewrites only the recipe's top-level ``pins:`` block, so comments and
+layout elsewhere in the file survive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llm_gym.errors import UserError
+from llm_gym.registry import ResolverRegistry
+from llm_gym.registry.component import spec_of
+
+_PINS_LINE = re.compile(r"^pins:(\s.*)?$")
+
+
+@dataclass(frozen=True)
+class Drift:
+    key: str
+    change: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.change}"
+
+
+def current_pins(recipe: Any) -> dict[str, dict[str, Any]]:
+    """What the installed components say for every component the recipe uses."""
+    pins = {}
+    for choice in recipe.components().values():
+        spec = spec_of(choice.type_hint.value)
+        pins[spec.key] = {"version": spec.version, "fingerprint": spec.fingerprint}
+    return dict(sorted(pins.items()))
+
+
+def find_drift(recipe: Any, registry: ResolverRegistry) -> list[Drift]:
+    now = current_pins(recipe)
+    pinned = {key: pin.model_dump() for key, pin in recipe.pins.items()}
+    drift = []
+    for key, pin in now.items():
+        old = pinned.get(key)
+        if old is None:
+            drift.append(Drift(key, "used but not pinned (run `llm_gym recipe lock`)"))
+            continue
+        changes = [
+            f"{field} {old[field]} -> {pin[field]}"
+            for field in ("version", "fingerprint")
+            if old[field] != pin[field]
+        ]
+        if changes:
+            drift.append(Drift(key, ", ".join(changes)))
+    for key in pinned:
+        if key not in now:
+            drift.append(Drift(key, "pinned but no longer used by the recipe"))
+    return drift
+
+
+def render_pins(pins: dict[str, dict[str, Any]]) -> str:
+    lines = ["pins:"]
+    for key, pin in pins.items():
+        lines.append(f"  {key}: {{version: {pin['version']}, fingerprint: {pin['fingerprint']}}}")
+    return "\n".join(lines) + "\n"
+
+
+def write_pins(path: Path, pins: dict[str, dict[str, Any]]) -> None:
+    """Replace the top-level ``pins:`` block of ``path`` (or append one), atomically."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if _PINS_LINE.match(line.rstrip("\n"))), None)
+    block = render_pins(pins)
+    if start is None:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        new_lines = [*lines, "\n# Written by `llm_gym recipe lock`.\n", block]
+    else:
+        end = start + 1
+        while end < len(lines) and (lines[end].startswith((" ", "\t")) or not lines[end].strip()):
+            end += 1
+        trailing_blank = [ln for ln in lines[start + 1:end] if not ln.strip()]
+        new_lines = [*lines[:start], block, *trailing_blank[-1:], *lines[end:]]
+    text = "".join(new_lines)
+    if (yaml.safe_load(text) or {}).get("pins") != (pins or None):
+        raise UserError(f"{path}: could not rewrite its pins block safely; edit it by hand")
+    _atomic_write(path, text)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
