@@ -1,0 +1,31 @@
+"""The GPT-2 model as a component: sizes from the recipe, the module from gpt2.py."""
+
+from __future__ import annotations
+
+from pydantic import Field, PositiveInt, model_validator
+
+from llm_gym.registry import ComponentConfig, component
+
+from .gpt2 import GPT2
+
+
+@component("model", "GPT2", version=1)
+class GPT2Config(ComponentConfig):
+    """GPT-2: pre-LayerNorm decoder, tied LM head, GPT-2 initialisation."""
+
+    vocab_size: PositiveInt = Field(description="token ids are < vocab_size")
+    n_positions: PositiveInt = Field(description="longest sequence (position embeddings)")
+    n_embd: PositiveInt = Field(description="width of the residual stream")
+    n_layer: PositiveInt = Field(description="transformer blocks")
+    n_head: PositiveInt = Field(description="attention heads; must divide n_embd")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability")
+    bias: bool = Field(True, description="biases in Linear and LayerNorm layers")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> GPT2Config:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+    def build(self) -> GPT2:
+        return GPT2(**self.model_dump())

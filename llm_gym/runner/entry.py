@@ -1,0 +1,72 @@
+"""``llm_gym recipe run``: validate once, then train in this process or in N local workers.
+
+Under ``torchrun`` (or ``srun torchrun``) every worker runs this same command with
+``--nproc 1``; the process group is then taken from torchrun's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llm_gym.errors import UserError
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Everything a worker needs to load the same recipe as the launcher (picklable)."""
+
+    spec: str
+    overrides: tuple[str, ...]
+    run_dir: Path
+    resume: bool = False
+    allow_drift: bool = False
+    recipe_dirs: tuple[Path, ...] = field(default_factory=tuple)
+
+
+def run_recipe(
+    spec: str,
+    overrides: Sequence[str] = (),
+    *,
+    nproc: int = 1,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    allow_drift: bool = False,
+    recipe_dirs: Sequence[Path] = (),
+) -> dict:
+    from llm_gym.cli.output import err
+    from llm_gym.recipes.loading import load_recipe
+
+    # Validate before any worker starts: a bad recipe is reported once, not N times.
+    loaded = load_recipe(spec, overrides, recipe_dirs=recipe_dirs, allow_drift=allow_drift)
+    for drift in loaded.drift:
+        err.print(f"[yellow]warning:[/] running with a drifted pin: {drift}")
+    under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if under_launcher and nproc > 1:
+        raise UserError("--nproc starts local workers; under torchrun/srun leave it out "
+                        "(torchrun's --nproc-per-node decides)")
+    run_dir = run_dir or _default_run_dir(loaded.ref.name, loaded.ref.version, resume)
+    job = RunJob(spec, tuple(overrides), Path(run_dir), resume, allow_drift, tuple(recipe_dirs))
+
+    from llm_gym.runner.trainer import train_worker
+
+    if nproc == 1:
+        return train_worker(job)
+    from llm_gym.runner.launcher import launch_local
+
+    return launch_local(nproc, train_worker, (job,))[0]
+
+
+def _default_run_dir(name: str, version: int, resume: bool) -> Path:
+    """``runs/<name>-v<V>-<time>``; with --resume, the newest such directory."""
+    root = Path("runs")
+    if resume:
+        existing = sorted(root.glob(f"{name}-v{version}-*"))
+        if not existing:
+            raise UserError(f"--resume: no earlier run of {name}@{version} under {root}/; "
+                            "pass --run-dir")
+        return existing[-1]
+    return root / f"{name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"

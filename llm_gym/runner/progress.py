@@ -1,0 +1,94 @@
+"""What rank 0 shows while training: a rich live panel on a terminal, plain lines elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+
+class Progress:
+    def __init__(self, total_steps: int, start_step: int, enabled: bool, title: str) -> None:
+        self.total, self.start, self.enabled, self.title = total_steps, start_step, enabled, title
+        self.console = Console(file=sys.stdout)
+        self.live_mode = enabled and self.console.is_terminal
+        self._started = time.perf_counter()
+        self._live: Live | None = None
+        self._last: dict[str, Any] = {}
+
+    def __enter__(self) -> Progress:
+        if self.live_mode:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=4,
+                              transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.__exit__(*exc)
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text, markup=False, highlight=False)
+
+    def update(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._last = record
+        if self._live is not None:
+            self._live.update(self._render())
+        else:
+            self.console.print(_plain_line(record, self.total, self._eta(record["step"])),
+                               markup=False, highlight=False)
+
+    def _eta(self, step: int) -> float | None:
+        done = step - self.start
+        if done <= 0:
+            return None
+        return (time.perf_counter() - self._started) / done * (self.total - step)
+
+    def _render(self) -> Table:
+        table = Table(title=self.title, box=None, show_header=False, pad_edge=False)
+        rec = self._last
+        step = rec.get("step", self.start)
+        table.add_row("step", f"{step}/{self.total}")
+        for key, label in (("loss", "loss"), ("lr", "lr"), ("grad_norm", "grad norm"),
+                           ("tokens_per_s", "tokens/s"), ("mfu", "MFU"),
+                           ("eval_loss", "eval loss")):
+            if rec.get(key) is not None:
+                table.add_row(label, _format(key, rec[key]))
+        eta = self._eta(step)
+        if eta is not None:
+            table.add_row("ETA", _duration(eta))
+        return table
+
+
+def _plain_line(rec: dict[str, Any], total: int, eta: float | None) -> str:
+    parts = [f"step {rec['step']}/{total}"]
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+        if rec.get(key) is not None:
+            parts.append(f"{key} {_format(key, rec[key])}")
+    if eta is not None:
+        parts.append(f"eta {_duration(eta)}")
+    return " | ".join(parts)
+
+
+def _format(key: str, value: float) -> str:
+    if key == "mfu":
+        return f"{100 * value:.1f}%"
+    if key == "tokens_per_s":
+        return f"{value:,.0f}"
+    if key == "lr":
+        return f"{value:.2e}"
+    return f"{value:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,0 +1,206 @@
+"""The training loop, top to bottom: build, parallelize, resume, train, evaluate, save.
+
+Components come from the recipe through the registry. The model is built first and
+sharded (FSDP2) before anything that holds its parameters (the optimizer) is built;
+every other component gets what it asks for injected: ``model``, the other recipe slots,
+and from the runner ``world`` (ranks, device) and ``trainer`` (the trainer settings).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_gym.errors import UserError
+from llm_gym.recipes.loading import LoadedRecipe, load_recipe
+from llm_gym.recipes.pins import current_pins
+from llm_gym.recipes.resolved import resolved_yaml
+from llm_gym.registry import ResolverRegistry
+from llm_gym.runner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm_gym.runner.distributed import World, all_reduce_mean, distributed_world, seed_everything
+from llm_gym.runner.entry import RunJob
+from llm_gym.runner.flops import peak_flops
+from llm_gym.runner.metrics import MetricsLog
+from llm_gym.runner.parallelize import clip_grad_norm_, parallelize
+from llm_gym.runner.progress import Progress
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def train_worker(job: RunJob) -> dict[str, Any]:
+    """One rank of a run (the launcher's entry point; also the single-process path)."""
+    registry = ResolverRegistry.from_installed_plugins()
+    loaded = load_recipe(job.spec, job.overrides, registry=registry,
+                         recipe_dirs=job.recipe_dirs, allow_drift=job.allow_drift)
+    with distributed_world() as world:
+        return Trainer(loaded, registry, world, job.run_dir, job.resume).fit()
+
+
+class Trainer:
+    def __init__(self, loaded: LoadedRecipe, registry: ResolverRegistry, world: World,
+                 run_dir: Path, resume: bool) -> None:
+        self.loaded, self.world, self.run_dir = loaded, world, run_dir
+        self.settings = settings = loaded.recipe.trainer
+        self.main = world.rank == 0
+        entries = loaded.recipe.components()
+        if settings.eval_every and "eval_dataset" not in entries:
+            raise UserError("trainer.eval_every is set but the recipe has no eval_dataset")
+
+        # Same seed on every rank while building: FSDP2 shards whatever each rank holds,
+        # so the initial weights must be identical everywhere.
+        seed_everything(settings.seed, 0)
+        with torch.device(world.device):
+            model = registry.build_component_by_config(entries.pop("model"))
+        self.raw_model = model
+        self.model = parallelize(
+            model, list(getattr(model, "blocks", [])), world=world,
+            param_dtype=DTYPES[settings.param_dtype], reduce_dtype=DTYPES[settings.reduce_dtype],
+            activation_checkpointing=settings.activation_checkpointing, compile=settings.compile,
+        )
+        seed_everything(settings.seed, world.rank)  # dropout and sampling differ per rank
+        built = registry.build_components(
+            entries, extra_kwargs={"model": self.model, "world": world, "trainer": settings})
+        self.optimizer = built["optimizer"]
+        self.scheduler = built.get("scheduler")
+        self.loss_fn = built["loss"]
+        self.tokenizer = built.get("tokenizer")
+        self.train_data = built["train_dataset"]
+        self.eval_data = built.get("eval_dataset")
+        self._eval_start = self.eval_data.state_dict() if self.eval_data is not None else None
+
+        self.step = 0
+        found = latest_checkpoint(run_dir)
+        if resume and found is None:
+            raise UserError(f"--resume: no complete checkpoint under {run_dir}")
+        if found is not None:
+            self._restore(found)
+        if self.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "recipe.resolved.yaml").write_text(self._resolved_text(), encoding="utf-8")
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main)
+        self.tokens_per_step = (settings.micro_batch_size * settings.grad_accumulation
+                                * settings.seq_len * world.world_size)
+        flops_per_token = getattr(model, "flops_per_token", None)
+        self.flops_per_token = flops_per_token(settings.seq_len) if flops_per_token else None
+        self.peak, self.peak_source = peak_flops(world.device) if self.main else (None, "")
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        s = self.settings
+        title = f"{self.loaded.ref.label} on {self.world.world_size} x {self.world.device.type}"
+        progress = Progress(s.max_steps, self.step, enabled=self.main, title=title)
+        if self.step:
+            progress.print(f"resumed at step {self.step} from {self.run_dir}")
+        interval_start, interval_steps = time.perf_counter(), 0
+        last_loss = math.nan
+        with progress:
+            while self.step < s.max_steps:
+                loss, grad_norm = self._train_step()
+                self.step += 1
+                interval_steps += 1
+                if self.step % s.log_every == 0 or self.step == s.max_steps:
+                    elapsed = time.perf_counter() - interval_start
+                    record = self._train_record(loss, grad_norm, interval_steps, elapsed)
+                    last_loss = record["loss"]
+                    self.metrics.write(record)
+                    progress.update(record)
+                    interval_start, interval_steps = time.perf_counter(), 0
+                if s.eval_every and self.step % s.eval_every == 0:
+                    record = self.evaluate()
+                    self.metrics.write(record)
+                    progress.update({**record, "step": self.step})
+                if s.checkpoint_every and self.step % s.checkpoint_every == 0:
+                    self.save()
+        if not (s.checkpoint_every and self.step % s.checkpoint_every == 0):
+            self.save()
+        self.metrics.close()
+        if s.sample_prompt and self.tokenizer is not None:
+            progress.print(f"sample: {self.sample(s.sample_prompt, s.sample_tokens)}")
+        return {"run_dir": str(self.run_dir), "step": self.step, "loss": last_loss}
+
+    def _train_step(self) -> tuple[torch.Tensor, float]:
+        s, model = self.settings, self.model
+        model.train()
+        total = torch.zeros((), device=self.world.device)
+        for micro in range(s.grad_accumulation):
+            # Gradients are reduce-scattered only on the last micro-batch.
+            model.set_requires_gradient_sync(micro == s.grad_accumulation - 1)
+            batch = self.train_data.next_batch(s.micro_batch_size).to(self.world.device,
+                                                                      non_blocking=True)
+            loss = self.loss_fn(model(batch[:, :-1]), batch[:, 1:]) / s.grad_accumulation
+            loss.backward()
+            total += loss.detach()
+        grad_norm = clip_grad_norm_(model.parameters(), s.grad_clip or math.inf)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, grad_norm
+
+    def _train_record(self, loss: torch.Tensor, grad_norm: float, steps: int,
+                      elapsed: float) -> dict[str, Any]:
+        tokens_per_s = self.tokens_per_step * steps / elapsed if elapsed > 0 else None
+        mfu = None
+        if tokens_per_s and self.flops_per_token and self.peak:
+            mfu = tokens_per_s * self.flops_per_token / (self.peak * self.world.world_size)
+        return {
+            "step": self.step,
+            "loss": all_reduce_mean(loss, self.world).item(),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu,
+            "tokens": self.step * self.tokens_per_step,
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        s, data = self.settings, self.eval_data
+        data.load_state_dict(self._eval_start)  # the same batches at every evaluation
+        self.model.eval()
+        total = torch.zeros((), device=self.world.device)
+        for _ in range(s.eval_batches):
+            batch = data.next_batch(s.micro_batch_size).to(self.world.device)
+            total += self.loss_fn(self.model(batch[:, :-1]), batch[:, 1:])
+        loss = all_reduce_mean(total / s.eval_batches, self.world).item()
+        return {"step": self.step, "eval_loss": loss,
+                "eval_perplexity": math.exp(loss) if loss < 50 else math.inf}
+
+    @torch.no_grad()
+    def sample(self, prompt: str, max_new_tokens: int) -> str:
+        """Continue ``prompt``; every rank generates (FSDP needs all), rank 0 prints."""
+        self.model.eval()
+        ids = torch.tensor([self.tokenizer.encode(prompt)], device=self.world.device)
+        generator = torch.Generator(device=self.world.device).manual_seed(self.settings.seed)
+        out = self.model.generate(ids, max_new_tokens, temperature=0.8, top_k=40,
+                                  generator=generator)
+        return prompt + self.tokenizer.decode(out[0, ids.shape[1]:].tolist())
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def save(self) -> Path:
+        extra = {"step": self.step, "train_data": self.train_data.state_dict()}
+        if self.scheduler is not None:
+            extra["scheduler"] = self.scheduler.state_dict()
+        return save_checkpoint(self.run_dir, self.step, model=self.model,
+                               optimizer=self.optimizer, world=self.world, extra=extra,
+                               keep_last=self.settings.keep_last)
+
+    def _restore(self, path: Path) -> None:
+        extra = load_checkpoint(path, model=self.model, optimizer=self.optimizer,
+                                world=self.world)
+        self.step = int(extra["step"])
+        self.train_data.load_state_dict(extra["train_data"])
+        if self.scheduler is not None and "scheduler" in extra:
+            self.scheduler.load_state_dict(extra["scheduler"])
+
+    def _resolved_text(self) -> str:
+        header = (f"# {self.loaded.ref.label} from {self.loaded.ref.path}\n"
+                  f"# pins of the installed components this run used:\n")
+        pins = "".join(f"#   {k}: {v}\n" for k, v in current_pins(self.loaded.recipe).items())
+        return header + pins + resolved_yaml(self.loaded)
