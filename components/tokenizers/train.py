@@ -1,0 +1,67 @@
+"""Train a byte-level BPE tokenizer (GPT-2 style) on a JSONL corpus.
+
+Deterministic: the same corpus, vocabulary size and library version give a byte-identical
+``tokenizer.json`` (the trainer breaks count ties by token order, not by hash order).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from llm_gym.data.pack import iter_jsonl_texts
+from llm_gym.data.tokenizer import EOD_TOKEN
+from llm_gym.errors import UserError
+
+
+def train_bpe_tokenizer(
+    corpus_jsonl: Path, vocab_size: int, out: Path, field: str = "text"
+) -> Path:
+    """Train on the ``field`` texts of ``corpus_jsonl``; write ``out`` (a tokenizer.json).
+
+    The vocabulary holds ``<|endoftext|>`` (id 0), the 256 byte symbols, then merges up to
+    ``vocab_size``. ``out`` is replaced atomically, so a crash never leaves half a file.
+    """
+    corpus_jsonl, out = Path(corpus_jsonl), Path(out)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + 1:
+        raise UserError(
+            f"vocab_size must be at least {len(alphabet) + 1} (bytes + eod), got {vocab_size}"
+        )
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOD_TOKEN],
+        # Every byte gets an id even if the corpus lacks it, so no text is ever unencodable.
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    seen = 0
+
+    def texts():
+        nonlocal seen
+        for text in iter_jsonl_texts(corpus_jsonl, field):
+            seen += 1
+            yield text
+
+    tok.train_from_iterator(texts(), trainer)
+    if seen == 0:
+        raise UserError(f"{corpus_jsonl}: no documents to train a tokenizer on")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(tok.to_str(pretty=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out
