@@ -1,0 +1,152 @@
+"""Training samples from a pack: fixed-length token blocks, shuffled per epoch, sharded by rank.
+
+The token stream (documents back to back, each ending with eod) is cut into blocks of
+``seq_len + 1`` tokens; block ``b`` is ``tokens[b * seq_len : b * seq_len + seq_len + 1]``.
+Consecutive blocks overlap by one token, the last target of one being the first input of
+the next, so every token after the first is a target exactly once per epoch.
+
+Splits: the last ``ceil(val_fraction * n_blocks)`` blocks form ``split="val"``, the rest
+``split="train"``. They share one boundary token, which is a target only in train and
+input-only context in val, so no validation target is ever trained on.
+
+Epoch ``e`` visits the split's blocks in the order ``default_rng([seed, e]).permutation``
+(val keeps file order unless ``shuffle=True``). Rank ``r`` of ``world_size`` takes the
+``r``-th contiguous slice of ``len(self)`` blocks of that order, the remainder being
+dropped, so ranks are disjoint and equally long. The position (epoch, index in the rank's
+slice) is the whole state: the same on every rank, and restoring it resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from llm_gym.data.packed import PackedTokens
+from llm_gym.errors import UserError
+
+Split = Literal["train", "val"]
+
+
+class PackedMemMapDataset:
+    """Batches of ``[batch_size, seq_len + 1]`` int64 tokens from ``PREFIX.bin``/``.idx``.
+
+    ``inputs, targets = batch[:, :-1], batch[:, 1:]``. Pass ``tokenizer_fingerprint`` to
+    refuse a pack made with another tokenizer.
+    """
+
+    def __init__(
+        self,
+        prefix: str | Path,
+        seq_len: int,
+        *,
+        split: Split = "train",
+        val_fraction: float = 0.0,
+        shuffle: bool | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        tokenizer_fingerprint: str | None = None,
+    ) -> None:
+        if seq_len < 1:
+            raise UserError(f"seq_len must be >= 1, got {seq_len}")
+        if split not in ("train", "val"):
+            raise UserError(f"split must be 'train' or 'val', got {split!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} outside world_size {world_size}")
+        self.packed = PackedTokens.open(prefix)
+        if tokenizer_fingerprint is not None:
+            self.packed.check_tokenizer(tokenizer_fingerprint)
+        self.seq_len, self.split, self.seed = seq_len, split, seed
+        self.rank, self.world_size = rank, world_size
+        self.shuffle = (split == "train") if shuffle is None else shuffle
+
+        total = max(self.packed.n_tokens - 1, 0) // seq_len
+        n_val = math.ceil(total * val_fraction)
+        first, count = (0, total - n_val) if split == "train" else (total - n_val, n_val)
+        self.first_block, self.n_blocks = first, count
+        self._per_rank = count // world_size
+        if self._per_rank == 0:
+            raise UserError(
+                f"{self.packed.bin_path}: the {split} split has {count} blocks of"
+                f" {seq_len + 1} tokens ({self.packed.n_tokens} tokens, val_fraction"
+                f" {val_fraction}), fewer than the {world_size} data-parallel ranks need"
+            )
+        self.epoch, self.position = 0, 0
+        self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
+        self._window = np.arange(seq_len + 1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        """Blocks per rank per epoch."""
+        return self._per_rank
+
+    def blocks_for_epoch(self, epoch: int) -> np.ndarray:
+        """This rank's block indices (into the whole file) for ``epoch``, in visiting order."""
+        if epoch != self._order_epoch:
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, epoch]).permutation(self.n_blocks)
+            else:
+                order = np.arange(self.n_blocks, dtype=np.int64)
+            lo = self.rank * self._per_rank
+            self._order = order[lo : lo + self._per_rank] + self.first_block
+            self._order_epoch = epoch
+        return self._order
+
+    def read_block(self, block: int) -> torch.Tensor:
+        """Block ``block`` of the file as a ``[seq_len + 1]`` int64 tensor."""
+        start = block * self.seq_len
+        return torch.from_numpy(
+            self.packed.tokens[start : start + self.seq_len + 1].astype(np.int64)
+        )
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        """The next ``batch_size`` blocks of this rank, crossing into new epochs as needed."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        picked: list[np.ndarray] = []
+        need = batch_size
+        while need:
+            order = self.blocks_for_epoch(self.epoch)
+            take = order[self.position : self.position + need]
+            picked.append(take)
+            need -= len(take)
+            self.position += len(take)
+            if self.position == len(order):
+                self.epoch, self.position = self.epoch + 1, 0
+        blocks = np.concatenate(picked) if len(picked) > 1 else picked[0]
+        # One gather for the whole batch: far cheaper than a slice per block.
+        idx = blocks[:, None] * self.seq_len + self._window
+        return torch.from_numpy(self.packed.tokens[idx].astype(np.int64))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain ints: the position, plus what must match for it to mean the same samples."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "world_size": self.world_size,
+            "n_blocks": self.n_blocks,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state``; refuses a state saved under another seed, layout or file."""
+        where = f"{self.packed.bin_path} ({self.split} split)"
+        for key in ("seed", "seq_len", "world_size", "n_blocks"):
+            if key in state and int(state[key]) != getattr(self, key):
+                raise UserError(
+                    f"{where}: checkpointed data position has {key}={state[key]}, this run has"
+                    f" {getattr(self, key)}; resuming would repeat or skip samples"
+                )
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position < self._per_rank:
+            raise UserError(
+                f"{where}: checkpointed data position epoch={epoch}, position={position} is"
+                f" outside 0..{self._per_rank - 1}"
+            )
+        self.epoch, self.position = epoch, position

@@ -1,0 +1,131 @@
+"""PackedMemMapDataset: block layout, shuffling, rank sharding, splits and exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llm_gym.data.packed import PackedWriter
+from llm_gym.data.packed_dataset import PackedMemMapDataset
+from llm_gym.errors import UserError
+
+FP = "a" * 64
+N_TOKENS = 10_007  # prime: no seq_len divides the stream evenly
+SEQ = 16
+BLOCKS = (N_TOKENS - 1) // SEQ  # 625
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory):
+    """A pack whose token at position i is i (uint32 ids), so a block reveals its position."""
+    prefix = tmp_path_factory.mktemp("ds") / "p"
+    tokens = np.arange(N_TOKENS, dtype=np.int64)
+    lengths = np.diff(np.r_[0, np.arange(37, N_TOKENS, 37), N_TOKENS])
+    with PackedWriter(prefix, vocab_size=70_000, eod_id=69_999, fingerprint=FP) as w:
+        w.add_documents(tokens, lengths)
+    return prefix
+
+
+def starts(batch: torch.Tensor) -> list[int]:
+    """Block index of each row: its first token is the block's start position."""
+    return (batch[:, 0] // SEQ).tolist()
+
+
+def test_blocks_overlap_by_one_token_and_are_int64(prefix) -> None:
+    ds = PackedMemMapDataset(prefix, SEQ, shuffle=False)
+    assert len(ds) == ds.n_blocks == BLOCKS
+    batch = ds.next_batch(3)
+    assert batch.dtype == torch.int64 and batch.shape == (3, SEQ + 1)
+    assert batch.tolist() == [list(range(b * SEQ, b * SEQ + SEQ + 1)) for b in range(3)]
+    assert ds.read_block(624).tolist() == list(range(624 * SEQ, 625 * SEQ + 1))
+    assert ds.read_block(624)[-1] == N_TOKENS - 7  # the 6 tokens after it do not fill a block
+
+
+def test_every_token_is_a_target_once_per_epoch(prefix) -> None:
+    ds = PackedMemMapDataset(prefix, SEQ, seed=3)
+    targets = ds.next_batch(len(ds))[:, 1:].flatten()
+    assert sorted(targets.tolist()) == list(range(1, BLOCKS * SEQ + 1))
+
+
+def test_shuffle_is_seeded_per_epoch(prefix) -> None:
+    a, b = PackedMemMapDataset(prefix, SEQ, seed=1), PackedMemMapDataset(prefix, SEQ, seed=1)
+    other = PackedMemMapDataset(prefix, SEQ, seed=2)
+    e0, e1 = a.next_batch(BLOCKS), a.next_batch(BLOCKS)
+    assert torch.equal(e0, b.next_batch(BLOCKS))  # same seed, same order
+    assert sorted(starts(e0)) == sorted(starts(e1)) == list(range(BLOCKS))
+    assert starts(e0) != starts(e1) != list(range(BLOCKS))  # a new order each epoch
+    assert starts(other.next_batch(BLOCKS)) != starts(e0)
+    assert np.array_equal(a.blocks_for_epoch(0), np.array(starts(e0)))
+
+
+@pytest.mark.parametrize("world_size", [1, 3, 4])
+def test_ranks_split_each_epoch_disjointly(prefix, world_size: int) -> None:
+    for epoch in (0, 1):
+        shares = [
+            PackedMemMapDataset(prefix, SEQ, seed=5, rank=r, world_size=world_size)
+            for r in range(world_size)
+        ]
+        seen = [set(s.blocks_for_epoch(epoch).tolist()) for s in shares]
+        per_rank = BLOCKS // world_size
+        assert all(len(s) == per_rank == len(ds) for s, ds in zip(seen, shares, strict=True))
+        union = set().union(*seen)
+        assert len(union) == per_rank * world_size  # disjoint
+        assert union <= set(range(BLOCKS)) and BLOCKS - len(union) == BLOCKS % world_size
+
+
+@pytest.mark.parametrize("batch_size,k", [(7, 50), (64, 13), (625, 3), (1000, 2)])
+def test_resume_is_exact(prefix, batch_size: int, k: int) -> None:
+    """K batches, save, a fresh dataset, load, K batches == 2K batches in one go,
+    across epoch boundaries and on every rank."""
+    for rank in (0, 1):
+        kwargs = dict(seed=11, rank=rank, world_size=2)
+        straight = PackedMemMapDataset(prefix, SEQ, **kwargs)
+        expected = [straight.next_batch(batch_size) for _ in range(2 * k)]
+        first = PackedMemMapDataset(prefix, SEQ, **kwargs)
+        got = [first.next_batch(batch_size) for _ in range(k)]
+        state = first.state_dict()
+        assert all(type(v) is int for v in state.values()), state
+        resumed = PackedMemMapDataset(prefix, SEQ, **kwargs)
+        resumed.load_state_dict(state)
+        got += [resumed.next_batch(batch_size) for _ in range(k)]
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+        assert resumed.state_dict() == straight.state_dict()
+
+
+def test_val_split_is_the_tail_never_shuffled_into_train(prefix) -> None:
+    train = PackedMemMapDataset(prefix, SEQ, split="train", val_fraction=0.1)
+    val = PackedMemMapDataset(prefix, SEQ, split="val", val_fraction=0.1)
+    n_val = int(np.ceil(BLOCKS * 0.1))
+    assert (len(train), len(val)) == (BLOCKS - n_val, n_val)
+    train_blocks = {b for e in range(3) for b in train.blocks_for_epoch(e).tolist()}
+    assert train_blocks == set(range(BLOCKS - n_val))
+    v = val.next_batch(n_val)
+    assert starts(v) == list(range(BLOCKS - n_val, BLOCKS))  # file order by default
+    train_targets = set(train.next_batch(len(train))[:, 1:].flatten().tolist())
+    assert train_targets.isdisjoint(v[:, 1:].flatten().tolist())
+    shuffled = PackedMemMapDataset(prefix, SEQ, split="val", val_fraction=0.1, shuffle=True)
+    first_epoch = starts(shuffled.next_batch(n_val))
+    assert sorted(first_epoch) == starts(v) and first_epoch != starts(v)
+
+
+def test_bad_arguments_and_states(prefix) -> None:
+    with pytest.raises(UserError, match="fewer than the 700 data-parallel ranks"):
+        PackedMemMapDataset(prefix, SEQ, world_size=700)
+    with pytest.raises(UserError, match="val split has 0 blocks"):
+        PackedMemMapDataset(prefix, SEQ, split="val")
+    with pytest.raises(UserError, match="val_fraction"):
+        PackedMemMapDataset(prefix, SEQ, val_fraction=1.0)
+    with pytest.raises(UserError, match="rank 2 outside world_size 2"):
+        PackedMemMapDataset(prefix, SEQ, rank=2, world_size=2)
+    with pytest.raises(UserError, match="packed with tokenizer fingerprint aaaa"):
+        PackedMemMapDataset(prefix, SEQ, tokenizer_fingerprint="b" * 64)
+    ds = PackedMemMapDataset(prefix, SEQ, seed=1)
+    state = ds.state_dict()
+    with pytest.raises(UserError, match="seed=1, this run has 2"):
+        PackedMemMapDataset(prefix, SEQ, seed=2).load_state_dict(state)
+    with pytest.raises(UserError, match="seq_len=16, this run has 8"):
+        PackedMemMapDataset(prefix, 8, seed=1).load_state_dict(state)
+    with pytest.raises(UserError, match="position=625 is outside"):
+        ds.load_state_dict({**state, "position": BLOCKS})
+    assert ds.state_dict() == state  # a refused state changes nothing
