@@ -65,8 +65,7 @@ _BLANK_CODES = np.frombuffer(_BLANK, np.uint8)
 
 class BadLine(NamedTuple):
     line: int  # 1-based physical line number in the source, counting empty lines
-    offset: int  # byte offset of the line start
-    reason: str
+    reason: str  # names the byte offset where that helps (invalid UTF-8)
 
 
 @dataclass
@@ -119,9 +118,7 @@ def build_line_index(
         fingerprint = _fingerprint(probe, before.st_size)
         scan = _Scanner(source, probe, chunk_size, validate, on_bad_line)
         scan.carry_start = len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0
-        flags = (FLAG_VALIDATED if validate else 0) | (
-            FLAG_SKIP_BAD if on_bad_line == "skip" else 0
-        )
+        flags = FLAG_VALIDATED * validate | FLAG_SKIP_BAD * (on_bad_line == "skip")
         with (
             _atomic_output(out, before.st_mode) as w,
             _progress_bar(progress, source, before) as bar,
@@ -129,27 +126,15 @@ def build_line_index(
             w.write(bytes(HEADER_SIZE))  # placeholder: the counts are known only at the end
             scan.run(f, w, bar)
             after = os.fstat(f.fileno())
-            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or (
-                scan.base != before.st_size
-            ):
+            source_id = before.st_size, before.st_mtime_ns
+            if (after.st_size, after.st_mtime_ns) != source_id or scan.base != before.st_size:
                 raise UserError(f"{source}: the file changed while it was being indexed; retry")
             if scan.lines == 0:
                 what = "valid" if scan.bad_count else "non-empty"
                 raise UserError(f"{source}: no {what} lines; expected one JSON document per line")
+            counts = scan.lines, scan.empty, scan.bad_count
             w.seek(0)
-            w.write(
-                _HEADER.pack(
-                    MAGIC,
-                    VERSION,
-                    flags,
-                    before.st_size,
-                    before.st_mtime_ns,
-                    fingerprint,
-                    scan.lines,
-                    scan.empty,
-                    scan.bad_count,
-                )
-            )
+            w.write(_HEADER.pack(MAGIC, VERSION, flags, *source_id, fingerprint, *counts))
     return IndexSummary(
         path=out,
         lines=scan.lines,
@@ -190,9 +175,8 @@ class _Scanner:
             if bar is not None:
                 bar.advance(0, n)
         if self.carry_start < self.base:  # a last line without a trailing newline
-            start = np.array([self.carry_start], dtype=np.int64)
-            end = start * 0 + self.base - (self.arr[0] == 13)
-            self._emit(start, end, self.newlines + 1, out)
+            end = self.base - int(self.arr[0] == 13)
+            self._emit(np.array([self.carry_start]), np.array([end]), self.newlines + 1, out)
 
     def _chunk(self, n: int, out: IO[bytes]) -> None:
         base, chunk = self.base, self.arr[1 : n + 1]
@@ -240,7 +224,7 @@ class _Scanner:
                     data = data[: e - s]
                 if (reason := _check_line(data, s)) is not None:
                     keep[j] = False
-                    self._bad(BadLine(first_line + int(j), s, reason))
+                    self._bad(BadLine(first_line + int(j), reason))
         pairs = np.empty((int(np.count_nonzero(keep)), 2), dtype="<u8")
         pairs[:, 0] = starts[keep]
         pairs[:, 1] = ends[keep]
