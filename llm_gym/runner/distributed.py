@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from typing import TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+
+# Attribute set on an exception that left distributed_world(): when it happened.
+FAILED_AT_ATTR = "_llm_gym_failed_at"
 
 # Variables torchrun / the elastic agent set for every worker.
 _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -85,16 +89,19 @@ def distributed_world(timeout: timedelta | None = None) -> Iterator[World]:
         device=device,
         backend=backend,
     )
-    ok = False
     try:
         yield world
-        ok = True
+    except BaseException as exc:
+        # Destroying the group makes peers fail at once with a connection error, often
+        # before this rank has finished reporting; the timestamp lets the launcher name
+        # the rank that failed first.
+        setattr(exc, FAILED_AT_ATTR, time.time())
+        dist.destroy_process_group()
+        raise
+    try:
+        dist.barrier()
     finally:
-        try:
-            if ok:
-                dist.barrier()
-        finally:
-            dist.destroy_process_group()
+        dist.destroy_process_group()
 
 
 def _world_from_group() -> World:

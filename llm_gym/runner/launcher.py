@@ -1,0 +1,265 @@
+"""Start N training processes on this machine through torch's elastic launcher.
+
+This is what ``torchrun --standalone --nproc-per-node N`` does, called as a function:
+the elastic agent does the rendezvous, sets ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/...
+for every worker (so ``distributed_world()`` sees a torchrun launch), watches the workers
+and stops them all as soon as one fails, so a crash on one rank never leaves the others
+hanging in a collective.
+
+Output: workers inherit this process's stdout/stderr unchanged (no redirection, no
+prefixes), so rank 0's rich progress bar still sees a terminal. The agent's own INFO
+chatter is silenced; failures are reported once, by the exception raised here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llm_gym.errors import UserError
+
+# Agent, rendezvous and worker-process-management loggers live under these names.
+# Written by a failing worker next to its error.json: when it failed (time.time()).
+_FAILED_AT_FILE = "failed_at"
+
+# What torch reports for a worker that wrote no error file.
+_NO_MESSAGE = "<NONE>"
+
+_AGENT_LOGGERS = (
+    "torch.distributed.elastic",
+    "torch.distributed.launcher",
+    "torch.multiprocessing",
+)
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """What one failed worker left behind: exit code, message and traceback if recorded."""
+
+    rank: int
+    exitcode: int
+    message: str
+    traceback: str
+
+
+class LaunchError(RuntimeError):
+    """One or more workers failed; ``failures`` maps each global rank to what happened."""
+
+    def __init__(self, failures: dict[int, WorkerFailure]) -> None:
+        self.failures = failures
+        super().__init__(_describe(failures, "worker process(es) failed"))
+
+
+class _WorkerUserError(UserError):
+    """A UserError raised inside a worker; its class name marks it in the error file."""
+
+
+def launch_local(
+    nproc: int,
+    entrypoint: Callable[..., Any],
+    args: tuple = (),
+    *,
+    run_id: str | None = None,
+    verbose: bool = False,
+) -> dict[int, Any]:
+    """Run ``entrypoint(*args)`` in ``nproc`` local worker processes; return their results.
+
+    ``entrypoint`` must be a module-level function (workers are spawned, so it is pickled
+    by name) and its return value must be picklable. The result maps each rank to what
+    its worker returned.
+
+    Raises ``UserError`` if every failed worker failed with a ``UserError`` (a bad recipe,
+    checkpoint, ... is reported as the user's mistake, without traceback), else
+    ``LaunchError`` naming each failed rank and its error. ``verbose`` lets the elastic
+    agent log at INFO.
+
+    Unless ``OMP_NUM_THREADS`` is set, each worker gets ``cpu_count // nproc`` threads so
+    N workers do not oversubscribe the CPU cores.
+    """
+    if nproc < 1:
+        raise UserError(f"nproc must be at least 1, got {nproc}")
+    # Imported here: `llm_gym --help` must not pay for importing torch.
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=run_id or f"llm_gym-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"localhost:{_free_port()}",
+        # Restarting a failed training run from scratch is never what we want here;
+        # resuming from a checkpoint is the runner's decision.
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
+    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    with (
+        tempfile.TemporaryDirectory(prefix="llm_gym_launch_") as log_dir,
+        _quiet_agent(verbose),
+        _env_default("OMP_NUM_THREADS", threads),
+    ):
+        # No redirects: workers write straight to our stdout/stderr. The log dir only
+        # holds each worker's error.json, read back below when something fails.
+        config.logs_specs = DefaultLogsSpecs(log_dir=log_dir)
+        try:
+            return elastic_launch(config, _worker_main)(entrypoint, *args)
+        except ChildFailedError as exc:
+            failures = _collect_failures(exc.failures, Path(log_dir))
+    if all(_is_user_error(f) for f in failures.values()):
+        # Strip the marker class name; what the user needs is the message.
+        prefix = f"{_WorkerUserError.__name__}: "
+        messages = [f.message.removeprefix(prefix) for f in failures.values()]
+        if len(set(messages)) == 1:
+            raise UserError(messages[0])
+        raise UserError(_describe(failures, "worker(s) stopped on a user error"))
+    raise LaunchError(failures)
+
+
+def _worker_main(entrypoint: Callable[..., Any], *args: Any) -> Any:
+    # Runs inside each worker, under torch's error recorder, which writes
+    # "<ExceptionClass>: <message>" and the traceback to a file the agent reads back.
+    try:
+        return entrypoint(*args)
+    except BaseException as exc:
+        _write_failure_time(exc)
+        if isinstance(exc, UserError) and not isinstance(exc, _WorkerUserError):
+            raise _WorkerUserError(str(exc)) from exc
+        if not isinstance(exc, (Exception, KeyboardInterrupt, SystemExit)):
+            # torch's recorder only writes the error file for an Exception; a stray
+            # BaseException (DCP's CheckpointException is one) would arrive without a word.
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+        raise
+
+
+def _write_failure_time(exc: BaseException) -> None:
+    from llm_gym.runner.distributed import FAILED_AT_ATTR
+
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        failed_at = getattr(exc, FAILED_AT_ATTR, time.time())
+        Path(error_file).with_name(_FAILED_AT_FILE).write_text(repr(failed_at))
+
+
+def _is_user_error(failure: WorkerFailure) -> bool:
+    return failure.message.startswith(f"{_WorkerUserError.__name__}: ")
+
+
+def _collect_failures(reported: dict[int, Any], log_dir: Path) -> dict[int, WorkerFailure]:
+    """Every failed rank, the earliest failure first.
+
+    The agent reports only the ranks it saw dead when it stopped the group, often not
+    the one that failed first (a rank whose peer vanished dies of a connection reset
+    sooner than the culprit finishes exiting). Each worker's error.json is on disk, so
+    read them all, and order by the time each worker says it failed.
+    """
+    found: dict[int, tuple[float, WorkerFailure]] = {}
+    for rank, failure in reported.items():
+        message = _error_message(failure.error_file_data)
+        if not message or message == _NO_MESSAGE:
+            message = f"exited with code {failure.exitcode} without recording an error"
+        if failure.exitcode < 0:
+            message = f"killed by signal {-failure.exitcode} ({failure.signal_name()})"
+        traceback = _error_traceback(failure.error_file_data)
+        found[rank] = (float("inf"), WorkerFailure(rank, failure.exitcode, message, traceback))
+    # One node, so the local rank in the path is the global rank.
+    for path in log_dir.glob("*/attempt_*/*/error.json"):
+        try:
+            rank = int(path.parent.name)
+            data = json.loads(path.read_text())
+        except (ValueError, OSError):
+            continue
+        exitcode = found[rank][1].exitcode if rank in found else 1
+        failure = WorkerFailure(rank, exitcode, _error_message(data), _error_traceback(data))
+        found[rank] = (_failed_at(path), failure)
+    ordered = sorted(found.items(), key=lambda item: (item[1][0], item[0]))
+    return {rank: failure for rank, (_, failure) in ordered}
+
+
+def _failed_at(error_file: Path) -> float:
+    try:
+        return float(error_file.with_name(_FAILED_AT_FILE).read_text())
+    except (OSError, ValueError):
+        return error_file.stat().st_mtime
+
+
+def _error_message(data: Any) -> str:
+    # torch's error recorder writes {"message": {"message": ..., "extraInfo": {...}}};
+    # older or custom writers put a plain string there.
+    message = data.get("message") if isinstance(data, dict) else None
+    if isinstance(message, dict):
+        return str(message.get("message", ""))
+    return str(message or "")
+
+
+def _error_traceback(data: Any) -> str:
+    message = data.get("message") if isinstance(data, dict) else None
+    if isinstance(message, dict):
+        return str(message.get("extraInfo", {}).get("py_callstack", ""))
+    return ""
+
+
+def _describe(failures: dict[int, WorkerFailure], headline: str) -> str:
+    ranks = ", ".join(str(r) for r in failures)
+    lines = [f"{len(failures)} {headline} (first failure first): rank {ranks}"]
+    for failure in failures.values():
+        lines.append(f"  rank {failure.rank} (exit code {failure.exitcode}): {failure.message}")
+    return "\n".join(lines)
+
+
+def _free_port() -> int:
+    # The rendezvous store binds this port a moment later; the window for another
+    # process to take it is tiny, and a clash fails loudly rather than silently.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("localhost", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _quiet_agent(verbose: bool) -> Iterator[None]:
+    # torch's elastic modules each set an explicit level on their own logger at import,
+    # so the parent logger's level is not enough: adjust every one of them. The
+    # rendezvous backend is imported on demand; import it now so its loggers exist.
+    import torch.distributed.elastic.rendezvous.c10d_rendezvous_backend  # noqa: F401
+    import torch.distributed.elastic.rendezvous.dynamic_rendezvous  # noqa: F401
+
+    names = [
+        name for name in list(logging.root.manager.loggerDict) if name.startswith(_AGENT_LOGGERS)
+    ]
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        # The agent logs a worker failure at ERROR with a long banner; LaunchError says
+        # it once, so only CRITICAL gets through unless asked for.
+        lg.setLevel(logging.INFO if verbose else logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved, strict=True):
+            lg.setLevel(level)
+
+
+@contextmanager
+def _env_default(name: str, value: str) -> Iterator[None]:
+    # Workers inherit os.environ at spawn time; set the default only for their sake.
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
