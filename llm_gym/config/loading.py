@@ -31,6 +31,8 @@ def load_yaml(path: Path) -> DictConfig:
         raise UserError(f"{where}: YAML syntax error: {problem}") from None
     except (OmegaConfBaseException, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot load: {exc}") from None
+    if isinstance(loaded, DictConfig) and not loaded:
+        raise UserError(f"{path}: the recipe file is empty; a recipe is a YAML mapping")
     if not isinstance(loaded, DictConfig):
         raise UserError(f"{path}: a recipe is a YAML mapping (key: value), not a list or scalar")
     return loaded

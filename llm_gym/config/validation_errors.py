@@ -35,7 +35,9 @@ def describe_errors(exc: ValidationError, data: Any) -> list[str]:
     for error in exc.errors(include_url=False):
         path = yaml_path(tuple(error["loc"]), data)
         kind = error["type"]
-        if kind == "missing":
+        if kind == "missing" and error["loc"] and isinstance(error["loc"][-1], int):
+            lines.append(f"{path}: too few items (item [{error['loc'][-1]}] is missing)")
+        elif kind == "missing":
             lines.append(f"{path}: required, but missing")
         elif kind == "extra_forbidden":
             lines.append(f"{path}: unexpected key")

@@ -13,6 +13,11 @@ from llm_gym.errors import UserError
 from llm_gym.recipes.catalog import RecipeCatalog, RecipeRef
 from llm_gym.recipes.pins import Drift, find_drift
 from llm_gym.registry import ResolverRegistry
+from llm_gym.registry.building import build_order
+from llm_gym.registry.component import spec_of
+
+# What the runner provides to every component besides the recipe's own slots.
+RUNNER_PROVIDES = ("world", "trainer")
 
 
 class DriftError(UserError):
@@ -39,6 +44,7 @@ def load_recipe(
     ref = RecipeCatalog.from_registry(registry, recipe_dirs).resolve(spec)
     data = load_config(ref.path, overrides)
     recipe = validate_recipe(data, registry, source=str(ref.path))
+    check_dependencies(recipe, registry, str(ref.path))
     drift = find_drift(recipe, registry)
     if drift and not allow_drift:
         raise DriftError(
@@ -47,3 +53,14 @@ def load_recipe(
             [str(d) for d in drift],
         )
     return LoadedRecipe(ref, data, recipe, drift)
+
+
+def check_dependencies(recipe: RecipeBase, registry: ResolverRegistry, source: str) -> None:
+    """Fail now, not mid-launch, on a missing dependency or a cycle between components."""
+    entries = {slot: spec_of(choice.type_hint.value)
+               for slot, choice in recipe.components().items()}
+    provided = RUNNER_PROVIDES if "trainer" in registry.sections() else ()
+    try:
+        build_order(entries, provided)
+    except UserError as exc:
+        raise type(exc)(f"{source}: {exc.message}", exc.problems) from None

@@ -48,7 +48,7 @@ def find_drift(recipe: Any, registry: ResolverRegistry) -> list[Drift]:
     for key, pin in now.items():
         old = pinned.get(key)
         if old is None:
-            drift.append(Drift(key, "used but not pinned (run `llm_gym recipe lock`)"))
+            drift.append(Drift(key, "used but not pinned"))
             continue
         changes = [
             f"{field} {old[field]} -> {pin[field]}"

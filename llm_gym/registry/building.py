@@ -7,7 +7,7 @@ the runner's world, device, ...). Missing dependencies and cycles are reported b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
@@ -30,13 +30,16 @@ def call_build(spec: ComponentSpec, config: ComponentConfig, available: Mapping[
     return config.build(**kwargs)
 
 
-def build_in_order(
-    entries: Mapping[str, tuple[ComponentSpec, ComponentConfig]],
-    provided: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Build every recipe entry ``slot -> (spec, config)``; return ``slot -> object``."""
+def build_order(
+    entries: Mapping[str, ComponentSpec], provided: Iterable[str]
+) -> list[str]:
+    """The order to build recipe slots in; names what is missing or circular.
+
+    Needs no config and builds nothing, so a recipe can be checked before a run.
+    """
+    provided = set(provided)
     graph: dict[str, list[str]] = {}
-    for slot, (spec, _) in entries.items():
+    for slot, spec in entries.items():
         needs = []
         for dep in spec.dependencies:
             if dep.name in entries and dep.name != slot:
@@ -44,16 +47,24 @@ def build_in_order(
             elif dep.name not in provided and dep.required:
                 raise DependencyError(
                     f"{slot} ({spec.key}) needs {dep.name!r}: the recipe has no "
-                    f"{dep.name!r} entry and the caller provided none"
+                    f"{dep.name!r} entry and the caller provides none"
                 )
         graph[slot] = needs
     try:
-        order = list(TopologicalSorter(graph).static_order())
+        return list(TopologicalSorter(graph).static_order())
     except CycleError as exc:
         cycle = exc.args[1]
         raise DependencyError(
             "components depend on each other in a cycle: " + " -> ".join(cycle)
         ) from None
+
+
+def build_in_order(
+    entries: Mapping[str, tuple[ComponentSpec, ComponentConfig]],
+    provided: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Build every recipe entry ``slot -> (spec, config)``; return ``slot -> object``."""
+    order = build_order({slot: spec for slot, (spec, _) in entries.items()}, provided)
     built: dict[str, Any] = {}
     for slot in order:
         spec, config = entries[slot]

@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from llm_gym.errors import UserError
 from llm_gym.registry.component import ComponentConfig, ComponentSpec
 from llm_gym.registry.lookup import LookupEnum, build_lookup_enum
 
@@ -39,7 +40,9 @@ class ComponentChoice(BaseModel):
     config: Any
 
 
-class UnknownComponentError(LookupError):
+class UnknownComponentError(UserError, LookupError):
+    """A kind or component name that nobody registered; lists those that exist."""
+
     def __init__(self, kind: str, given: str, known: list[str]) -> None:
         self.kind, self.given, self.known = kind, given, known
         super().__init__(describe_unknown(kind, given, known))

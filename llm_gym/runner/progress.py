@@ -14,7 +14,7 @@ from rich.table import Table
 class Progress:
     def __init__(self, total_steps: int, start_step: int, enabled: bool, title: str) -> None:
         self.total, self.start, self.enabled, self.title = total_steps, start_step, enabled, title
-        self.console = Console(file=sys.stdout)
+        self.console = Console(file=sys.stdout, soft_wrap=True)
         self.live_mode = enabled and self.console.is_terminal
         self._started = time.perf_counter()
         self._live: Live | None = None
@@ -22,8 +22,9 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.live_mode:
-            self._live = Live(self._render(), console=self.console, refresh_per_second=4,
-                              transient=False)
+            self._live = Live(
+                self._render(), console=self.console, refresh_per_second=4, transient=False
+            )
             self._live.__enter__()
         return self
 
@@ -43,8 +44,11 @@ class Progress:
         if self._live is not None:
             self._live.update(self._render())
         else:
-            self.console.print(_plain_line(record, self.total, self._eta(record["step"])),
-                               markup=False, highlight=False)
+            self.console.print(
+                _plain_line(record, self.total, self._eta(record["step"])),
+                markup=False,
+                highlight=False,
+            )
 
     def _eta(self, step: int) -> float | None:
         done = step - self.start
@@ -57,9 +61,14 @@ class Progress:
         rec = self._last
         step = rec.get("step", self.start)
         table.add_row("step", f"{step}/{self.total}")
-        for key, label in (("loss", "loss"), ("lr", "lr"), ("grad_norm", "grad norm"),
-                           ("tokens_per_s", "tokens/s"), ("mfu", "MFU"),
-                           ("eval_loss", "eval loss")):
+        for key, label in (
+            ("loss", "loss"),
+            ("lr", "lr"),
+            ("grad_norm", "grad norm"),
+            ("tokens_per_s", "tokens/s"),
+            ("mfu", "MFU"),
+            ("eval_loss", "eval loss"),
+        ):
             if rec.get(key) is not None:
                 table.add_row(label, _format(key, rec[key]))
         eta = self._eta(step)
@@ -70,7 +79,7 @@ class Progress:
 
 def _plain_line(rec: dict[str, Any], total: int, eta: float | None) -> str:
     parts = [f"step {rec['step']}/{total}"]
-    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "eval_loss", "eval_perplexity"):
         if rec.get(key) is not None:
             parts.append(f"{key} {_format(key, rec[key])}")
     if eta is not None:
@@ -83,6 +92,8 @@ def _format(key: str, value: float) -> str:
         return f"{100 * value:.1f}%"
     if key == "tokens_per_s":
         return f"{value:,.0f}"
+    if key == "eval_perplexity":
+        return f"{value:.2f}"
     if key == "lr":
         return f"{value:.2e}"
     return f"{value:.4f}"

@@ -1,0 +1,1 @@
+"""Training datasets of the built-in component set."""

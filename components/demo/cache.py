@@ -1,0 +1,64 @@
+"""Prepare the demo data once per machine, into a cache directory, safely under concurrency.
+
+Each artefact is written atomically by its own tool; a file lock makes concurrent ranks
+(or runs) wait for the first one instead of repeating the work.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from llm_gym.data.demo_corpus import write_demo_corpus
+from llm_gym.data.pack import pack_jsonl
+
+DEFAULT_CACHE = "~/.cache/llm_gym/demo"
+
+
+def cache_dir(configured: str | None) -> Path:
+    raw = configured or os.environ.get("LLM_GYM_DEMO_CACHE") or DEFAULT_CACHE
+    path = Path(raw).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    with open(directory / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def demo_corpus(directory: Path, corpus_mb: float) -> Path:
+    path = directory / f"corpus-{corpus_mb:g}mb.jsonl"
+    with locked(directory):
+        if not path.exists():
+            write_demo_corpus(path, target_mb=corpus_mb)
+    return path
+
+
+def demo_tokenizer_file(directory: Path, corpus_mb: float, vocab_size: int) -> Path:
+    from llm_gym_components.tokenizers.train import train_bpe_tokenizer
+
+    corpus = demo_corpus(directory, corpus_mb)
+    path = directory / f"tokenizer-{corpus_mb:g}mb-{vocab_size}.json"
+    with locked(directory):
+        if not path.exists():
+            train_bpe_tokenizer(corpus, vocab_size, path)
+    return path
+
+
+def demo_pack(directory: Path, corpus_mb: float, tokenizer) -> Path:  # noqa: ANN001
+    """The corpus packed with ``tokenizer``; one pack per tokenizer fingerprint."""
+    corpus = demo_corpus(directory, corpus_mb)
+    prefix = directory / f"pack-{corpus_mb:g}mb-{tokenizer.fingerprint()[:16]}"
+    with locked(directory):
+        if not prefix.with_suffix(".bin").exists():
+            pack_jsonl(corpus, tokenizer, prefix, workers=min(4, os.cpu_count() or 1))
+    return prefix

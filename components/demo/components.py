@@ -1,0 +1,43 @@
+"""The demo tokenizer and dataset: what the gpt2-tiny recipe trains on, with no download."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from llm_gym.registry import ComponentConfig, component
+from llm_gym_components.datasets.packed_tokens import open_packed
+from llm_gym_components.tokenizers.hf_json import HFJsonTokenizer
+
+from .cache import cache_dir, demo_pack, demo_tokenizer_file
+
+
+@component("tokenizer", "DemoBPE", version=1)
+class DemoBPEConfig(ComponentConfig):
+    """Byte-level BPE trained on the demo corpus (prepared once, then cached)."""
+
+    vocab_size: int = Field(4096, ge=512, le=65536, description="BPE vocabulary size")
+    corpus_mb: float = Field(8.0, gt=0, le=64, description="size of the demo corpus")
+    cache_dir: str | None = Field(None, description="default: $LLM_GYM_DEMO_CACHE or "
+                                  "~/.cache/llm_gym/demo")
+
+    def build(self) -> HFJsonTokenizer:
+        directory = cache_dir(self.cache_dir)
+        return HFJsonTokenizer(demo_tokenizer_file(directory, self.corpus_mb, self.vocab_size))
+
+
+@component("dataset", "DemoCorpus", version=1)
+class DemoCorpusConfig(ComponentConfig):
+    """The demo corpus packed with the recipe's tokenizer (prepared once, then cached)."""
+
+    split: Literal["train", "val"] = "train"
+    val_fraction: float = Field(0.05, gt=0.0, lt=1.0,
+                                description="last fraction of blocks kept for validation")
+    corpus_mb: float = Field(8.0, gt=0, le=64, description="size of the demo corpus")
+    cache_dir: str | None = Field(None, description="default: $LLM_GYM_DEMO_CACHE or "
+                                  "~/.cache/llm_gym/demo")
+
+    def build(self, tokenizer: Any, world: Any, trainer: Any) -> Any:
+        prefix = demo_pack(cache_dir(self.cache_dir), self.corpus_mb, tokenizer)
+        return open_packed(str(prefix), self.split, self.val_fraction, world, trainer, tokenizer)

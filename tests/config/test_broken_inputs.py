@@ -1,0 +1,132 @@
+"""Every broken recipe or override: exit code 2, a message naming the place, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llm_gym.cli.main import main
+from tests.conftest import REPO, run_cli
+
+DEBUG_RECIPE = REPO / "recipes" / "gpt2-debug" / "v1.yaml"
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out + captured.err
+
+
+def _edited(tmp_path: Path, old: str, new: str) -> str:
+    text = DEBUG_RECIPE.read_text()
+    assert old in text, f"test setup: {old!r} not in the debug recipe"
+    path = tmp_path / "broken.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return str(path)
+
+
+OVERRIDE_CASES = {
+    "unknown type_hint": (["optimizer.type_hint=AdamX"],
+                          ["optimizer", "type_hint", "'AdamX'", "did you mean 'AdamW'"]),
+    "type_hint of another kind": (["optimizer.type_hint=StepLR"],
+                                  ["optimizer", "no optimizer named 'StepLR'", "SGD"]),
+    "wrong type": (["trainer.max_steps=lots"], ["trainer.max_steps", "integer", "'lots'"]),
+    "out of range": (["optimizer.config.lr=-0.1"], ["optimizer.config.lr", "greater than 0"]),
+    "unexpected key": (["optimizer.config.lrr=0.1"], ["optimizer.config.lrr", "unexpected key"]),
+    "unknown top-level key": (["traner.max_steps=3"], ["traner", "unexpected key"]),
+    "bad interpolation": (["model.config.n_embd=${trainer.width}"],
+                          ["model.config.n_embd", "trainer.width"]),
+    "missing environment variable": (["train_dataset.config.split=${oc.env:LLM_GYM_NO_SUCH}"],
+                                     ["train_dataset.config.split", "LLM_GYM_NO_SUCH"]),
+    "override without =": (["trainer.max_steps"], ["override", "KEY=VALUE"]),
+    "cross-field check": (["model.config.n_head=3"],
+                          ["model.config", "divisible by n_head"]),
+    "literal choice": (["train_dataset.config.split=test"],
+                       ["train_dataset.config.split", "'train' or 'val'"]),
+    "bad list length": (["optimizer.type_hint=AdamW", "optimizer.config.betas=[0.9]"],
+                        ["optimizer.config.betas", "too few items"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVERRIDE_CASES))
+def test_broken_override(capsys, case):
+    overrides, expected = OVERRIDE_CASES[case]
+    code, output = _cli(capsys, "recipe", "validate", "gpt2-debug", *overrides)
+    assert code == 2, output
+    for fragment in expected:
+        assert fragment in output, f"{fragment!r} missing from:\n{output}"
+    assert "Traceback" not in output
+
+
+FILE_CASES = {
+    "missing required key": ("n_embd: 32, ", "", ["model.config.n_embd", "required"]),
+    "missing required slot": ("loss:\n  type_hint: CrossEntropy\n", "",
+                              ["loss", "required"]),
+    "missing type_hint": ("  type_hint: AdamW\n", "", ["optimizer", "missing 'type_hint'"]),
+    "yaml syntax error": ("  max_steps: 8\n", "  max_steps: [8\n", ["broken.yaml:", "YAML"]),
+    "drifted pin": ("model/GPT2: {version: 1, fingerprint: ",
+                    "model/GPT2: {version: 7, fingerprint: ",
+                    ["model/GPT2", "version 7 -> 1", "recipe lock"]),
+    "bad pin fingerprint": ("model/GPT2: {version: 1, fingerprint: ",
+                            "model/GPT2: {version: 1, fingerprint: zz",
+                            ["pins.model/GPT2.fingerprint"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_broken_recipe_file(capsys, tmp_path, case):
+    old, new, expected = FILE_CASES[case]
+    code, output = _cli(capsys, "recipe", "validate", _edited(tmp_path, old, new))
+    assert code == 2, output
+    for fragment in expected:
+        assert fragment in output, f"{fragment!r} missing from:\n{output}"
+    assert "Traceback" not in output
+
+
+def test_drift_can_be_allowed_with_a_warning(capsys, tmp_path):
+    path = _edited(tmp_path, "model/GPT2: {version: 1, fingerprint: ",
+                   "model/GPT2: {version: 7, fingerprint: ")
+    code, output = _cli(capsys, "recipe", "validate", path, "--allow-drift")
+    assert code == 0 and "warning" in output and "model/GPT2" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["recipe", "validate", "no/such/recipe.yaml"], ["recipe file not found",
+                                                         "no/such/recipe.yaml"]),
+        (["recipe", "show", "gpt2-tyni"], ["no recipe named 'gpt2-tyni'",
+                                           "did you mean 'gpt2-tiny'"]),
+        (["recipe", "validate", "gpt2-tiny@9"], ["gpt2-tiny", "no version 9", "version(s) 1"]),
+        (["components", "show", "optimizer", "Adma"], ["did you mean 'AdamW'"]),
+        (["components", "show", "optimiser", "AdamW"], ["no component kind named 'optimiser'",
+                                                        "optimizer"]),
+    ],
+)
+def test_broken_names(capsys, args, expected):
+    code, output = _cli(capsys, *args)
+    assert code == 2, output
+    for fragment in expected:
+        assert fragment in output
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"", "a recipe is a YAML mapping"), (b"- a\n- b\n", "a recipe is a YAML mapping"),
+     (b"trainer:\n  max_steps: \xff\xfe\n", "cannot load")],
+)
+def test_unreadable_recipe_files(capsys, tmp_path, content, expected):
+    path = tmp_path / "odd.yaml"
+    path.write_bytes(content)
+    code, output = _cli(capsys, "recipe", "validate", str(path))
+    assert code == 2 and expected in output and "odd.yaml" in output
+
+
+def test_user_errors_exit_2_without_traceback_and_debug_shows_it():
+    plain = run_cli("recipe", "validate", "gpt2-debug", "optimizer.config.lr=-1")
+    assert plain.returncode == 2
+    assert "optimizer.config.lr" in plain.stderr and "Traceback" not in plain.stderr
+    debug = run_cli("--debug", "recipe", "validate", "gpt2-debug", "optimizer.config.lr=-1")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
