@@ -87,7 +87,7 @@ def _cosine(progress: float) -> float:
 
 
 def _warmup_then(warmup: int, end: int, floor: float, shape):  # noqa: ANN001, ANN202
-    """A LambdaLR factor: linear warmup, then ``shape(progress)`` from 1 to 0 mapped onto [floor, 1]."""
+    """A LambdaLR factor: linear warmup, then shape(progress) (1 -> 0) mapped onto [floor, 1]."""
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -24,7 +24,8 @@ def index(source: Path, out: Path | None, validate: bool, on_bad_line: str) -> N
 
 
 def run_index(source: Path, *, out: Path | None, validate: bool, on_bad_line: str) -> None:
-    from llm_gym.cli.output import err, out as console
+    from llm_gym.cli.output import err
+    from llm_gym.cli.output import out as console
     from llm_gym.data.line_index import build_line_index
 
     summary = build_line_index(source, out, validate=validate, on_bad_line=on_bad_line,
@@ -75,7 +76,9 @@ def build_tokenizer(spec: str, options: tuple[str, ...] = ()):  # noqa: ANN201
             raise UserError(f"--tokenizer-option {item!r}: expected KEY=VALUE")
         kwargs[key] = value
     if spec.endswith(".json"):
-        return registry.build_component_by_key_query("tokenizer", "HFJson", {"path": spec, **kwargs})
+        return registry.build_component_by_key_query(
+            "tokenizer", "HFJson", {"path": spec, **kwargs}
+        )
     try:
         return registry.build_component_by_key_query("tokenizer", spec, kwargs)
     except LookupError as exc:
@@ -87,7 +90,8 @@ def build_tokenizer(spec: str, options: tuple[str, ...] = ()):  # noqa: ANN201
 @click.option("--target-mb", type=click.FloatRange(min=0.01), default=8.0, show_default=True)
 def demo_corpus(out: Path, target_mb: float) -> None:
     """Write English prose from installed Python docstrings as JSONL (no download)."""
-    from llm_gym.cli.output import err, out as console
+    from llm_gym.cli.output import err
+    from llm_gym.cli.output import out as console
     from llm_gym.data.demo_corpus import write_demo_corpus
 
     summary = write_demo_corpus(out, target_mb=target_mb, progress=err.is_terminal)
@@ -108,8 +112,9 @@ def tokenizer() -> None:
 @click.option("--field", default="text", show_default=True)
 def train_tokenizer(corpus: Path, vocab_size: int, out: Path, field: str) -> None:
     """Train a byte-level BPE tokenizer (Hugging Face tokenizers) on a JSONL corpus."""
-    from llm_gym.cli.output import out as console
     from llm_gym_components.tokenizers.train import train_bpe_tokenizer  # noqa: F401
+
+    from llm_gym.cli.output import out as console
 
     path = train_bpe_tokenizer(corpus, vocab_size, out, field=field)
     console.print(f"wrote {path}", markup=False)

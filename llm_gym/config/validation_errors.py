@@ -1,4 +1,4 @@
-"""Turn a pydantic ValidationError into short lines: YAML path, what was expected, what was given."""
+"""A pydantic ValidationError as short lines: YAML path, what was expected, what was given."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One component kind (model, optimizer, scheduler, ...): its specs and everything derived from them.
+"""One component kind (model, optimizer, ...): its specs and everything derived from them.
 
 From the declared specs a kind derives, and rebuilds whenever a component is added:
 its ``LookupEnum``, its class-resolver resolver (type_hint -> config class), and the

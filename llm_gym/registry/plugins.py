@@ -1,4 +1,4 @@
-"""Finding plugins: only installed entry points of the ``llm_gym`` group, never paths from a recipe."""
+"""Finding plugins: only installed ``llm_gym`` entry points, never paths named in a recipe."""
 
 from __future__ import annotations
 
