@@ -93,6 +93,43 @@ def test_matches_reference_on_random_files(tmp_path: Path) -> None:
             check_round_trip(tmp_path, data, chunk_sizes=(1, 5, 13, 1 << 20))
 
 
+def is_json(line: bytes) -> bool:
+    try:
+        json.loads(line.decode("utf-8"))
+    except ValueError:
+        return False
+    return True
+
+
+def test_validate_matches_reference_on_random_files(tmp_path: Path) -> None:
+    """Validation reassembles lines split across chunks, \r included, before parsing."""
+    rng = random.Random(99)
+    pieces = [
+        b"",
+        b" ",
+        b'{"a": 1}',
+        b'{"a": "\xc3\xa9"}',
+        b"[1,",
+        b"\xc3",
+        b'"' + b"y" * 30 + b'"',
+    ]
+    source = tmp_path / "data.jsonl"
+    for _ in range(25):
+        lines = [rng.choice(pieces) + rng.choice([b"", b"\r"]) for _ in range(rng.randint(1, 20))]
+        data = b"\n".join(lines) + rng.choice([b"", b"\n", b"\r\n"])
+        spans, _ = reference(data)
+        expected = [(s, e) for s, e in spans if is_json(data[s:e])]
+        if not expected:
+            continue
+        source.write_bytes(data)
+        for chunk_size in (1, 4, 11, 1 << 20):
+            summary = build_line_index(
+                source, validate=True, on_bad_line="skip", chunk_size=chunk_size
+            )
+            assert spans_of(summary.path, source) == expected, f"chunk_size={chunk_size}"
+            assert summary.bad_count == len(spans) - len(expected)
+
+
 def test_many_lines_and_spans_slice_the_documents(tmp_path: Path) -> None:
     rng = random.Random(7)
     docs = [{"id": i, "text": "ü" * rng.randint(0, 40)} for i in range(20_000)]
