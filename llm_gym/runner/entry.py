@@ -46,8 +46,10 @@ def run_recipe(
         err.print(f"[yellow]warning:[/] running with a drifted pin: {drift}")
     under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if under_launcher and nproc > 1:
-        raise UserError("--nproc starts local workers; under torchrun/srun leave it out "
-                        "(torchrun's --nproc-per-node decides)")
+        raise UserError(
+            "--nproc starts local workers; under torchrun/srun leave it out "
+            "(torchrun's --nproc-per-node decides)"
+        )
     run_dir = run_dir or _default_run_dir(loaded.ref.name, loaded.ref.version, resume)
     job = RunJob(spec, tuple(overrides), Path(run_dir), resume, allow_drift, tuple(recipe_dirs))
 
@@ -66,7 +68,8 @@ def _default_run_dir(name: str, version: int, resume: bool) -> Path:
     if resume:
         existing = sorted(root.glob(f"{name}-v{version}-*"))
         if not existing:
-            raise UserError(f"--resume: no earlier run of {name}@{version} under {root}/; "
-                            "pass --run-dir")
+            raise UserError(
+                f"--resume: no earlier run of {name}@{version} under {root}/; pass --run-dir"
+            )
         return existing[-1]
     return root / f"{name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"

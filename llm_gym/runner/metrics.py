@@ -18,8 +18,10 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if self._file is None:
             return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in record.items()}
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in record.items()
+        }
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
 

@@ -34,15 +34,26 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def train_worker(job: RunJob) -> dict[str, Any]:
     """One rank of a run (the launcher's entry point; also the single-process path)."""
     registry = ResolverRegistry.from_installed_plugins()
-    loaded = load_recipe(job.spec, job.overrides, registry=registry,
-                         recipe_dirs=job.recipe_dirs, allow_drift=job.allow_drift)
+    loaded = load_recipe(
+        job.spec,
+        job.overrides,
+        registry=registry,
+        recipe_dirs=job.recipe_dirs,
+        allow_drift=job.allow_drift,
+    )
     with distributed_world() as world:
         return Trainer(loaded, registry, world, job.run_dir, job.resume).fit()
 
 
 class Trainer:
-    def __init__(self, loaded: LoadedRecipe, registry: ResolverRegistry, world: World,
-                 run_dir: Path, resume: bool) -> None:
+    def __init__(
+        self,
+        loaded: LoadedRecipe,
+        registry: ResolverRegistry,
+        world: World,
+        run_dir: Path,
+        resume: bool,
+    ) -> None:
         self.loaded, self.world, self.run_dir = loaded, world, run_dir
         self.settings = settings = loaded.recipe.trainer
         self.main = world.rank == 0
@@ -57,13 +68,18 @@ class Trainer:
             model = registry.build_component_by_config(entries.pop("model"))
         self.raw_model = model
         self.model = parallelize(
-            model, list(getattr(model, "blocks", [])), world=world,
-            param_dtype=DTYPES[settings.param_dtype], reduce_dtype=DTYPES[settings.reduce_dtype],
-            activation_checkpointing=settings.activation_checkpointing, compile=settings.compile,
+            model,
+            list(getattr(model, "blocks", [])),
+            world=world,
+            param_dtype=DTYPES[settings.param_dtype],
+            reduce_dtype=DTYPES[settings.reduce_dtype],
+            activation_checkpointing=settings.activation_checkpointing,
+            compile=settings.compile,
         )
         seed_everything(settings.seed, world.rank)  # dropout and sampling differ per rank
         built = registry.build_components(
-            entries, extra_kwargs={"model": self.model, "world": world, "trainer": settings})
+            entries, extra_kwargs={"model": self.model, "world": world, "trainer": settings}
+        )
         self.optimizer = built["optimizer"]
         self.scheduler = built.get("scheduler")
         self.loss_fn = built["loss"]
@@ -82,8 +98,12 @@ class Trainer:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "recipe.resolved.yaml").write_text(self._resolved_text(), encoding="utf-8")
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main)
-        self.tokens_per_step = (settings.micro_batch_size * settings.grad_accumulation
-                                * settings.seq_len * world.world_size)
+        self.tokens_per_step = (
+            settings.micro_batch_size
+            * settings.grad_accumulation
+            * settings.seq_len
+            * world.world_size
+        )
         flops_per_token = getattr(model, "flops_per_token", None)
         self.flops_per_token = flops_per_token(settings.seq_len) if flops_per_token else None
         self.peak, self.peak_source = peak_flops(world.device) if self.main else (None, "")
@@ -130,8 +150,9 @@ class Trainer:
         for micro in range(s.grad_accumulation):
             # Gradients are reduce-scattered only on the last micro-batch.
             model.set_requires_gradient_sync(micro == s.grad_accumulation - 1)
-            batch = self.train_data.next_batch(s.micro_batch_size).to(self.world.device,
-                                                                      non_blocking=True)
+            batch = self.train_data.next_batch(s.micro_batch_size).to(
+                self.world.device, non_blocking=True
+            )
             loss = self.loss_fn(model(batch[:, :-1]), batch[:, 1:]) / s.grad_accumulation
             loss.backward()
             total += loss.detach()
@@ -142,8 +163,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total, grad_norm
 
-    def _train_record(self, loss: torch.Tensor, grad_norm: float, steps: int,
-                      elapsed: float) -> dict[str, Any]:
+    def _train_record(
+        self, loss: torch.Tensor, grad_norm: float, steps: int, elapsed: float
+    ) -> dict[str, Any]:
         tokens_per_s = self.tokens_per_step * steps / elapsed if elapsed > 0 else None
         mfu = None
         if tokens_per_s and self.flops_per_token and self.peak:
@@ -168,8 +190,11 @@ class Trainer:
             batch = data.next_batch(s.micro_batch_size).to(self.world.device)
             total += self.loss_fn(self.model(batch[:, :-1]), batch[:, 1:])
         loss = all_reduce_mean(total / s.eval_batches, self.world).item()
-        return {"step": self.step, "eval_loss": loss,
-                "eval_perplexity": math.exp(loss) if loss < 50 else math.inf}
+        return {
+            "step": self.step,
+            "eval_loss": loss,
+            "eval_perplexity": math.exp(loss) if loss < 50 else math.inf,
+        }
 
     @torch.no_grad()
     def sample(self, prompt: str, max_new_tokens: int) -> str:
@@ -177,9 +202,10 @@ class Trainer:
         self.model.eval()
         ids = torch.tensor([self.tokenizer.encode(prompt)], device=self.world.device)
         generator = torch.Generator(device=self.world.device).manual_seed(self.settings.seed)
-        out = self.model.generate(ids, max_new_tokens, temperature=0.8, top_k=40,
-                                  generator=generator)
-        return prompt + self.tokenizer.decode(out[0, ids.shape[1]:].tolist())
+        out = self.model.generate(
+            ids, max_new_tokens, temperature=0.8, top_k=40, generator=generator
+        )
+        return prompt + self.tokenizer.decode(out[0, ids.shape[1] :].tolist())
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -187,20 +213,27 @@ class Trainer:
         extra = {"step": self.step, "train_data": self.train_data.state_dict()}
         if self.scheduler is not None:
             extra["scheduler"] = self.scheduler.state_dict()
-        return save_checkpoint(self.run_dir, self.step, model=self.model,
-                               optimizer=self.optimizer, world=self.world, extra=extra,
-                               keep_last=self.settings.keep_last)
+        return save_checkpoint(
+            self.run_dir,
+            self.step,
+            model=self.model,
+            optimizer=self.optimizer,
+            world=self.world,
+            extra=extra,
+            keep_last=self.settings.keep_last,
+        )
 
     def _restore(self, path: Path) -> None:
-        extra = load_checkpoint(path, model=self.model, optimizer=self.optimizer,
-                                world=self.world)
+        extra = load_checkpoint(path, model=self.model, optimizer=self.optimizer, world=self.world)
         self.step = int(extra["step"])
         self.train_data.load_state_dict(extra["train_data"])
         if self.scheduler is not None and "scheduler" in extra:
             self.scheduler.load_state_dict(extra["scheduler"])
 
     def _resolved_text(self) -> str:
-        header = (f"# {self.loaded.ref.label} from {self.loaded.ref.path}\n"
-                  f"# pins of the installed components this run used:\n")
+        header = (
+            f"# {self.loaded.ref.label} from {self.loaded.ref.path}\n"
+            f"# pins of the installed components this run used:\n"
+        )
         pins = "".join(f"#   {k}: {v}\n" for k, v in current_pins(self.loaded.recipe).items())
         return header + pins + resolved_yaml(self.loaded)

@@ -132,7 +132,7 @@ def test_missing_dependency_is_named():
 
     entry = TypeAdapter(registry.kind("machine").choice_type).validate_python(
         {"type_hint": "Clock"})
-    with pytest.raises(UserError, match="machine \\(machine/Clock\\) needs 'widget'"):
+    with pytest.raises(UserError, match="machine \\(machine/Clock\\) needs .widget."):
         registry.build_components({"machine": entry})
 
 
