@@ -92,8 +92,11 @@ class PackedMemMapDataset:
                 order = np.random.default_rng([self.seed, epoch]).permutation(self.n_blocks)
             else:
                 order = np.arange(self.n_blocks, dtype=np.int64)
-            lo = self.rank * self._per_rank
-            self._order = order[lo : lo + self._per_rank] + self.first_block
+            # Ranks take every world_size-th block of the epoch's order, so the k-th batch
+            # of all ranks together holds the same blocks as the k-th batch of one rank
+            # with world_size times the batch: the loss does not depend on the world size.
+            stop = self._per_rank * self.world_size
+            self._order = order[self.rank : stop : self.world_size] + self.first_block
             self._order_epoch = epoch
         return self._order
 
