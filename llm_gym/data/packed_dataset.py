@@ -10,10 +10,12 @@ Splits: the last ``ceil(val_fraction * n_blocks)`` blocks form ``split="val"``, 
 input-only context in val, so no validation target is ever trained on.
 
 Epoch ``e`` visits the split's blocks in the order ``default_rng([seed, e]).permutation``
-(val keeps file order unless ``shuffle=True``). Rank ``r`` of ``world_size`` takes the
-``r``-th contiguous slice of ``len(self)`` blocks of that order, the remainder being
-dropped, so ranks are disjoint and equally long. The position (epoch, index in the rank's
-slice) is the whole state: the same on every rank, and restoring it resumes exactly.
+(val keeps file order unless ``shuffle=True``). Rank ``r`` of ``world_size`` takes every
+``world_size``-th block of that order starting at ``r``, up to ``len(self)`` blocks, the
+remainder being dropped: ranks are disjoint and equally long, and the k-th batches of all
+ranks together hold the blocks of one process's k-th batch of ``world_size`` times the
+size. The position (epoch, index in the rank's share) is the whole state: the same on
+every rank, and restoring it resumes exactly.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from llm_gym.data.packed import PackedTokens
 from llm_gym.errors import UserError
 
 Split = Literal["train", "val"]
+_INT64 = np.dtype(np.int64)
 
 
 class PackedMemMapDataset:
@@ -80,6 +83,7 @@ class PackedMemMapDataset:
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
         self._window = np.arange(seq_len + 1, dtype=np.int64)
+        self._tokens, self._span = self.packed.tokens, seq_len + 1
 
     def __len__(self) -> int:
         """Blocks per rank per epoch."""
@@ -103,9 +107,9 @@ class PackedMemMapDataset:
     def read_block(self, block: int) -> torch.Tensor:
         """Block ``block`` of the file as a ``[seq_len + 1]`` int64 tensor."""
         start = block * self.seq_len
-        return torch.from_numpy(
-            self.packed.tokens[start : start + self.seq_len + 1].astype(np.int64)
-        )
+        # The hot path of random access: a plain ndarray view (np.memmap's slicing goes
+        # through Python code) and a prebuilt dtype object.
+        return torch.from_numpy(self._tokens[start : start + self._span].astype(_INT64))
 
     def next_batch(self, batch_size: int) -> torch.Tensor:
         """The next ``batch_size`` blocks of this rank, crossing into new epochs as needed."""
@@ -124,7 +128,7 @@ class PackedMemMapDataset:
         blocks = np.concatenate(picked) if len(picked) > 1 else picked[0]
         # One gather for the whole batch: far cheaper than a slice per block.
         idx = blocks[:, None] * self.seq_len + self._window
-        return torch.from_numpy(self.packed.tokens[idx].astype(np.int64))
+        return torch.from_numpy(self._tokens[idx].astype(_INT64))
 
     def state_dict(self) -> dict[str, Any]:
         """Plain ints: the position, plus what must match for it to mean the same samples."""

@@ -136,10 +136,11 @@ def test_global_batch_is_the_same_for_any_world_size(prefix, world_size: int) ->
     """Rank batches of b together hold the blocks one rank reads in a batch of b * world:
     what makes 1-process and N-process training see the same data, step by step."""
     single = PackedMemMapDataset(prefix, SEQ, seed=3)
-    ranks = [PackedMemMapDataset(prefix, SEQ, seed=3, rank=r, world_size=world_size)
-             for r in range(world_size)]
+    ranks = [
+        PackedMemMapDataset(prefix, SEQ, seed=3, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
     for _ in range(5):
         whole = single.next_batch(2 * world_size)
         parts = torch.cat([ds.next_batch(2) for ds in ranks])
-        as_rows = lambda t: sorted(map(tuple, t.tolist()))  # noqa: E731
-        assert as_rows(whole) == as_rows(parts)
+        assert sorted(map(tuple, whole.tolist())) == sorted(map(tuple, parts.tolist()))
