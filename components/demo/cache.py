@@ -44,7 +44,7 @@ def demo_corpus(directory: Path, corpus_mb: float) -> Path:
 
 
 def demo_tokenizer_file(directory: Path, corpus_mb: float, vocab_size: int) -> Path:
-    from llm_gym_components.tokenizers.train import train_bpe_tokenizer
+    from llm_gym.data.tokenizer_training import train_bpe_tokenizer
 
     corpus = demo_corpus(directory, corpus_mb)
     path = directory / f"tokenizer-{corpus_mb:g}mb-{vocab_size}.json"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from llm_gym_components.datasets.packed_tokens import open_packed
-from llm_gym_components.tokenizers.hf_json import HFJsonTokenizer
 from pydantic import Field
 
 from llm_gym.registry import ComponentConfig, component
+from llm_gym_components.datasets.packed_tokens import open_packed
+from llm_gym_components.tokenizers.hf_json import HFJsonTokenizer
 
 from .cache import cache_dir, demo_pack, demo_tokenizer_file
 

@@ -112,9 +112,8 @@ def tokenizer() -> None:
 @click.option("--field", default="text", show_default=True)
 def train_tokenizer(corpus: Path, vocab_size: int, out: Path, field: str) -> None:
     """Train a byte-level BPE tokenizer (Hugging Face tokenizers) on a JSONL corpus."""
-    from llm_gym_components.tokenizers.train import train_bpe_tokenizer  # noqa: F401
-
     from llm_gym.cli.output import out as console
+    from llm_gym.data.tokenizer_training import train_bpe_tokenizer
 
     path = train_bpe_tokenizer(corpus, vocab_size, out, field=field)
     console.print(f"wrote {path}", markup=False)
