@@ -2,15 +2,12 @@
 
 FLOPs per token are the model's own count (GPT-2: 6N + 12·L·H·Q·T, PaLM appendix B).
 Peaks are dense bf16 tensor-core rates from the vendors' data sheets; on a CPU the
-peak is measured once with a large fp32 matmul and cached.
+peak is measured at the start of the run with a large fp32 matmul.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from pathlib import Path
 
 import torch
 
@@ -40,27 +37,16 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
     return None, f"no peak rate known for device type {device.type!r}"
 
 
-def measured_cpu_peak(size: int = 1024, repeats: int = 5) -> float:
-    """FLOP/s of the best of a few fp32 matmuls, cached per machine and thread count."""
-    cache = Path(os.environ.get("LLM_GYM_CACHE", Path.home() / ".cache" / "llm_gym"))
-    key = f"cpu_peak_{torch.get_num_threads()}threads_{torch.__version__}"
-    path = cache / "peaks.json"
-    try:
-        known = json.loads(path.read_text())
-        if key in known:
-            return float(known[key])
-    except (OSError, ValueError):
-        known = {}
+def measured_cpu_peak(size: int = 1536, repeats: int = 4) -> float:
+    """FLOP/s of the fastest of a few fp32 matmuls on this CPU, measured now.
+
+    Not cached: a shared machine's speed changes with its load, and a peak measured
+    while busy would report an MFU above 100% later.
+    """
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)  # warm up the kernels
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    peak = 2 * size**3 / best
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**known, key: peak}))
-    except OSError:
-        pass  # a read-only home only costs a re-measurement next time
-    return peak
+    return 2 * size**3 / best
 
 
 def _timed(fn) -> float:  # noqa: ANN001

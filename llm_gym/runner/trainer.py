@@ -116,7 +116,8 @@ class Trainer:
         progress = Progress(s.max_steps, self.step, enabled=self.main, title=title)
         if self.step:
             progress.print(f"resumed at step {self.step} from {self.run_dir}")
-        interval_start, interval_steps = time.perf_counter(), 0
+        # Throughput counts training time only: evaluation and checkpoint time is excluded.
+        interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
         last_loss = math.nan
         with progress:
             while self.step < s.max_steps:
@@ -124,18 +125,20 @@ class Trainer:
                 self.step += 1
                 interval_steps += 1
                 if self.step % s.log_every == 0 or self.step == s.max_steps:
-                    elapsed = time.perf_counter() - interval_start
+                    elapsed = time.perf_counter() - interval_start - excluded
                     record = self._train_record(loss, grad_norm, interval_steps, elapsed)
                     last_loss = record["loss"]
                     self.metrics.write(record)
                     progress.update(record)
-                    interval_start, interval_steps = time.perf_counter(), 0
+                    interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
+                paused = time.perf_counter()
                 if s.eval_every and self.step % s.eval_every == 0:
                     record = self.evaluate()
                     self.metrics.write(record)
                     progress.update({**record, "step": self.step})
                 if s.checkpoint_every and self.step % s.checkpoint_every == 0:
                     self.save()
+                excluded += time.perf_counter() - paused
         if not (s.checkpoint_every and self.step % s.checkpoint_every == 0):
             self.save()
         self.metrics.close()
