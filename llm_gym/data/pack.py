@@ -18,8 +18,9 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -214,25 +215,27 @@ def pack_jsonl(
     empty = read = 0
     with (
         _open_source(source) as f,
-        _progress(progress, source) as bar,
+        _progress(progress, source) as advance,
         PackedWriter(
             out_prefix,
             vocab_size=tokenizer.vocab_size,
             eod_id=tokenizer.eod_id,
             fingerprint=tokenizer.fingerprint(),
         ) as writer,
+        # closing(): on an error the workers are stopped here, not whenever the
+        # generator happens to be collected.
+        closing(
+            _tokenize_ordered(f, batch_docs, tokenizer, field, str(source), dtype, workers)
+        ) as results,
     ):
-        for batch, result in _tokenize_ordered(
-            _read_batches(f, batch_docs), tokenizer, field, str(source), dtype, workers
-        ):
+        for nbytes, result in results:
             if isinstance(result, str):
                 raise UserError(result)
             tokens, lengths, n_empty = result
             writer.add_documents(tokens, lengths)
             empty += n_empty
-            read += batch.nbytes
-            if bar is not None:
-                bar.advance(bar.task_ids[0], batch.nbytes)
+            read += nbytes
+            advance(nbytes)
         if writer.n_docs == 0:
             what = "is empty" if read == 0 else "has only blank lines"
             raise UserError(f"{source}: no documents to pack (the file {what})")
@@ -244,70 +247,59 @@ def pack_jsonl(
 
 
 def _tokenize_ordered(
-    batches: Iterator[_Batch],
+    f: BinaryIO,
+    batch_docs: int,
     tokenizer: Tokenizer,
     field: str,
     source: str,
     dtype: np.dtype,
     workers: int,
-) -> Iterator[tuple[_Batch, tuple[np.ndarray, np.ndarray, int] | str]]:
+) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, int] | str]]:
+    """(bytes, result or error message) of each batch of ``f``, in file order."""
+    batches = _read_batches(f, batch_docs)
     if workers == 1:
         for batch in batches:
             try:
-                yield batch, _encode(tokenizer, batch, field, source, dtype)
+                yield batch.nbytes, _encode(tokenizer, batch, field, source, dtype)
             except UserError as e:
-                yield batch, e.message
+                yield batch.nbytes, e.message
         return
     # A sliding window of futures instead of Pool.imap: imap's feeder thread reads the
     # whole input ahead of the workers, so memory would grow with the file.
     ctx = multiprocessing.get_context("spawn")
     init = (tokenizer, field, source, dtype.str)
     with ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=init) as pool:
-        pending: deque[tuple[_Batch, Future]] = deque()
+        pending: deque[tuple[int, Future]] = deque()
         try:
             for batch in batches:
-                pending.append((batch, pool.submit(_work, batch)))
+                pending.append((batch.nbytes, pool.submit(_work, batch)))
                 if len(pending) >= 2 * workers:
-                    done, fut = pending.popleft()
-                    yield done, fut.result()
+                    nbytes, fut = pending.popleft()
+                    yield nbytes, fut.result()
             while pending:
-                done, fut = pending.popleft()
-                yield done, fut.result()
+                nbytes, fut = pending.popleft()
+                yield nbytes, fut.result()
         finally:
             for _, fut in pending:
                 fut.cancel()
 
 
-class _progress:
-    """A rich progress bar over the source's bytes, or nothing."""
+@contextmanager
+def _progress(enabled: bool, source: Path) -> Iterator[Callable[[int], None]]:
+    """Yields ``advance(nbytes)``: a rich progress bar over the source's bytes, or a no-op."""
+    if not enabled:
+        yield lambda nbytes: None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
-    def __init__(self, enabled: bool, source: Path) -> None:
-        self.enabled, self.source = enabled, source
-        self.bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("packing {task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-        )
-        self.bar.add_task(self.source.name, total=self.source.stat().st_size)
-        self.bar.start()
-        return self.bar
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    columns = (TextColumn("packing {task.description}"), BarColumn(), DownloadColumn())
+    with Progress(*columns, TransferSpeedColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task(source.name, total=source.stat().st_size)
+        yield lambda nbytes: bar.advance(task, nbytes)
