@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from llm_gym.data.pack import iter_jsonl_texts, pack_jsonl
+from llm_gym.data.packed import PackedTokens, pack_paths
+from llm_gym.errors import UserError
 from llm_gym_components.tokenizers import (
     ByteLevelTokenizer,
     HFJsonTokenizer,
     train_bpe_tokenizer,
 )
-
-from llm_gym.data.pack import iter_jsonl_texts, pack_jsonl
-from llm_gym.data.packed import PackedTokens, pack_paths
-from llm_gym.errors import UserError
 
 TEXTS = [
     "Hello world",

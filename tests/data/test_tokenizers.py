@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from llm_gym.data.tokenizer import Tokenizer
+from llm_gym.errors import UserError
 from llm_gym_components.tokenizers import (
     ByteLevelTokenizer,
     GPT2BPETokenizer,
@@ -20,9 +23,6 @@ from llm_gym_components.tokenizers import (
     train_bpe_tokenizer,
 )
 from llm_gym_components.tokenizers import gpt2_bpe as gpt2_bpe_module
-
-from llm_gym.data.tokenizer import Tokenizer
-from llm_gym.errors import UserError
 
 AWKWARD = [
     "Hello world",
