@@ -96,7 +96,12 @@ def save_checkpoint(
     dist.barrier()
 
     state = _dcp_state(model, optimizer)
-    dcp.save(state, checkpoint_id=tmp)
+    try:
+        dcp.save(state, checkpoint_id=tmp)
+    except dcp.CheckpointException as exc:
+        # Raised on every rank when any rank failed to write (disk full, ...). It is a
+        # BaseException; re-raise as an ordinary error with the ranks' actual causes.
+        raise RuntimeError(f"writing checkpoint {tmp} failed: {_dcp_error(exc)}") from exc
     _write_durably(tmp / _rank_file(world.rank), payload)
     dist.barrier()
 
@@ -165,7 +170,7 @@ def load_checkpoint(
 
     problem = None
     try:
-        own = torch.load(path / _rank_file(world.rank), weights_only=True)
+        own = torch.load(path / _rank_file(world.rank), map_location="cpu", weights_only=True)
         extra, rng = own["extra"], own["rng"]
     except Exception as exc:  # any unreadable file is the same problem to the user
         problem = f"{_rank_file(world.rank)}: {type(exc).__name__}: {exc}"

@@ -12,7 +12,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -75,7 +75,10 @@ def distributed_world(timeout: timedelta | None = None) -> Iterator[World]:
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device, backend = _pick_device(local_rank)
-    kwargs = {} if timeout is None else {"timeout": timeout}
+    kwargs: dict = {} if timeout is None else {"timeout": timeout}
+    if device.type == "cuda":
+        # Binds the group to this rank's GPU up front, so NCCL never has to guess it.
+        kwargs["device_id"] = device
     if launched_by_torchrun():
         dist.init_process_group(backend=backend, init_method="env://", **kwargs)
     else:
@@ -95,7 +98,8 @@ def distributed_world(timeout: timedelta | None = None) -> Iterator[World]:
         # Destroying the group makes peers fail at once with a connection error, often
         # before this rank has finished reporting; the timestamp lets the launcher name
         # the rank that failed first.
-        setattr(exc, FAILED_AT_ATTR, time.time())
+        with suppress(AttributeError, TypeError):
+            setattr(exc, FAILED_AT_ATTR, time.time())
         dist.destroy_process_group()
         raise
     try:

@@ -8,7 +8,10 @@ are gathered and returned by rank 0 for bitwise comparisons in the parent.
 
 from __future__ import annotations
 
+import atexit
 import random
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +248,7 @@ def try_load(path: str) -> dict[str, Any]:
 def print_then_fail_on(rank_to_fail: int) -> int:
     with distributed_world() as world:
         print(f"hello from rank {world.rank}", flush=True)
+        torch.distributed.barrier()  # everyone has printed before anyone fails
         if world.rank == rank_to_fail:
             raise ValueError(f"deliberate failure on rank {world.rank}")
         torch.distributed.barrier()  # the healthy rank waits for a peer that never comes
@@ -259,16 +263,37 @@ def raise_user_error(message: str) -> None:
 
 # --- results shared by several test modules ------------------------------------------
 
-_SUITE: dict[int, dict[int, Any]] = {}
+RESUME_K = 2  # the uninterrupted run saves at K and 2K; tests resume from K
+
+_SESSIONS: dict[int, dict[int, Any]] = {}
 
 
-def suite_results(nproc: int) -> dict[int, Any]:
-    """``parallel_suite`` per rank for a world of ``nproc``, computed once per session."""
-    if nproc not in _SUITE:
+def session(run_dir: str) -> dict[str, Any]:
+    """The parallel suite and an uninterrupted 2K-step training run, in one world.
+
+    One launch instead of two: starting workers costs more than the work itself here.
+    The nested ``distributed_world()`` calls reuse this group.
+    """
+    with distributed_world():
+        suite = parallel_suite()
+        full_run = train_with_checkpoints(run_dir, 2 * RESUME_K, RESUME_K, resume=False)
+    return {"suite": suite, "full_run": full_run, "run_dir": run_dir}
+
+
+def session_results(nproc: int) -> dict[int, Any]:
+    """``session`` per rank for a world of ``nproc``, computed once per test session."""
+    if nproc not in _SESSIONS:
+        run_dir = tempfile.mkdtemp(prefix=f"llm_gym_session{nproc}_")
+        atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
         if nproc == 1:
-            _SUITE[1] = {0: parallel_suite()}
+            _SESSIONS[1] = {0: session(run_dir)}
         else:
             from llm_gym.runner.launcher import launch_local
 
-            _SUITE[nproc] = launch_local(nproc, parallel_suite)
-    return _SUITE[nproc]
+            _SESSIONS[nproc] = launch_local(nproc, session, (run_dir,))
+    return _SESSIONS[nproc]
+
+
+def suite_results(nproc: int) -> dict[int, Any]:
+    """``parallel_suite`` per rank for a world of ``nproc``."""
+    return {rank: r["suite"] for rank, r in session_results(nproc).items()}

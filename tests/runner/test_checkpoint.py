@@ -26,7 +26,7 @@ from llm_gym.runner.launcher import launch_local
 
 from . import dist_helpers as h
 
-K = 2  # save at step K, resume, train to 2K
+K = h.RESUME_K  # save at step K, resume, train to 2K
 
 
 def _copy_checkpoint(src_run: Path, step: int, dst_run: Path) -> None:
@@ -49,8 +49,9 @@ def _assert_same_state(full: dict, resumed: dict) -> None:
 
 
 def test_resume_in_one_process_is_bitwise_identical(tmp_path: Path) -> None:
-    full = h.train_with_checkpoints(str(tmp_path / "full"), 2 * K, K, resume=False)
-    _copy_checkpoint(tmp_path / "full", K, tmp_path / "resumed")
+    session = h.session_results(1)[0]
+    full = session["full_run"]
+    _copy_checkpoint(Path(session["run_dir"]), K, tmp_path / "resumed")
     # The RNG streams have moved on in this process; the checkpoint must bring them back.
     random.random(), np.random.rand(), torch.rand(1)
     resumed = h.train_with_checkpoints(str(tmp_path / "resumed"), 2 * K, K, resume=True)
@@ -73,12 +74,14 @@ DAMAGES = ["missing shard", "truncated metadata", "corrupt shard", "corrupt rank
 
 
 def test_resume_in_two_processes_and_damage_is_reported_on_every_rank(tmp_path: Path) -> None:
-    full = launch_local(2, h.train_with_checkpoints, (str(tmp_path / "full"), 2 * K, K, False))
-    _copy_checkpoint(tmp_path / "full", K, tmp_path / "resumed")
+    sessions = h.session_results(2)
+    full = {rank: s["full_run"] for rank, s in sessions.items()}
+    full_dir = Path(sessions[0]["run_dir"])
+    _copy_checkpoint(full_dir, K, tmp_path / "resumed")
     damaged = []
     for how in DAMAGES:
         path = tmp_path / how.replace(" ", "_")
-        shutil.copytree(checkpoint_path(tmp_path / "full", K), path)
+        shutil.copytree(checkpoint_path(full_dir, K), path)
         _damage(path, how)
         damaged.append(str(path))
 
@@ -98,13 +101,13 @@ def test_resume_in_two_processes_and_damage_is_reported_on_every_rank(tmp_path: 
     with distributed_world() as world, pytest.raises(UserError) as info:
         model = h.build(world)
         load_checkpoint(
-            checkpoint_path(tmp_path / "full", K),
+            checkpoint_path(full_dir, K),
             model=model,
             optimizer=h.make_optimizer(model, "adamw"),
             world=world,
         )
     assert "2 processes" in str(info.value) and "has 1" in str(info.value)
-    assert str(checkpoint_path(tmp_path / "full", K)) in str(info.value)
+    assert str(checkpoint_path(full_dir, K)) in str(info.value)
 
 
 def _save_steps(run_dir: Path, steps: list[int], keep_last: int | None = 3) -> None:
@@ -162,10 +165,11 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_usable(
 
     def dying_save(state: dict, checkpoint_id: Path) -> None:
         (Path(checkpoint_id) / "__0_0.distcp").write_bytes(b"half written")
-        raise OSError("disk full")
+        # What DCP raises on every rank: each failed rank's (exception, traceback).
+        raise ckpt.dcp.CheckpointException("write", {0: (OSError("disk full"), [])})
 
     monkeypatch.setattr(ckpt.dcp, "save", dying_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RuntimeError, match="OSError: disk full"):
         _save_steps(tmp_path, [2])
     monkeypatch.undo()
     assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -120,6 +121,26 @@ def test_parallelize_twice_is_refused() -> None:
 
 def test_clip_grad_norm_without_gradients_is_zero() -> None:
     assert clip_grad_norm_(nn.Linear(2, 2).parameters(), 1.0) == 0.0
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")),
+    reason="torch.compile's CPU backend needs a C compiler",
+)
+def test_compiled_checkpointed_blocks_compute_the_same_as_eager() -> None:
+    batch = h.global_batch(0)
+    with distributed_world() as world:
+        eager = h.build(world, activation_checkpointing="full")
+        compiled = h.build(world, activation_checkpointing="full", compile=True)
+        expected, got = h.lm_loss(eager, batch), h.lm_loss(compiled, batch)
+        expected.backward()
+        got.backward()
+        grads, expected_grads = h.full_grads(compiled), h.full_grads(eager)
+        keys = sorted(compiled.state_dict())
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5)
+    assert keys == sorted(h.TinyLM().state_dict())  # no "_orig_mod." from compile
 
 
 def test_gpt2_parallelized_matches_plain_gpt2() -> None:
