@@ -28,13 +28,13 @@ from typing import Any
 
 from llm_gym.errors import UserError
 
-# Agent, rendezvous and worker-process-management loggers live under these names.
 # Written by a failing worker next to its error.json: when it failed (time.time()).
 _FAILED_AT_FILE = "failed_at"
 
 # What torch reports for a worker that wrote no error file.
 _NO_MESSAGE = "<NONE>"
 
+# Agent, rendezvous and worker-process-management loggers live under these names.
 _AGENT_LOGGERS = (
     "torch.distributed.elastic",
     "torch.distributed.launcher",
@@ -44,12 +44,17 @@ _AGENT_LOGGERS = (
 
 @dataclass(frozen=True)
 class WorkerFailure:
-    """What one failed worker left behind: exit code, message and traceback if recorded."""
+    """What one failed worker left behind: exit code, message and traceback if recorded.
+
+    ``user_error`` is true when the worker raised ``UserError`` (then ``message`` is that
+    error's text alone).
+    """
 
     rank: int
     exitcode: int
     message: str
     traceback: str
+    user_error: bool = False
 
 
 class LaunchError(RuntimeError):
@@ -57,7 +62,7 @@ class LaunchError(RuntimeError):
 
     def __init__(self, failures: dict[int, WorkerFailure]) -> None:
         self.failures = failures
-        super().__init__(_describe(failures, "worker process(es) failed"))
+        super().__init__(_describe(failures))
 
 
 class _WorkerUserError(UserError):
@@ -119,13 +124,10 @@ def launch_local(
             return elastic_launch(config, _worker_main)(entrypoint, *args)
         except ChildFailedError as exc:
             failures = _collect_failures(exc.failures, Path(log_dir))
-    if all(_is_user_error(f) for f in failures.values()):
-        # Strip the marker class name; what the user needs is the message.
-        prefix = f"{_WorkerUserError.__name__}: "
-        messages = [f.message.removeprefix(prefix) for f in failures.values()]
-        if len(set(messages)) == 1:
-            raise UserError(messages[0])
-        raise UserError(_describe(failures, "worker(s) stopped on a user error"))
+    if all(f.user_error for f in failures.values()):
+        messages = {f.message for f in failures.values()}
+        # Usually every rank found the same mistake: say it once, as the user's error.
+        raise UserError(messages.pop() if len(messages) == 1 else _describe(failures))
     raise LaunchError(failures)
 
 
@@ -154,10 +156,6 @@ def _write_failure_time(exc: BaseException) -> None:
         Path(error_file).with_name(_FAILED_AT_FILE).write_text(repr(failed_at))
 
 
-def _is_user_error(failure: WorkerFailure) -> bool:
-    return failure.message.startswith(f"{_WorkerUserError.__name__}: ")
-
-
 def _collect_failures(reported: dict[int, Any], log_dir: Path) -> dict[int, WorkerFailure]:
     """Every failed rank, the earliest failure first.
 
@@ -174,7 +172,7 @@ def _collect_failures(reported: dict[int, Any], log_dir: Path) -> dict[int, Work
         if failure.exitcode < 0:
             message = f"killed by signal {-failure.exitcode} ({failure.signal_name()})"
         traceback = _error_traceback(failure.error_file_data)
-        found[rank] = (float("inf"), WorkerFailure(rank, failure.exitcode, message, traceback))
+        found[rank] = (float("inf"), _failure(rank, failure.exitcode, message, traceback))
     # One node, so the local rank in the path is the global rank.
     for path in log_dir.glob("*/attempt_*/*/error.json"):
         try:
@@ -183,10 +181,17 @@ def _collect_failures(reported: dict[int, Any], log_dir: Path) -> dict[int, Work
         except (ValueError, OSError):
             continue
         exitcode = found[rank][1].exitcode if rank in found else 1
-        failure = WorkerFailure(rank, exitcode, _error_message(data), _error_traceback(data))
+        failure = _failure(rank, exitcode, _error_message(data), _error_traceback(data))
         found[rank] = (_failed_at(path), failure)
     ordered = sorted(found.items(), key=lambda item: (item[1][0], item[0]))
     return {rank: failure for rank, (_, failure) in ordered}
+
+
+def _failure(rank: int, exitcode: int, message: str, traceback: str) -> WorkerFailure:
+    # The marker class name in the recorded message says the worker raised a UserError.
+    marker = f"{_WorkerUserError.__name__}: "
+    user_error = message.startswith(marker)
+    return WorkerFailure(rank, exitcode, message.removeprefix(marker), traceback, user_error)
 
 
 def _failed_at(error_file: Path) -> float:
@@ -212,9 +217,13 @@ def _error_traceback(data: Any) -> str:
     return ""
 
 
-def _describe(failures: dict[int, WorkerFailure], headline: str) -> str:
-    ranks = ", ".join(str(r) for r in failures)
-    lines = [f"{len(failures)} {headline} (first failure first): rank {ranks}"]
+def _describe(failures: dict[int, WorkerFailure]) -> str:
+    if len(failures) == 1:
+        headline = f"worker rank {next(iter(failures))} failed"
+    else:
+        ranks = ", ".join(str(r) for r in failures)
+        headline = f"worker ranks {ranks} failed (earliest first)"
+    lines = [headline]
     for failure in failures.values():
         lines.append(f"  rank {failure.rank} (exit code {failure.exitcode}): {failure.message}")
     return "\n".join(lines)
