@@ -49,6 +49,7 @@ class Progress:
                 markup=False,
                 highlight=False,
             )
+            self.console.file.flush()  # someone may be following a log file
 
     def _eta(self, step: int) -> float | None:
         done = step - self.start
