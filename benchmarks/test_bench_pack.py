@@ -1,0 +1,130 @@
+"""pack_jsonl throughput against bare Hugging Face ``encode_batch`` over the same texts.
+
+Both sides use the same byte-level BPE (trained here on generated English-like text), the
+same batches and the same number of processes, started the same way (``spawn``, one
+tokenizer copy per process, TOKENIZERS_PARALLELISM=false inside workers); with one worker
+both run in this process. Both include their own process start-up. Rounds alternate
+between the two and the fastest of each is compared. The ratio
+``pack / bare`` is what pack's reading, JSON parsing, id conversion, transfer, hashing and
+writing cost on top of tokenization; the target is >= 0.9.
+
+Run: pytest benchmarks --benchmark-enable -s
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pytest
+
+from llm_gym.data.pack import pack_jsonl
+from llm_gym_components.tokenizers import HFJsonTokenizer, train_bpe_tokenizer
+
+CORPUS_MB = 6
+BATCH_DOCS = 256
+ROUNDS = 5
+WORDS = (
+    "the of and to in a is that for it as was with be by on not he I this are or his from at"
+    " which but have an they you were her she there one all we their has been would more will"
+    " time if two may its no other when some what could into only new than then people these"
+    " over such first made after also did many before must through years where much your way"
+    " well down should because each just those how too little state good very make world still"
+    " own see men work long get here between both life being under never day same another know"
+    " while last might us great old year off come since against go came right used take three"
+    " language model training data token memory process worker file stream document corpus"
+    " naïve café résumé Zürich Straße"
+).split()
+
+
+def english_like_texts(megabytes: float, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    # Zipf-like word frequencies, as in real prose: a few words dominate.
+    p = 1.0 / np.arange(1, len(WORDS) + 1)
+    p /= p.sum()
+    texts, size = [], 0
+    while size < megabytes * 1e6:
+        sentences = []
+        for _ in range(int(rng.integers(2, 40))):
+            words = [WORDS[i] for i in rng.choice(len(WORDS), int(rng.integers(4, 25)), p=p)]
+            words[0] = words[0].capitalize()
+            if rng.random() < 0.2:
+                words.insert(int(rng.integers(1, len(words))), str(int(rng.integers(0, 3000))))
+            sentences.append(" ".join(words) + rng.choice([".", ".", ".", "?", "!", ";"]))
+        text = " ".join(sentences).replace("; ", ";\n\n", 1)
+        texts.append(text)
+        size += len(text.encode("utf-8"))
+    return texts
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench_pack")
+    texts = english_like_texts(CORPUS_MB)
+    src = d / "corpus.jsonl"
+    with src.open("w", encoding="utf-8") as f:
+        for i, text in enumerate(texts):
+            f.write(json.dumps({"id": i, "text": text}) + "\n")
+    started = time.perf_counter()
+    tok = HFJsonTokenizer(train_bpe_tokenizer(src, 8192, d / "tokenizer.json"))
+    print(
+        f"\ncorpus {src.stat().st_size / 1e6:.1f} MB, {len(texts)} docs; "
+        f"BPE vocab 8192 trained in {time.perf_counter() - started:.1f}s"
+    )
+    return d, src, texts, tok
+
+
+_bare: dict = {}
+
+
+def _bare_init(tokenizer) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _bare["hf"] = tokenizer.hf_tokenizer
+
+
+def _bare_encode(texts: list[str]) -> int:
+    encodings = _bare["hf"].encode_batch_fast(texts, add_special_tokens=False)
+    return sum(len(e.ids) for e in encodings)
+
+
+def bare_encode_batch(tok, texts: list[str], workers: int) -> int:
+    batches = [texts[i : i + BATCH_DOCS] for i in range(0, len(texts), BATCH_DOCS)]
+    if workers == 1:
+        _bare["hf"] = tok.hf_tokenizer
+        return sum(map(_bare_encode, batches))
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, ctx, initializer=_bare_init, initargs=(tok,)) as pool:
+        return sum(pool.map(_bare_encode, batches))
+
+
+@pytest.mark.parametrize("workers", sorted({1, min(4, os.cpu_count() or 1)}))
+def test_pack_vs_bare_encode_batch(benchmark, setup, workers: int) -> None:
+    d, src, texts, tok = setup
+    bare_times, pack_times = [], []
+    n_ids = 0
+    for _ in range(ROUNDS):  # interleaved, so drift in machine load hits both sides
+        t = time.perf_counter()
+        n_ids = bare_encode_batch(tok, texts, workers)
+        bare_times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        summary = pack_jsonl(src, tok, d / f"out{workers}", workers=workers, batch_docs=BATCH_DOCS)
+        pack_times.append(time.perf_counter() - t)
+    assert summary.n_tokens == n_ids + len(texts)  # the same work: ids plus one eod per doc
+    benchmark.extra_info.update(workers=workers, tokens=summary.n_tokens)
+    benchmark.pedantic(
+        pack_jsonl, args=(src, tok, d / f"out{workers}"),
+        kwargs=dict(workers=workers, batch_docs=BATCH_DOCS), rounds=1, iterations=1,
+    )  # fmt: skip
+    # The fastest round of each: other load on the machine only ever adds time.
+    bare, pack = min(bare_times), min(pack_times)
+    ratio = bare / pack
+    print(
+        f"\nworkers={workers}: bare encode_batch {n_ids / bare / 1e6:.2f} M tok/s ({bare:.2f}s),"
+        f" pack_jsonl {summary.n_tokens / pack / 1e6:.2f} M tok/s ({pack:.2f}s),"
+        f" ratio {ratio:.3f} (target >= 0.9{'' if ratio >= 0.9 else ', BELOW TARGET'})"
+    )
+    benchmark.extra_info["ratio_vs_bare_encode_batch"] = ratio
