@@ -18,6 +18,7 @@ checkpoint is never touched until the new one is complete.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -25,6 +26,7 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +89,10 @@ def save_checkpoint(
     root = Path(run_dir) / CHECKPOINTS
     final = checkpoint_path(run_dir, step)
     tmp = final.with_name(final.name + _TMP_SUFFIX)
-    if is_main(world):
-        root.mkdir(parents=True, exist_ok=True)
-        for leftover in root.glob(f"*{_TMP_SUFFIX}"):
-            # Only one save runs at a time, so any .tmp here is from a crashed save.
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp.mkdir()
-    dist.barrier()
-
+    # Each phase ends with all ranks agreeing it worked (which is also the barrier): a
+    # rank that fails alone must not leave the others waiting in the next collective.
+    prepare = functools.partial(_prepare, root, tmp) if is_main(world) else None
+    _together(world, prepare, "preparing")
     state = _dcp_state(model, optimizer)
     try:
         dcp.save(state, checkpoint_id=tmp)
@@ -102,28 +100,53 @@ def save_checkpoint(
         # Raised on every rank when any rank failed to write (disk full, ...). It is a
         # BaseException; re-raise as an ordinary error with the ranks' actual causes.
         raise RuntimeError(f"writing checkpoint {tmp} failed: {_dcp_error(exc)}") from exc
-    _write_durably(tmp / _rank_file(world.rank), payload)
-    dist.barrier()
-
-    if is_main(world):
-        marker = {"step": step, "world_size": world.world_size, "time": time.time()}
-        _write_durably(tmp / MARKER, json.dumps(marker).encode())
-        if final.exists():
-            # Saving the same step again (e.g. after resuming from it): move the old copy
-            # aside under a .tmp name, so it is ignored and cleaned up if we crash here.
-            aside = final.with_name(final.name + ".replaced" + _TMP_SUFFIX)
-            os.replace(final, aside)
-            os.replace(tmp, final)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(root)
-        if keep_last is not None:
-            older = [p for _, p in _complete_checkpoints(root) if p != final]
-            for stale in older[: max(0, len(older) - (keep_last - 1))]:
-                shutil.rmtree(stale, ignore_errors=True)
-    dist.barrier()
+    _together(world, lambda: _write_durably(tmp / _rank_file(world.rank), payload), "writing")
+    commit = functools.partial(_commit, tmp, final, step, world.world_size, keep_last)
+    _together(world, commit if is_main(world) else None, "completing")
     return final
+
+
+def _prepare(root: Path, tmp: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for leftover in root.glob(f"*{_TMP_SUFFIX}"):
+            # Only one save runs at a time, so any .tmp here is from a crashed save.
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise UserError(f"cannot write checkpoints under {root}: {exc}") from exc
+
+
+def _commit(tmp: Path, final: Path, step: int, world_size: int, keep_last: int | None) -> None:
+    marker = {"step": step, "world_size": world_size, "time": time.time()}
+    _write_durably(tmp / MARKER, json.dumps(marker).encode())
+    if final.exists():
+        # Saving the same step again (e.g. after resuming from it): move the old copy
+        # aside under a .tmp name, so it is ignored and cleaned up if we crash here.
+        aside = final.with_name(final.name + ".replaced" + _TMP_SUFFIX)
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if keep_last is not None:
+        older = [p for _, p in _complete_checkpoints(final.parent) if p != final]
+        for stale in older[: max(0, len(older) - (keep_last - 1))]:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _together(world: World, action: Callable[[], None] | None, what: str) -> None:
+    error = None
+    try:
+        if action is not None:
+            action()
+    except Exception as exc:
+        error = exc
+    if not _all_ranks_agree(error is None, world):
+        if error is not None:
+            raise error
+        raise RuntimeError(f"{what} the checkpoint failed on another rank")
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -251,10 +274,10 @@ def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dic
 
 
 def _encode_rank_state(state: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    data = buffer.getvalue()
     try:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
         torch.load(io.BytesIO(data), weights_only=True)
     except Exception as exc:
         raise TypeError(

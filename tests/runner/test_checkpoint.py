@@ -184,6 +184,13 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_usable(
     assert extra == {"step": 1}
 
 
+def test_an_unwritable_run_dir_is_a_user_error(tmp_path: Path) -> None:
+    run_dir = tmp_path / "a_file"
+    run_dir.write_text("not a directory")
+    with pytest.raises(UserError, match="cannot write checkpoints under"):
+        _save_steps(run_dir, [1])
+
+
 def test_no_checkpoint_yet(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path) is None
 
