@@ -272,8 +272,9 @@ def _map(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
 class PackedTokens:
     """A pack opened for reading: ``tokens`` and ``offsets`` are read-only memory maps."""
 
-    def __init__(self, bin_path: Path, idx_path: Path, header: PackedHeader) -> None:
-        self.bin_path, self.idx_path, self.header = bin_path, idx_path, header
+    def __init__(self, prefix: Path, header: PackedHeader) -> None:
+        self.prefix, self.header = prefix, header
+        bin_path, idx_path = self.bin_path, self.idx_path = pack_paths(prefix)
         self.tokens = _map(bin_path, header.dtype, header.n_tokens)
         self.offsets = _map(idx_path, _OFFSET_DTYPE, header.n_docs + 1)
 
@@ -291,13 +292,17 @@ class PackedTokens:
                 f"{idx_path}: does not belong to {bin_path} (headers differ in"
                 f" {', '.join(fields)}); re-pack, or restore the matching pair"
             )
-        packed = cls(bin_path, idx_path, h)
+        packed = cls(Path(prefix), h)
         first, last = int(packed.offsets[0]), int(packed.offsets[-1])
         if first != 0 or last != h.n_tokens:
             raise UserError(
                 f"{idx_path}: offsets run from {first} to {last}, expected 0 to {h.n_tokens}"
             )
         return packed
+
+    def __reduce__(self):
+        # Pickles as "open this prefix again", not as a copy of the mapped data.
+        return (PackedTokens.open, (self.prefix,))
 
     @property
     def vocab_size(self) -> int:

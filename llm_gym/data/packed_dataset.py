@@ -62,6 +62,13 @@ class PackedMemMapDataset:
             raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} outside world_size {world_size}")
+        if seed < 0:
+            raise UserError(f"seed must be >= 0, got {seed}")
+        self._args = dict(
+            prefix=prefix, seq_len=seq_len, split=split, val_fraction=val_fraction,
+            shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+            tokenizer_fingerprint=tokenizer_fingerprint,
+        )  # fmt: skip
         self.packed = PackedTokens.open(prefix)
         if tokenizer_fingerprint is not None:
             self.packed.check_tokenizer(tokenizer_fingerprint)
@@ -129,6 +136,15 @@ class PackedMemMapDataset:
         # One gather for the whole batch: far cheaper than a slice per block.
         idx = blocks[:, None] * self.seq_len + self._window
         return torch.from_numpy(self._tokens[idx].astype(_INT64))
+
+    # Pickled (e.g. into a spawned worker) as its arguments and position, never as the
+    # mapped tokens: the receiver maps the same file again.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"args": self._args, "epoch": self.epoch, "position": self.position}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["args"])
+        self.epoch, self.position = state["epoch"], state["position"]
 
     def state_dict(self) -> dict[str, Any]:
         """Plain ints: the position, plus what must match for it to mean the same samples."""

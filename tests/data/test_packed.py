@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import struct
 from pathlib import Path
@@ -214,3 +215,12 @@ def test_check_tokenizer(pack) -> None:
         p.check_tokenizer("0" * 64)
     assert str(info.value).startswith(f"{bin_path}: packed with tokenizer fingerprint ffff")
     assert "Re-pack" in str(info.value)
+
+
+def test_pickles_as_a_reopen(pack) -> None:
+    prefix, _, _ = pack
+    p = PackedTokens.open(prefix)
+    blob = pickle.dumps(p)
+    assert len(blob) < 1024  # the mapped tokens are not copied
+    clone = pickle.loads(blob)
+    assert clone.header == p.header and np.array_equal(clone.tokens, p.tokens)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,15 @@ def test_global_batch_is_the_same_for_any_world_size(prefix, world_size: int) ->
         whole = single.next_batch(2 * world_size)
         parts = torch.cat([ds.next_batch(2) for ds in ranks])
         assert sorted(map(tuple, whole.tolist())) == sorted(map(tuple, parts.tolist()))
+
+
+def test_pickles_as_a_reopen_at_the_same_position(prefix) -> None:
+    ds = PackedMemMapDataset(prefix, SEQ, seed=4, rank=1, world_size=2, val_fraction=0.1)
+    ds.next_batch(300)  # into the second epoch
+    blob = pickle.dumps(ds)
+    assert len(blob) < 4096  # the mapped tokens are not copied
+    clone = pickle.loads(blob)
+    assert clone.state_dict() == ds.state_dict()
+    assert torch.equal(clone.next_batch(50), ds.next_batch(50))
+    with pytest.raises(UserError, match="seed must be >= 0"):
+        PackedMemMapDataset(prefix, SEQ, seed=-1)
