@@ -60,7 +60,7 @@ def pack(source: Path, tokenizer_spec: str, tokenizer_options: tuple[str, ...],
     tokenizer = build_tokenizer(tokenizer_spec, tokenizer_options)
     summary = pack_jsonl(source, tokenizer, out_prefix, field=field, workers=workers,
                          progress=err.is_terminal)
-    out.print(f"packed {summary} -> {out_prefix}", markup=False)
+    out.print(f"packed {summary}", markup=False)
 
 
 def build_tokenizer(spec: str, options: tuple[str, ...] = ()):  # noqa: ANN201
