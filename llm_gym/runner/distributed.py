@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -79,6 +80,9 @@ def distributed_world(timeout: timedelta | None = None) -> Iterator[World]:
     if device.type == "cuda":
         # Binds the group to this rank's GPU up front, so NCCL never has to guess it.
         kwargs["device_id"] = device
+    # init_process_group chains a "[rankN]: " prefixing sys.excepthook on every call;
+    # put the previous one back on exit so repeated worlds in one process do not stack.
+    previous_hook = sys.excepthook
     if launched_by_torchrun():
         dist.init_process_group(backend=backend, init_method="env://", **kwargs)
     else:
@@ -100,12 +104,18 @@ def distributed_world(timeout: timedelta | None = None) -> Iterator[World]:
         # the rank that failed first.
         with suppress(AttributeError, TypeError):
             setattr(exc, FAILED_AT_ATTR, time.time())
-        dist.destroy_process_group()
+        _leave(previous_hook, barrier=False)
         raise
+    _leave(previous_hook, barrier=True)
+
+
+def _leave(previous_hook: Callable[..., Any], *, barrier: bool) -> None:
     try:
-        dist.barrier()
+        if barrier:
+            dist.barrier()
     finally:
         dist.destroy_process_group()
+        sys.excepthook = previous_hook
 
 
 def _world_from_group() -> World:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -37,6 +38,13 @@ def test_plain_process_gets_a_one_rank_group_that_is_gone_afterwards() -> None:
             all_reduce_mean(torch.tensor([1.0, 2.0]), world), torch.tensor([1.0, 2.0])
         )
     assert not dist.is_initialized()
+
+
+def test_leaving_restores_the_excepthook_torch_replaced() -> None:
+    before = sys.excepthook
+    with distributed_world():
+        assert sys.excepthook is not before  # torch's "[rank0]: " prefixing hook
+    assert sys.excepthook is before
 
 
 def test_a_failing_body_still_destroys_the_group_and_is_timestamped() -> None:
