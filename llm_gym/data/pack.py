@@ -69,8 +69,9 @@ class _Batch:
 
 
 def _read_batches(f: BinaryIO, batch_docs: int) -> Iterator[_Batch]:
-    # Binary mode splits on b"\n" only; text mode would also split inside a document on
-    # "\r" or U+2028, shifting every line number after it.
+    # Binary mode: lines end at b"\n" only, as JSONL defines them (text mode would also end
+    # one at a bare "\r"), and bytes are decoded per line, so invalid UTF-8 is reported at
+    # its line instead of aborting the whole read.
     lines: list[bytes] = []
     first, nbytes = 1, 0
     for lineno, line in enumerate(f, 1):
