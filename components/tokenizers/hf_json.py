@@ -40,6 +40,9 @@ class HFTokenizer:
         # Special tokens written in the text stay text; only the packer emits eod.
         hf.encode_special_tokens = True
         self._hf = hf
+        # encode_batch_fast (tokenizers >= 0.20) skips computing character offsets, which we
+        # never use; older releases only have encode_batch.
+        self._encode_batch = getattr(hf, "encode_batch_fast", hf.encode_batch)
         self.eod_token = eod_token
         self.eod_id: int = eod_id
         # Ids can be sparse in hand-edited files; the packed dtype must hold the largest.
@@ -51,8 +54,7 @@ class HFTokenizer:
         return self._hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        # The fast variant skips computing character offsets, which we never use.
-        return [e.ids for e in self._hf.encode_batch_fast(list(texts), add_special_tokens=False)]
+        return [e.ids for e in self._encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._hf.decode(list(ids), skip_special_tokens=False)
