@@ -110,10 +110,11 @@ def clip_grad_norm_(
     """Scale gradients so their global norm is at most ``max_norm``; return the norm before.
 
     With FSDP2 each rank holds a shard of every gradient; the norm of the local shards is
-    not the model's gradient norm. The total is computed on DTensors (a partial result)
-    and made whole with ``full_tensor()``, an all-reduce, so every rank clips by the same
-    factor and returns the same, global, number. May return inf/nan: callers decide
-    whether to skip the step.
+    not the model's gradient norm. Computed on the DTensor gradients, the norm reduces
+    across shards; ``full_tensor()`` makes it a plain tensor (and would all-reduce if
+    it were still a partial sum), so every rank clips by the same factor and returns
+    the same, global, number. May return inf/nan: callers decide whether to skip the
+    step.
     """
     params = [p for p in parameters if p.grad is not None]
     if not params:
