@@ -191,3 +191,19 @@ def test_tokenizer_ids_outside_its_vocabulary(tmp_path: Path) -> None:
 def test_iter_jsonl_texts_streams_fields(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", TEXTS, blank_every=2)
     assert list(iter_jsonl_texts(src, batch_docs=2)) == TEXTS
+
+
+class WideTokenizer(ByteLevelTokenizer):
+    """Byte ids, but a vocabulary too large for uint16."""
+
+    vocab_size = 70_000
+    eod_id = 69_999
+
+
+def test_large_vocabularies_pack_as_uint32(tmp_path: Path) -> None:
+    texts = corpus(20)
+    tok = WideTokenizer()
+    summary = pack_jsonl(write_jsonl(tmp_path / "in.jsonl", texts), tok, tmp_path / "out")
+    p = PackedTokens.open(tmp_path / "out")
+    assert summary.dtype == "uint32" and p.tokens.dtype == np.dtype("<u4")
+    assert p.tokens.tolist() == reference(tok, texts)[0]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
+from llm_gym.data.pack import pack_jsonl
 from llm_gym.data.packed import PackedWriter
 from llm_gym.data.packed_dataset import PackedMemMapDataset
 from llm_gym.errors import UserError
+from llm_gym_components.tokenizers import ByteLevelTokenizer
 
 FP = "a" * 64
 N_TOKENS = 10_007  # prime: no seq_len divides the stream evenly
@@ -158,3 +161,20 @@ def test_pickles_as_a_reopen_at_the_same_position(prefix) -> None:
     assert torch.equal(clone.next_batch(50), ds.next_batch(50))
     with pytest.raises(UserError, match="seed must be >= 0"):
         PackedMemMapDataset(prefix, SEQ, seed=-1)
+
+
+def test_end_to_end_blocks_match_a_plain_python_stream(tmp_path) -> None:
+    """JSONL -> pack -> blocks equals the obvious computation, with documents both much
+    shorter and much longer than a block."""
+    texts = ["x", "", "naïve 日本 🎉", "long " * 400, "mid " * 20, "y" * 64, "z" * 65] * 3
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    tok = ByteLevelTokenizer()
+    pack_jsonl(src, tok, tmp_path / "p")
+    stream = [i for t in texts for i in [*t.encode("utf-8"), tok.eod_id]]
+    seq = 64
+    ds = PackedMemMapDataset(tmp_path / "p", seq, seed=9)
+    assert len(ds) == (len(stream) - 1) // seq
+    batch = ds.next_batch(len(ds))
+    for row, b in zip(batch.tolist(), ds.blocks_for_epoch(0).tolist(), strict=True):
+        assert row == stream[b * seq : b * seq + seq + 1]
