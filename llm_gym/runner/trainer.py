@@ -152,7 +152,8 @@ class Trainer:
         total = torch.zeros((), device=self.world.device)
         for micro in range(s.grad_accumulation):
             # Gradients are reduce-scattered only on the last micro-batch.
-            model.set_requires_gradient_sync(micro == s.grad_accumulation - 1)
+            if hasattr(model, "set_requires_gradient_sync"):  # absent when not sharded
+                model.set_requires_gradient_sync(micro == s.grad_accumulation - 1)
             batch = self.train_data.next_batch(s.micro_batch_size).to(
                 self.world.device, non_blocking=True
             )

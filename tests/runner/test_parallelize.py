@@ -168,3 +168,15 @@ def test_gpt2_parallelized_matches_plain_gpt2() -> None:
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
     plain_norm = torch.nn.utils.clip_grad_norm_(plain.parameters(), float("inf"))
     assert norm == pytest.approx(float(plain_norm), rel=1e-5)
+
+
+def test_one_rank_in_fp32_stays_unwrapped_but_mixed_precision_is_sharded() -> None:
+    """FSDP over one fp32 rank would only copy; with a cast it is still needed."""
+    from torch.distributed.fsdp import FSDPModule
+
+    with distributed_world() as world:
+        plain = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        assert not isinstance(parallelize(plain, list(plain), world=world), FSDPModule)
+        mixed = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        wrapped = parallelize(mixed, list(mixed), world=world, param_dtype=torch.bfloat16)
+        assert isinstance(wrapped, FSDPModule)

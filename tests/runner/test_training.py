@@ -49,16 +49,21 @@ def test_run_writes_metrics_resolved_recipe_and_checkpoint(tmp_path):
 def test_stop_and_resume_gives_the_same_losses_bitwise(tmp_path):
     _run(tmp_path / "whole", "trainer.max_steps=8")
     _run(tmp_path / "split", "trainer.max_steps=4")
-    resumed = run_recipe("gpt2-debug", ["trainer.max_steps=8"], run_dir=tmp_path / "split",
-                         resume=True)
+    resumed = run_recipe(
+        "gpt2-debug", ["trainer.max_steps=8"], run_dir=tmp_path / "split", resume=True
+    )
     assert resumed["step"] == 8
     assert _losses(tmp_path / "split") == _losses(tmp_path / "whole")
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     _run(tmp_path / "big", "trainer.micro_batch_size=8", "trainer.max_steps=4")
-    _run(tmp_path / "acc", "trainer.micro_batch_size=2", "trainer.grad_accumulation=4",
-         "trainer.max_steps=4")
+    _run(
+        tmp_path / "acc",
+        "trainer.micro_batch_size=2",
+        "trainer.grad_accumulation=4",
+        "trainer.max_steps=4",
+    )
     assert _losses(tmp_path / "acc") == pytest.approx(_losses(tmp_path / "big"), abs=1e-5)
 
 
@@ -69,6 +74,7 @@ def test_two_processes_match_one(tmp_path):
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(two) == 4
     assert two == pytest.approx(one, abs=1e-5)
-    marker = json.loads((tmp_path / "two" / "checkpoints" / "step_00000004" /
-                         "COMPLETE").read_text())
+    marker = json.loads(
+        (tmp_path / "two" / "checkpoints" / "step_00000004" / "COMPLETE").read_text()
+    )
     assert marker["world_size"] == 2
