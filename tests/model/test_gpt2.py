@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from llm_gym_components.models import GPT2
 
 TINY = dict(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4)
