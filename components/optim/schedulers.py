@@ -44,46 +44,47 @@ class ConstantConfig(ComponentConfig):
         return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
 
 
-@component("scheduler", "WarmupCosine", version=1)
-class WarmupCosineConfig(ComponentConfig):
-    """Linear warmup to the optimizer's rate, then cosine decay to min_lr_ratio of it."""
+class _WarmupThenDecay(ComponentConfig):
+    """Linear warmup to the optimizer's rate, then a decay shaped by ``decay_shape``."""
 
     warmup_steps: int = Field(ge=0, description="steps of linear warmup from 0")
     decay_steps: PositiveInt = Field(description="step at which the decay ends (then flat)")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final rate / peak rate")
 
     @model_validator(mode="after")
-    def _decay_after_warmup(self) -> WarmupCosineConfig:
+    def _decay_after_warmup(self) -> _WarmupThenDecay:
         if self.decay_steps <= self.warmup_steps:
             raise ValueError("decay_steps must be greater than warmup_steps")
         return self
 
+    @staticmethod
+    def decay_shape(progress: float) -> float:
+        """Goes from 1 at progress 0 to 0 at progress 1."""
+        raise NotImplementedError
+
     def build(self, optimizer: torch.optim.Optimizer) -> LRScheduler:
         return LambdaLR(optimizer, _warmup_then(self.warmup_steps, self.decay_steps,
-                                                self.min_lr_ratio, _cosine))
+                                                self.min_lr_ratio, self.decay_shape))
+
+
+@component("scheduler", "WarmupCosine", version=1)
+class WarmupCosineConfig(_WarmupThenDecay):
+    """Linear warmup to the optimizer's rate, then cosine decay to min_lr_ratio of it."""
+
+    @staticmethod
+    def decay_shape(progress: float) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @component("scheduler", "WarmupLinear", version=1)
-class WarmupLinearConfig(ComponentConfig):
+class WarmupLinearConfig(_WarmupThenDecay):
     """Linear warmup to the optimizer's rate, then linear decay to min_lr_ratio of it."""
 
-    warmup_steps: int = Field(ge=0, description="steps of linear warmup from 0")
-    decay_steps: PositiveInt = Field(description="step at which the decay ends (then flat)")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final rate / peak rate")
 
-    @model_validator(mode="after")
-    def _decay_after_warmup(self) -> WarmupLinearConfig:
-        if self.decay_steps <= self.warmup_steps:
-            raise ValueError("decay_steps must be greater than warmup_steps")
-        return self
-
-    def build(self, optimizer: torch.optim.Optimizer) -> LRScheduler:
-        return LambdaLR(optimizer, _warmup_then(self.warmup_steps, self.decay_steps,
-                                                self.min_lr_ratio, lambda p: 1.0 - p))
-
-
-def _cosine(progress: float) -> float:
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    @staticmethod
+    def decay_shape(progress: float) -> float:
+        return 1.0 - progress
 
 
 def _warmup_then(warmup: int, end: int, floor: float, shape):  # noqa: ANN001, ANN202
