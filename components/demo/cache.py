@@ -14,6 +14,7 @@ from pathlib import Path
 
 from llm_gym.data.demo_corpus import write_demo_corpus
 from llm_gym.data.pack import pack_jsonl
+from llm_gym.data.packed import pack_paths
 
 DEFAULT_CACHE = "~/.cache/llm_gym/demo"
 
@@ -59,6 +60,6 @@ def demo_pack(directory: Path, corpus_mb: float, tokenizer) -> Path:  # noqa: AN
     corpus = demo_corpus(directory, corpus_mb)
     prefix = directory / f"pack-{corpus_mb:g}mb-{tokenizer.fingerprint()[:16]}"
     with locked(directory):
-        if not prefix.with_suffix(".bin").exists():
+        if not pack_paths(prefix)[0].exists():
             pack_jsonl(corpus, tokenizer, prefix, workers=min(4, os.cpu_count() or 1))
     return prefix

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_gym.errors import UserError
+from llm_gym.fileio import atomic_output
 
 MIN_CHARS = 200  # shorter docstrings are mostly one-liners ("Return the foo.")
 MIN_PROSE_FRACTION = 0.7  # letters and whitespace; below that it is code, tables or ASCII art
@@ -85,10 +86,9 @@ def write_demo_corpus(
     seen: set[bytes] = set()
     written = 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     bar = _Progress(target) if progress else None
     try:
-        with _gc_paused(), tmp.open("w", encoding="utf-8", newline="\n") as f:
+        with _gc_paused(), atomic_output(out, "w", encoding="utf-8", newline="\n") as f:
             for name, text, source in _documents(roots):
                 key = hashlib.blake2b(" ".join(text.split()).encode(), digest_size=16).digest()
                 if key in seen:
@@ -102,11 +102,9 @@ def write_demo_corpus(
                     bar.advance(len(line.encode()), name)
                 if written >= target:
                     break
-        os.replace(tmp, out)
     finally:
         if bar is not None:
             bar.close()
-        tmp.unlink(missing_ok=True)
     return CorpusSummary(
         docs=sum(counts.values()),
         bytes=out.stat().st_size,

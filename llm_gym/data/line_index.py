@@ -36,7 +36,6 @@ import json
 import os
 import stat
 import struct
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
@@ -47,6 +46,7 @@ from typing import IO, Any, Literal, NamedTuple
 import numpy as np
 
 from llm_gym.errors import UserError
+from llm_gym.fileio import atomic_output
 
 MAGIC = b"LGIDX\0\0\0"
 VERSION = 1
@@ -318,25 +318,12 @@ def _open_source(source: Path) -> Iterator[IO[bytes]]:
 
 @contextmanager
 def _atomic_output(out: Path, source_mode: int) -> Iterator[IO[bytes]]:
+    # Whoever may read the data may read its index (mkstemp alone would say 0600).
     try:
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        with atomic_output(out, file_mode=stat.S_IMODE(source_mode) & 0o666 | 0o600) as w:
+            yield w
     except OSError as e:
         raise UserError(f"{out}: cannot write the index there: {e.strerror}") from None
-    try:
-        # Whoever may read the data may read its index (mkstemp alone would say 0600).
-        os.chmod(tmp, stat.S_IMODE(source_mode) & 0o666 | 0o600)
-        with os.fdopen(fd, "wb") as w:
-            yield w
-            w.flush()
-            os.fsync(w.fileno())  # the rename must not reach the disk before the data
-        try:
-            os.replace(tmp, out)
-        except OSError as e:
-            raise UserError(f"{out}: cannot write the index there: {e.strerror}") from None
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _progress_bar(enabled: bool, source: Path, st: os.stat_result) -> Any:

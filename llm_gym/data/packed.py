@@ -43,6 +43,7 @@ from typing import BinaryIO
 import numpy as np
 
 from llm_gym.errors import UserError
+from llm_gym.fileio import default_file_mode, fsync_dir
 
 MAGIC_BIN = b"LGYMTOK\x00"
 MAGIC_IDX = b"LGYMIDX\x00"
@@ -127,20 +128,6 @@ class PackedHeader:
         return cls(itemsize, vocab, eod, n_tokens, n_docs, fingerprint, digest)
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the renames themselves durable; not every platform can open a directory.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class PackedWriter:
     """Appends documents to a new pack; ``finish()`` makes it appear atomically.
 
@@ -166,6 +153,7 @@ class PackedWriter:
                 fd, tmp = tempfile.mkstemp(
                     dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"
                 )
+                os.chmod(tmp, default_file_mode())  # mkstemp alone would say 0600
                 f = os.fdopen(fd, "wb")
                 self._files.append((f, tmp))
                 f.write(b"\x00" * HEADER_SIZE)  # placeholder until the counts are known
@@ -237,7 +225,7 @@ class PackedWriter:
             self.abort()
             raise
         self._done = True
-        _fsync_dir(self.bin_path.parent)
+        fsync_dir(self.bin_path.parent)
         return header
 
     def abort(self) -> None:

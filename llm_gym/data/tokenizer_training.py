@@ -6,8 +6,6 @@ Deterministic: the same corpus, vocabulary size and library version give a byte-
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -15,6 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from llm_gym.data.pack import iter_jsonl_texts
 from llm_gym.data.tokenizer import EOD_TOKEN
 from llm_gym.errors import UserError
+from llm_gym.fileio import atomic_output
 
 
 def train_bpe_tokenizer(
@@ -53,15 +52,6 @@ def train_bpe_tokenizer(
     if seen == 0:
         raise UserError(f"{corpus_jsonl}: no documents to train a tokenizer on")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(tok.to_str(pretty=True))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(out, "w", encoding="utf-8") as f:
+        f.write(tok.to_str(pretty=True))
     return out

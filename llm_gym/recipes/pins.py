@@ -7,9 +7,7 @@ layout elsewhere in the file survive.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import yaml
 
 from llm_gym.errors import UserError
+from llm_gym.fileio import atomic_output
 from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.component import spec_of
 
@@ -88,15 +87,5 @@ def write_pins(path: Path, pins: dict[str, dict[str, Any]]) -> None:
     text = "".join(new_lines)
     if (yaml.safe_load(text) or {}).get("pins") != (pins or None):
         raise UserError(f"{path}: could not rewrite its pins block safely; edit it by hand")
-    _atomic_write(path, text)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, "w", encoding="utf-8") as handle:
+        handle.write(text)

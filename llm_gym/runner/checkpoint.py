@@ -43,6 +43,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from llm_gym.errors import UserError
+from llm_gym.fileio import fsync_dir
 from llm_gym.runner.distributed import World, is_main
 
 CHECKPOINTS = "checkpoints"
@@ -129,7 +130,7 @@ def _commit(tmp: Path, final: Path, step: int, world_size: int, keep_last: int |
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if keep_last is not None:
         older = [p for _, p in _complete_checkpoints(final.parent) if p != final]
         for stale in older[: max(0, len(older) - (keep_last - 1))]:
@@ -324,15 +325,6 @@ def _write_durably(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself survive a power cut, not just the files' contents.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _dcp_error(exc: BaseException) -> str:
