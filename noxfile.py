@@ -51,6 +51,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def gpu(session: nox.Session) -> None:
-    """GPU tests on a CUDA machine (nccl, bf16, compile)."""
+    """On a CUDA machine: GPU tests (nccl, bf16, compile), then GPT-2 124M throughput/MFU."""
     install(session)
     session.run("pytest", "-q", "-m", "gpu", *session.posargs)
+    session.run("python", "tools/gpu_check.py", "--out", "gpu-check.json")

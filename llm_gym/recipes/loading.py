@@ -46,11 +46,13 @@ def load_recipe(
     recipe = validate_recipe(data, registry, source=str(ref.path))
     check_dependencies(recipe, registry, str(ref.path))
     drift = find_drift(recipe, registry)
-    if drift and not allow_drift:
+    # Overrides may swap a component in or out on purpose; a changed component may not.
+    fatal = [d for d in drift if d.component_changed or not overrides]
+    if fatal and not allow_drift:
         raise DriftError(
-            f"{ref.path}: the installed components differ from the recipe's pins "
+            f"{ref.path}: the recipe's pins do not match the installed components "
             "(re-pin with `llm_gym recipe lock` after checking, or pass --allow-drift)",
-            [str(d) for d in drift],
+            [str(d) for d in fatal],
         )
     return LoadedRecipe(ref, data, recipe, drift)
 

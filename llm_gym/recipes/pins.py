@@ -26,6 +26,9 @@ _PINS_LINE = re.compile(r"^pins:(\s.*)?$")
 class Drift:
     key: str
     change: str
+    # True: an installed component differs from its pin. False: the recipe's set of
+    # components differs from its pins (a component unpinned, or pinned but unused).
+    component_changed: bool = False
 
     def __str__(self) -> str:
         return f"{self.key}: {self.change}"
@@ -55,7 +58,7 @@ def find_drift(recipe: Any, registry: ResolverRegistry) -> list[Drift]:
             if old[field] != pin[field]
         ]
         if changes:
-            drift.append(Drift(key, ", ".join(changes)))
+            drift.append(Drift(key, ", ".join(changes), component_changed=True))
     for key in pinned:
         if key not in now:
             drift.append(Drift(key, "pinned but no longer used by the recipe"))

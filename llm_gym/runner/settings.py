@@ -25,7 +25,6 @@ class TrainerSettings(BaseModel):
     checkpoint_every: PositiveInt | None = Field(None, description="steps between checkpoints")
     keep_last: PositiveInt = Field(3, description="complete checkpoints to keep")
     seed: int = Field(0, description="same seed and world size give identical losses")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     param_dtype: Precision = Field("fp32", description="dtype of parameters in compute")
     reduce_dtype: Precision = Field("fp32", description="dtype of gradient reduction")
     activation_checkpointing: Literal["none", "full"] | PositiveInt = Field(

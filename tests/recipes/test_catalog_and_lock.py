@@ -114,3 +114,17 @@ def test_original_run_alias_validates_like_recipe_run(capsys, tmp_path):
     broken.write_text(DEBUG.read_text().replace("lr: 1.0e-3", "lr: -1"))
     code, out = _cli(capsys, "run", "--config_file_path", str(broken))
     assert code == 2 and "optimizer.config.lr" in out
+
+
+def test_overrides_may_swap_components_with_a_warning_but_not_hide_changed_ones(capsys,
+                                                                                tmp_path):
+    code, out = _cli(capsys, "recipe", "validate", "gpt2-debug", "optimizer.type_hint=SGD")
+    assert code == 0 and "warning" in out
+    assert "optimizer/SGD: used but not pinned" in out
+    assert "optimizer/AdamW: pinned but no longer used" in out
+    path = tmp_path / "v1.yaml"
+    path.write_text(DEBUG.read_text().replace("model/GPT2: {version: 1, fingerprint: ",
+                                              "model/GPT2: {version: 2, fingerprint: "))
+    code, out = _cli(capsys, "recipe", "validate", str(path), "optimizer.type_hint=SGD")
+    assert code == 2 and "model/GPT2: version 2 -> 1" in out
+    assert "optimizer/SGD" not in out
