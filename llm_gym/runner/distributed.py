@@ -134,6 +134,7 @@ def is_main(world: World) -> bool:
 
 
 T = TypeVar("T", float, torch.Tensor)
+T_obj = TypeVar("T_obj")
 
 
 def all_reduce_mean(value: T, world: World) -> T:
@@ -152,6 +153,15 @@ def all_reduce_mean(value: T, world: World) -> T:
     if isinstance(value, torch.Tensor):
         return out.to(value.dtype)
     return float(out.item())
+
+
+def broadcast_from_main(value: T_obj, world: World) -> T_obj:
+    """Rank 0's ``value`` on every rank (any picklable object)."""
+    if world.world_size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=world.device if world.backend == "nccl" else None)
+    return box[0]
 
 
 def rank_seed(seed: int, rank: int) -> int:

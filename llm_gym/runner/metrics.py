@@ -7,13 +7,26 @@ import math
 from pathlib import Path
 from typing import Any, TextIO
 
+from llm_gym.fileio import atomic_output
+
 
 class MetricsLog:
-    """Appends records; written by rank 0 only, flushed per record so a crash loses nothing."""
+    """Appends records; written by rank 0 only, flushed per record so a crash loses nothing.
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    ``resume_step``: records after that step came from a run that stopped before its next
+    checkpoint; they are dropped, since the resumed run writes those steps again.
+    """
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int = 0) -> None:
         self.path = path
-        self._file: TextIO | None = path.open("a", encoding="utf-8") if enabled else None
+        self._file: TextIO | None = None
+        if not enabled:
+            return
+        if resume_step and path.exists():
+            kept = [r for r in read_metrics(path) if r["step"] <= resume_step]
+            with atomic_output(path, "w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(r) + "\n" for r in kept)
+        self._file = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is None:

@@ -21,7 +21,13 @@ from llm_gym.recipes.pins import current_pins
 from llm_gym.recipes.resolved import resolved_yaml
 from llm_gym.registry import ResolverRegistry
 from llm_gym.runner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from llm_gym.runner.distributed import World, all_reduce_mean, distributed_world, seed_everything
+from llm_gym.runner.distributed import (
+    World,
+    all_reduce_mean,
+    broadcast_from_main,
+    distributed_world,
+    seed_everything,
+)
 from llm_gym.runner.entry import RunJob
 from llm_gym.runner.flops import peak_flops
 from llm_gym.runner.metrics import MetricsLog
@@ -42,7 +48,9 @@ def train_worker(job: RunJob) -> dict[str, Any]:
         allow_drift=job.allow_drift,
     )
     with distributed_world() as world:
-        return Trainer(loaded, registry, world, job.run_dir, job.resume).fit()
+        # Under torchrun each rank picked its default run directory from its own clock.
+        run_dir = broadcast_from_main(job.run_dir, world)
+        return Trainer(loaded, registry, world, run_dir, job.resume).fit()
 
 
 class Trainer:
@@ -97,7 +105,8 @@ class Trainer:
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "recipe.resolved.yaml").write_text(self._resolved_text(), encoding="utf-8")
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main)
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main,
+                                  resume_step=self.step)
         self.tokens_per_step = (
             settings.micro_batch_size
             * settings.grad_accumulation

@@ -78,3 +78,47 @@ def test_two_processes_match_one(tmp_path):
         (tmp_path / "two" / "checkpoints" / "step_00000004" / "COMPLETE").read_text()
     )
     assert marker["world_size"] == 2
+
+
+def test_resume_with_two_processes_is_exact(tmp_path):
+    _run(tmp_path / "whole", "trainer.micro_batch_size=2", "trainer.max_steps=6", nproc=2)
+    _run(tmp_path / "split", "trainer.micro_batch_size=2", "trainer.max_steps=3", nproc=2)
+    run_recipe("gpt2-debug", ["trainer.micro_batch_size=2", "trainer.max_steps=6"], nproc=2,
+               run_dir=tmp_path / "split", resume=True)
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "whole")
+
+
+def test_sigkill_then_resume_continues_exactly(tmp_path):
+    """Killed at a random moment after the first checkpoint: --resume ends where an
+    uninterrupted run ends, loss for loss, and metrics.jsonl holds each step once."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["trainer.max_steps=150", "trainer.checkpoint_every=20", "trainer.eval_every=null",
+            "trainer.log_every=1", "model.config.n_embd=96", "model.config.n_layer=3"]
+    _run(tmp_path / "whole", *args)
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_gym", "recipe", "run", "gpt2-debug", "--run-dir",
+         str(run_dir), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ})
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "step_00000020" / "COMPLETE").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before a save"
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 1.0))  # somewhere in later steps or a later save
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from llm_gym.runner.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(run_dir).name < "step_00000150"  # it really stopped early
+    result = run_recipe("gpt2-debug", args, run_dir=run_dir, resume=True)
+    assert result["step"] == 150
+    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    assert steps == list(range(1, 151))
+    assert _losses(run_dir) == _losses(tmp_path / "whole")
