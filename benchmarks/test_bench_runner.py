@@ -35,10 +35,14 @@ def demo_cache(tmp_path_factory):
     os.environ.pop("LLM_GYM_DEMO_CACHE")
 
 
-def _runner_tokens_per_s(run_dir: Path) -> float:
-    run_recipe("gpt2-debug", OVERRIDES, run_dir=run_dir)
+def _runner_records(run_dir: Path, overrides: list[str], nproc: int = 1) -> list[dict]:
+    run_recipe("gpt2-debug", overrides, run_dir=run_dir, nproc=nproc)
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s" in r]
-    return statistics.median(r["tokens_per_s"] for r in records[1:])  # first: warm-up
+    return records[1:]  # the first interval holds the warm-up
+
+
+def _runner_tokens_per_s(run_dir: Path) -> float:
+    return statistics.median(r["tokens_per_s"] for r in _runner_records(run_dir, OVERRIDES))
 
 
 def _plain_tokens_per_s(cache: Path) -> float:
@@ -83,3 +87,22 @@ def test_runner_vs_plain_loop(benchmark, demo_cache, tmp_path):
     r, p = statistics.median(runner), statistics.median(plain)
     print(f"\nrunner vs plain loop (1 process, CPU): runner {r:,.0f} tok/s | plain {p:,.0f} "
           f"tok/s | ratio {r / p:.3f} (target >= 0.98)")
+
+
+def test_two_process_fsdp_throughput_and_mfu(benchmark, demo_cache, tmp_path):
+    """2 gloo processes, FSDP2, each with half of the same global batch as 1 process."""
+    half = [o if o != "trainer.micro_batch_size=8" else "trainer.micro_batch_size=4"
+            for o in OVERRIDES]
+    _runner_records(tmp_path / "warmup", OVERRIDES)  # prepares the demo data once
+    one, two = [], []
+    for i in range(2):
+        one += _runner_records(tmp_path / f"one{i}", OVERRIDES)
+        two += _runner_records(tmp_path / f"two{i}", half, nproc=2)
+    benchmark.pedantic(lambda: None, rounds=1)
+    t1 = statistics.median(r["tokens_per_s"] for r in one)
+    t2 = statistics.median(r["tokens_per_s"] for r in two)
+    m1 = statistics.median(r["mfu"] for r in one)
+    m2 = statistics.median(r["mfu"] for r in two)
+    print(f"\nsame global batch, CPU: 1 process {t1:,.0f} tok/s (MFU {100 * m1:.1f}%) | "
+          f"2 processes FSDP2 {t2:,.0f} tok/s (MFU {100 * m2:.1f}%) | 2/1 {t2 / t1:.2f} "
+          f"(the 2 processes share {os.cpu_count()} cores)")
