@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,10 +37,17 @@ def locked(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def announce(what: str, path: Path) -> None:
+    """Say what the first run spends its first seconds on (stderr: stdout may be data)."""
+    print(f"llm_gym: preparing the demo data once: {what} -> {path}", file=sys.stderr,
+          flush=True)
+
+
 def demo_corpus(directory: Path, corpus_mb: float) -> Path:
     path = directory / f"corpus-{corpus_mb:g}mb.jsonl"
     with locked(directory):
         if not path.exists():
+            announce(f"{corpus_mb:g} MB of docstring prose", path)
             write_demo_corpus(path, target_mb=corpus_mb)
     return path
 
@@ -51,6 +59,7 @@ def demo_tokenizer_file(directory: Path, corpus_mb: float, vocab_size: int) -> P
     path = directory / f"tokenizer-{corpus_mb:g}mb-{vocab_size}.json"
     with locked(directory):
         if not path.exists():
+            announce(f"a {vocab_size}-token BPE tokenizer", path)
             train_bpe_tokenizer(corpus, vocab_size, path)
     return path
 
@@ -61,5 +70,6 @@ def demo_pack(directory: Path, corpus_mb: float, tokenizer) -> Path:  # noqa: AN
     prefix = directory / f"pack-{corpus_mb:g}mb-{tokenizer.fingerprint()[:16]}"
     with locked(directory):
         if not pack_paths(prefix)[0].exists():
+            announce("the corpus, tokenized and packed", prefix)
             pack_jsonl(corpus, tokenizer, prefix, workers=min(4, os.cpu_count() or 1))
     return prefix
