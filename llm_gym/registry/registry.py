@@ -11,7 +11,7 @@ scheduler = registry.build_component_by_key_query("scheduler", "StepLR",
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pluggy
@@ -157,7 +157,3 @@ class ResolverRegistry:
             )
         return call_build(spec, config, given)
 
-
-def registered_specs(registry: ResolverRegistry) -> Iterable[ComponentSpec]:
-    for kind in registry.kinds.values():
-        yield from kind.specs

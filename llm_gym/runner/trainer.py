@@ -74,7 +74,6 @@ class Trainer:
         seed_everything(settings.seed, 0)
         with torch.device(world.device):
             model = registry.build_component_by_config(entries.pop("model"))
-        self.raw_model = model
         self.model = parallelize(
             model,
             list(getattr(model, "blocks", [])),
