@@ -19,7 +19,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -183,11 +183,17 @@ def _init_worker(tokenizer: Tokenizer, field: str, source: str, dtype: str) -> N
 
 
 def _work(batch: _Batch) -> tuple[np.ndarray, np.ndarray, int] | str:
+    w = _worker
+    return _encode_or_message(w["tokenizer"], batch, w["field"], w["source"], w["dtype"])
+
+
+def _encode_or_message(
+    tokenizer: Tokenizer, batch: _Batch, field: str, source: str, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray, int] | str:
     try:
-        w = _worker
-        return _encode(w["tokenizer"], batch, w["field"], w["source"], w["dtype"])
+        return _encode(tokenizer, batch, field, source, dtype)
     except UserError as e:
-        return e.message  # re-raised in the parent, without a remote traceback attached
+        return e.message  # re-raised in the caller, without a remote traceback attached
 
 
 def pack_jsonl(
@@ -259,22 +265,30 @@ def _tokenize_ordered(
     """(bytes, result or error message) of each batch of ``f``, in file order."""
     batches = _read_batches(f, batch_docs)
     if workers == 1:
-        for batch in batches:
-            try:
-                yield batch.nbytes, _encode(tokenizer, batch, field, source, dtype)
-            except UserError as e:
-                yield batch.nbytes, e.message
-        return
+        # One process, two threads: encode_batch releases the GIL, so one thread parses
+        # the next batch's JSON while the other's batch is being encoded.
+        pool: Executor = ThreadPoolExecutor(2)
+        window = 4
+
+        def submit(batch: _Batch) -> Future:
+            return pool.submit(_encode_or_message, tokenizer, batch, field, source, dtype)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        init = (tokenizer, field, source, dtype.str)
+        pool = ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=init)
+        window = 2 * workers
+
+        def submit(batch: _Batch) -> Future:
+            return pool.submit(_work, batch)
+
     # A sliding window of futures instead of Pool.imap: imap's feeder thread reads the
     # whole input ahead of the workers, so memory would grow with the file.
-    ctx = multiprocessing.get_context("spawn")
-    init = (tokenizer, field, source, dtype.str)
-    with ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=init) as pool:
+    with pool:
         pending: deque[tuple[int, Future]] = deque()
         try:
             for batch in batches:
-                pending.append((batch.nbytes, pool.submit(_work, batch)))
-                if len(pending) >= 2 * workers:
+                pending.append((batch.nbytes, submit(batch)))
+                if len(pending) >= window:
                     nbytes, fut = pending.popleft()
                     yield nbytes, fut.result()
             while pending:
