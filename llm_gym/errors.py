@@ -17,6 +17,7 @@ class UserError(Exception):
     """
 
     exit_code = 2
+    label = "error"  # how the CLI introduces the message
 
     def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
         super().__init__(message)
@@ -27,3 +28,10 @@ class UserError(Exception):
         if not self.problems:
             return self.message
         return "\n".join([self.message, *(f"  - {p}" for p in self.problems)])
+
+
+class ReportedError(Exception):
+    """A failure that is not the user's mistake but whose message already says all that
+    helps (e.g. which worker died and how): printed without our traceback, exit code 1."""
+
+    exit_code = 1

@@ -46,12 +46,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        from llm_gym.errors import UserError
+        from llm_gym.errors import ReportedError, UserError
 
-        if not isinstance(exc, UserError) or debug:
+        if not isinstance(exc, UserError | ReportedError) or debug:
             raise
-        from llm_gym.cli.output import print_user_error
+        from llm_gym.cli.output import print_error
 
-        print_user_error(exc)
+        print_error(exc)
         sys.exit(exc.exit_code)
     sys.exit(0)

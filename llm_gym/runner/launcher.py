@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_gym.errors import UserError
+from llm_gym.errors import ReportedError, UserError
 
 # Written by a failing worker next to its error.json: when it failed (time.time()).
 _FAILED_AT_FILE = "failed_at"
@@ -57,7 +57,7 @@ class WorkerFailure:
     user_error: bool = False
 
 
-class LaunchError(RuntimeError):
+class LaunchError(ReportedError):
     """One or more workers failed; ``failures`` maps each global rank to what happened."""
 
     def __init__(self, failures: dict[int, WorkerFailure]) -> None:
@@ -169,10 +169,14 @@ def _collect_failures(reported: dict[int, Any], log_dir: Path) -> dict[int, Work
         message = _error_message(failure.error_file_data)
         if not message or message == _NO_MESSAGE:
             message = f"exited with code {failure.exitcode} without recording an error"
+        when = float("inf")
         if failure.exitcode < 0:
             message = f"killed by signal {-failure.exitcode} ({failure.signal_name()})"
+            # It could not say when; its peers' errors (connection reset) are usually
+            # the consequence, so a killed worker comes first.
+            when = float("-inf")
         traceback = _error_traceback(failure.error_file_data)
-        found[rank] = (float("inf"), _failure(rank, failure.exitcode, message, traceback))
+        found[rank] = (when, _failure(rank, failure.exitcode, message, traceback))
     # One node, so the local rank in the path is the global rank.
     for path in log_dir.glob("*/attempt_*/*/error.json"):
         try:
@@ -181,6 +185,8 @@ def _collect_failures(reported: dict[int, Any], log_dir: Path) -> dict[int, Work
         except (ValueError, OSError):
             continue
         exitcode = found[rank][1].exitcode if rank in found else 1
+        if exitcode < 0:
+            continue  # killed by a signal: what it recorded before is not why it died
         failure = _failure(rank, exitcode, _error_message(data), _error_traceback(data))
         found[rank] = (_failed_at(path), failure)
     ordered = sorted(found.items(), key=lambda item: (item[1][0], item[0]))
@@ -222,7 +228,7 @@ def _describe(failures: dict[int, WorkerFailure]) -> str:
         headline = f"worker rank {next(iter(failures))} failed"
     else:
         ranks = ", ".join(str(r) for r in failures)
-        headline = f"worker ranks {ranks} failed (earliest first)"
+        headline = f"worker ranks {ranks} failed (the likely cause first)"
     lines = [headline]
     for failure in failures.values():
         lines.append(f"  rank {failure.rank} (exit code {failure.exitcode}): {failure.message}")

@@ -31,5 +31,9 @@ class TrainerSettings(BaseModel):
         "none", description="'none', 'full' (every block) or k (every k-th block)"
     )
     compile: bool = Field(False, description="torch.compile each transformer block")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a non-finite loss or grad norm: stop the run, or skip the step"
+    )
+    checkpoint_on_interrupt: bool = Field(True, description="save a checkpoint on Ctrl-C")
     sample_prompt: str | None = Field(None, description="text to continue after training")
     sample_tokens: PositiveInt = Field(48, description="tokens to generate for the sample")

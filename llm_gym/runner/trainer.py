@@ -9,11 +9,14 @@ and from the runner ``world`` (ranks, device) and ``trainer`` (the trainer setti
 from __future__ import annotations
 
 import math
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from llm_gym.errors import UserError
 from llm_gym.recipes.loading import LoadedRecipe, load_recipe
@@ -33,6 +36,13 @@ from llm_gym.runner.flops import peak_flops
 from llm_gym.runner.metrics import MetricsLog
 from llm_gym.runner.parallelize import clip_grad_norm_, parallelize
 from llm_gym.runner.progress import Progress
+from llm_gym.runner.safety import (
+    Interrupted,
+    RunDirLock,
+    StopRequest,
+    check_room,
+    checkpoint_bytes,
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -50,7 +60,26 @@ def train_worker(job: RunJob) -> dict[str, Any]:
     with distributed_world() as world:
         # Under torchrun each rank picked its default run directory from its own clock.
         run_dir = broadcast_from_main(job.run_dir, world)
-        return Trainer(loaded, registry, world, run_dir, job.resume).fit()
+        lock = RunDirLock(run_dir)
+        on_main(lock.__enter__, world)  # one run per directory, or every rank refuses
+        try:
+            return Trainer(loaded, registry, world, run_dir, job.resume).fit()
+        finally:
+            if world.rank == 0:
+                lock.__exit__()
+
+
+def on_main(check: Callable[[], Any], world: World) -> None:
+    """Run ``check`` on rank 0; if it raises a UserError, every rank raises it."""
+    problem = None
+    if world.rank == 0:
+        try:
+            check()
+        except UserError as exc:
+            problem = exc.message
+    problem = broadcast_from_main(problem, world)
+    if problem is not None:
+        raise UserError(problem)
 
 
 class Trainer:
@@ -95,6 +124,9 @@ class Trainer:
         self.eval_data = built.get("eval_dataset")
         self._eval_start = self.eval_data.state_dict() if self.eval_data is not None else None
 
+        needed = checkpoint_bytes(self.model)
+        on_main(lambda: check_room(run_dir, needed, settings.keep_last), world)
+
         self.step = 0
         found = latest_checkpoint(run_dir)
         if resume and found is None:
@@ -127,8 +159,10 @@ class Trainer:
         # Throughput counts training time only: evaluation and checkpoint time is excluded.
         interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
         last_loss = math.nan
-        with progress:
+        with progress, StopRequest() as stop:
             while self.step < s.max_steps:
+                if self._stop_agreed(stop):
+                    self._stop_on_request()
                 loss, grad_norm = self._train_step()
                 self.step += 1
                 interval_steps += 1
@@ -169,6 +203,10 @@ class Trainer:
             loss.backward()
             total += loss.detach()
         grad_norm = clip_grad_norm_(model.parameters(), s.grad_clip or math.inf)
+        if not math.isfinite(grad_norm):  # the same global number on every rank
+            self.optimizer.zero_grad(set_to_none=True)
+            self._diverged(grad_norm)
+            return total, grad_norm
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
@@ -219,9 +257,50 @@ class Trainer:
         )
         return prompt + self.tokenizer.decode(out[0, ids.shape[1] :].tolist())
 
+    # -- stopping safely ------------------------------------------------------------------
+
+    def _stop_agreed(self, stop: StopRequest) -> bool:
+        """Whether to stop now. Ranks may see Ctrl-C at different steps, so with several
+        ranks they agree (one all-reduce) at logging steps only, not on every step."""
+        if self.world.world_size == 1:
+            return stop.requested
+        if self.step % self.settings.log_every:
+            return False
+        flag = torch.tensor([float(stop.requested)], device=self.world.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _stop_on_request(self) -> None:
+        where = "no checkpoint written (trainer.checkpoint_on_interrupt is off)"
+        if self.settings.checkpoint_on_interrupt and self.step:
+            where = f"checkpoint saved to {self.save()}"
+        self.metrics.close()
+        raise Interrupted(
+            f"interrupted at step {self.step}; {where}; continue with the same command "
+            f"and --run-dir {self.run_dir} --resume"
+        )
+
+    def _diverged(self, grad_norm: float) -> None:
+        step = self.step + 1
+        if self.settings.on_nonfinite == "stop":
+            latest = latest_checkpoint(self.run_dir)
+            raise UserError(
+                f"step {step}: the loss or gradient norm is {grad_norm} (not finite); "
+                "stopped before updating the weights. "
+                + (f"The newest checkpoint, {latest}, is intact. " if latest else "")
+                + "Lower the learning rate, or set trainer.on_nonfinite=skip to skip such steps"
+            )
+        if self.main:
+            print(f"warning: step {step}: gradient norm {grad_norm}; step skipped",
+                  file=sys.stderr, flush=True)
+
     # -- checkpoints -----------------------------------------------------------------------
 
     def save(self) -> Path:
+        # The divergence guard keeps weights finite; this makes sure no path around it
+        # ever turns a good checkpoint directory into a poisoned one.
+        if not self._weights_finite():
+            raise UserError(f"step {self.step}: the weights are not finite; not saving them")
         extra = {"step": self.step, "train_data": self.train_data.state_dict()}
         if self.scheduler is not None:
             extra["scheduler"] = self.scheduler.state_dict()
@@ -234,6 +313,15 @@ class Trainer:
             extra=extra,
             keep_last=self.settings.keep_last,
         )
+
+    def _weights_finite(self) -> bool:
+        """True on every rank iff every rank's shard of every parameter is finite."""
+        local = [p.to_local() if isinstance(p, DTensor) else p for p in self.model.parameters()]
+        ok = torch.tensor([float(all(bool(torch.isfinite(p).all()) for p in local))],
+                          device=self.world.device)
+        if self.world.world_size > 1:
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        return bool(ok.item())
 
     def _restore(self, path: Path) -> None:
         extra = load_checkpoint(path, model=self.model, optimizer=self.optimizer, world=self.world)

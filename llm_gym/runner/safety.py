@@ -1,0 +1,124 @@
+"""What keeps a run from losing work or corrupting it: one writer per run directory, room
+to write checkpoints, a clean stop on Ctrl-C, and no training on a diverged loss."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import torch
+
+from llm_gym.errors import UserError
+
+LOCK_FILE = ".lock"
+
+
+class Interrupted(UserError):
+    """The user stopped the run (Ctrl-C); the shell convention for SIGINT is 130."""
+
+    exit_code = 130
+    label = "stopped"
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory, held for the whole run.
+
+    ``flock`` is released by the kernel when the process dies, even by SIGKILL, so a
+    crashed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._handle: IO[str] | None = None
+
+    def __enter__(self) -> RunDirLock:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.run_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held until exit
+        except OSError as exc:
+            raise UserError(
+                f"run directory {self.run_dir} is not writable: {exc.strerror}"
+            ) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise UserError(
+                f"run directory {self.run_dir} is in use by another run (pid {holder}); "
+                "wait for it to end or choose another --run-dir"
+            ) from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer_states_per_param: int = 2) -> int:
+    """A checkpoint's size on disk: fp32 parameters plus the optimizer's per-parameter
+    states (AdamW keeps two). ``numel`` of a sharded parameter is its global size."""
+    numel = sum(p.numel() for p in model.parameters())
+    return numel * 4 * (1 + optimizer_states_per_param)
+
+
+def check_room(run_dir: Path, needed: int, keep_last: int) -> None:
+    """Refuse to start when the run directory cannot take one more checkpoint.
+
+    While a new checkpoint is written the previous ones still exist, so ``needed`` must
+    fit beside the ones already there; only one extra is needed, as older ones are
+    pruned after each save.
+    """
+    probe = run_dir / f".write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"run directory {run_dir} is not writable: {exc.strerror}") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise UserError(
+            f"run directory {run_dir} has {free / 2**30:.2f} GiB free, but one checkpoint "
+            f"needs about {needed / 2**30:.2f} GiB (keep_last={keep_last}); free some space "
+            "or choose another --run-dir"
+        )
+
+
+class StopRequest:
+    """Turns the first Ctrl-C into a request to stop at the next safe point.
+
+    The loop checks ``requested`` between steps (all ranks agree before acting), saves a
+    checkpoint and exits; a second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: object = None
+
+    def __enter__(self) -> StopRequest:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True

@@ -1,0 +1,124 @@
+"""Nothing lost, nobody surprised: divergence, Ctrl-C, one writer, room to write, a dying
+worker. Faults come from a test plugin (tests/fixtures/fault_site), installed per test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_gym.errors import UserError
+from llm_gym.runner.checkpoint import latest_checkpoint
+from llm_gym.runner.entry import run_recipe
+from llm_gym.runner.metrics import read_metrics
+from llm_gym.runner.safety import RunDirLock
+from tests.conftest import REPO
+
+FAULT_SITE = REPO / "tests" / "fixtures" / "fault_site"
+
+
+@pytest.fixture(autouse=True)
+def demo_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LLM_GYM_DEMO_CACHE", str(tmp_path_factory.getbasetemp() / "demo"))
+
+
+@pytest.fixture
+def faults(monkeypatch):
+    monkeypatch.syspath_prepend(str(FAULT_SITE))
+    yield
+    sys.modules.pop("llm_gym_fault_plugin", None)
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, faults):
+    run_dir = tmp_path / "run"
+    args = ["loss.type_hint=FaultyCrossEntropy", "loss.config.nan_at_calls=[6]",
+            "trainer.checkpoint_every=2", "trainer.eval_every=null"]
+    with pytest.raises(UserError, match=r"step 6: the loss or gradient norm is nan") as caught:
+        run_recipe("gpt2-debug", args, run_dir=run_dir)
+    assert "step_00000004" in str(caught.value)  # names the intact checkpoint
+    assert latest_checkpoint(run_dir).name == "step_00000004"
+    assert not (run_dir / "checkpoints" / "step_00000006").exists()
+
+
+def test_nonfinite_steps_can_be_skipped(tmp_path, faults, capfd):
+    args = ["loss.type_hint=FaultyCrossEntropy", "loss.config.nan_at_calls=[3,5]",
+            "trainer.on_nonfinite=skip", "trainer.eval_every=null"]
+    result = run_recipe("gpt2-debug", args, run_dir=tmp_path / "run")
+    assert result["step"] == 8
+    assert "step 3: gradient norm nan; step skipped" in capfd.readouterr().err
+    records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert len(records) == 8 and records[-1]["loss"] == records[-1]["loss"]  # finite again
+
+
+def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    with RunDirLock(run_dir):
+        with pytest.raises(UserError, match=f"{run_dir} is in use by another run \\(pid"):
+            run_recipe("gpt2-debug", [], run_dir=run_dir)
+    assert not (run_dir / "metrics.jsonl").exists()  # nothing was written by the refused run
+    assert run_recipe("gpt2-debug", ["trainer.max_steps=2"], run_dir=run_dir)["step"] == 2
+
+
+def test_unwritable_run_directory_is_reported_before_training(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(UserError, match="a-file/run is not writable"):
+        run_recipe("gpt2-debug", [], run_dir=blocker / "run")
+
+
+def test_too_little_free_space_is_reported_before_training(tmp_path, monkeypatch):
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=1000))
+    with pytest.raises(UserError, match=r"GiB free, but one checkpoint needs about"):
+        run_recipe("gpt2-debug", [], run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly(tmp_path):
+    args = ["trainer.max_steps=400", "trainer.eval_every=null", "trainer.log_every=1",
+            "model.config.n_embd=96", "model.config.n_layer=3"]
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_gym", "recipe", "run", "gpt2-debug", "--run-dir",
+         str(run_dir), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.jsonl").exists() or len(_losses(run_dir)) < 5:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
+    stopped = latest_checkpoint(run_dir)
+    assert stopped is not None and int(stopped.name.split("_")[1]) < 400
+    run_recipe("gpt2-debug", args, run_dir=run_dir, resume=True)
+    run_recipe("gpt2-debug", args, run_dir=tmp_path / "whole")
+    assert _losses(run_dir) == _losses(tmp_path / "whole")
+
+
+def test_a_dying_worker_takes_the_job_down_naming_its_rank(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{FAULT_SITE}{os.pathsep}{REPO}"}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_gym", "recipe", "run", "gpt2-debug", "--nproc", "2",
+         "--run-dir", str(tmp_path / "run"), "trainer.micro_batch_size=2",
+         "loss.type_hint=FaultyCrossEntropy", "loss.config.kill_rank=1",
+         "loss.config.kill_at_call=3"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1
+    assert "rank 1 (exit code -9): killed by signal 9 (SIGKILL)" in result.stderr
+    assert result.stderr.index("rank 1") < result.stderr.index("rank 0")  # cause first
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 240  # it did not hang
