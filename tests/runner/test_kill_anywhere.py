@@ -1,0 +1,65 @@
+"""SIGKILL at random moments, mid-checkpoint included, for 1 and 2 processes: --resume
+always ends where an uninterrupted run ends, loss for loss (nox -s dist)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_gym.runner.checkpoint import latest_checkpoint
+from llm_gym.runner.entry import run_recipe
+from llm_gym.runner.metrics import read_metrics
+
+# A checkpoint every step, so that a random kill often lands inside a save.
+ARGS = ["trainer.max_steps=40", "trainer.checkpoint_every=1", "trainer.keep_last=2",
+        "trainer.eval_every=null", "trainer.log_every=1", "model.config.n_embd=64"]
+TRIALS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demo_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LLM_GYM_DEMO_CACHE", str(tmp_path_factory.mktemp("demo")))
+    yield
+    mp.undo()
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_kill_anywhere_then_resume(tmp_path, nproc):
+    args = [*ARGS, f"trainer.micro_batch_size={4 // nproc}"]
+    run_recipe("gpt2-debug", args, run_dir=tmp_path / "whole", nproc=nproc)
+    expected = _losses(tmp_path / "whole")
+    rng = random.Random(1234 + nproc)
+    outcomes = []
+    for trial in range(TRIALS):
+        run_dir = tmp_path / f"killed{trial}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llm_gym", "recipe", "run", "gpt2-debug", "--nproc",
+             str(nproc), "--run-dir", str(run_dir), *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while latest_checkpoint(run_dir) is None:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.5))
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every worker at once
+        proc.wait()
+        killed_at = latest_checkpoint(run_dir)
+        leftovers = [p.name for p in (run_dir / "checkpoints").iterdir()
+                     if p.name.endswith(".tmp")]
+        run_recipe("gpt2-debug", args, run_dir=run_dir, nproc=nproc, resume=True)
+        assert _losses(run_dir) == expected, f"trial {trial}, killed at {killed_at}"
+        outcomes.append(f"{killed_at.name}{' +partial save' if leftovers else ''}")
+    print(f"\n{nproc} process(es): killed after {outcomes}; every resume matched")
