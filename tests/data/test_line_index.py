@@ -345,3 +345,16 @@ def test_stale_when_only_mtime_changes(built: tuple[Path, Path]) -> None:
     os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert "modified after indexing" in index.is_stale()
     assert index.is_stale(source) == index.is_stale()
+
+
+def test_a_100_mb_line_is_indexed_and_validated_in_bounded_chunks(tmp_path: Path) -> None:
+    source = tmp_path / "huge.jsonl"
+    big = b'{"text": "' + b"x" * (100 << 20) + b'"}'
+    source.write_bytes(b'{"text": "a"}\n' + big + b'\n{"text": "b"}\n')
+    for validate in (False, True):
+        summary = build_line_index(source, validate=validate)
+        assert summary.lines == 3
+        index = LineIndex.open(summary.path, source)
+        start, end = index.span(1)
+        assert (start, end - start) == (14, len(big))
+        index.close()
