@@ -21,6 +21,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
         "recipe": "llm_gym.cli.recipe_cmds:recipe",
         "components": "llm_gym.cli.component_cmds:components",
         "tools": "llm_gym.cli.tool_cmds:tools",
+        "export": "llm_gym.cli.model_cmds:export_group",
+        "import": "llm_gym.cli.model_cmds:import_group",
+        "generate": "llm_gym.cli.model_cmds:generate",
         # The original LLMgym's command names keep working.
         "run": "llm_gym.cli.aliases:run_alias",
         "create_mmap_index": "llm_gym.cli.aliases:create_mmap_index",

@@ -126,3 +126,48 @@ def run(spec: str, overrides: tuple[str, ...], nproc: int, run_dir: Path | None,
 
     run_recipe(spec, overrides, nproc=nproc, run_dir=run_dir, resume=resume,
                allow_drift=allow_drift, recipe_dirs=recipe_dirs)
+
+
+@recipe.command()
+@spec_argument
+@overrides_argument
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Nodes the run will use.")
+@click.option("--gpus-per-node", type=click.IntRange(min=1), default=8, show_default=True,
+              help="GPUs per node (one rank each).")
+@click.option("--gpu", default="h100", show_default=True,
+              help="GPU model: h200, h100, a100, a100-40gb, l40s, a10g, l4, v100, 4090.")
+@click.option("--mfu", type=click.FloatRange(0, 1, min_open=True), default=0.4,
+              show_default=True, help="Assumed model FLOPs utilisation for the step time.")
+@click.option("--no-dry-run", is_flag=True,
+              help="Skip building and sharding the model over a simulated world.")
+@click.option("--allow-drift", is_flag=True, help="Plan although pins drifted.")
+@recipe_dir_option
+def plan(spec: str, overrides: tuple[str, ...], nodes: int, gpus_per_node: int, gpu: str,
+         mfu: float, no_dry_run: bool, allow_drift: bool, recipe_dirs: tuple[Path, ...]) -> None:
+    """Will it fit, how fast will it run: memory per GPU, FLOPs, step time and
+    communication at NODES x GPUS-PER-NODE, then a dry run of the sharded model on this
+    CPU. Exits with code 2 if it will not fit or the dry run fails."""
+    from llm_gym.cli.output import err, out
+    from llm_gym.errors import UserError
+    from llm_gym.planning.dry_run import dry_run
+    from llm_gym.planning.plan import make_plan
+    from llm_gym.planning.report import gib, render
+    from llm_gym.recipes.loading import load_recipe
+    from llm_gym.registry import ResolverRegistry
+
+    registry = ResolverRegistry.from_installed_plugins()
+    loaded = load_recipe(spec, overrides, registry=registry, recipe_dirs=recipe_dirs,
+                         allow_drift=allow_drift)
+    for drift in loaded.drift:
+        err.print(f"[yellow]warning:[/] pin drifted: {drift}", markup=True)
+    the_plan = make_plan(loaded.recipe, label=loaded.ref.label, nodes=nodes,
+                         gpus_per_node=gpus_per_node, gpu=gpu, mfu=mfu, registry=registry)
+    result = render(the_plan, out)
+    if not no_dry_run:
+        out.print(dry_run(loaded, ranks=nodes * gpus_per_node, gpus_per_node=gpus_per_node,
+                          registry=registry).message, markup=False)
+    if not result.fits:
+        raise UserError(f"{loaded.ref.label} will not fit on {nodes} x {gpus_per_node} "
+                        f"{the_plan.gpu}: peak {gib(result.peak)} per GPU of "
+                        f"{gib(the_plan.gpu_bytes)}; see what to change above")

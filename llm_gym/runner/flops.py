@@ -11,6 +11,8 @@ import time
 
 import torch
 
+from llm_gym.errors import UserError
+
 # Dense (no sparsity) bf16 peak FLOP/s per device, matched against torch's device name.
 PEAK_FLOPS = {
     "H200": 989e12,
@@ -22,6 +24,33 @@ PEAK_FLOPS = {
     "V100": 125e12,
     "4090": 165e12,
 }
+
+# Memory per device in GiB as torch reports it (``total_memory``), for ``recipe plan``.
+# Keys are PEAK_FLOPS's (the larger variant where a GPU comes in two), plus the smaller
+# variants by name; ``gpu_spec`` finds their peak through PEAK_FLOPS.
+GPU_MEMORY_GIB = {
+    "H200": 139.8,
+    "H100": 79.1,
+    "A100": 79.2,
+    "A100-40GB": 39.4,
+    "A10G": 22.1,
+    "L4": 22.0,
+    "L40S": 44.4,
+    "V100": 31.7,
+    "V100-16GB": 15.8,
+    "4090": 23.6,
+}
+
+
+def gpu_spec(name: str) -> tuple[str, float, int]:
+    """``(canonical name, bf16 dense peak FLOP/s, memory in bytes)`` of a GPU named like
+    a key of GPU_MEMORY_GIB, in any case (``h100``, ``a100-40gb``)."""
+    key = next((k for k in GPU_MEMORY_GIB if k.lower() == name.lower()), None)
+    # The longest PEAK_FLOPS key inside the name: "A100-40GB" -> "A100", "L40S" -> "L40S".
+    peak_key = max((k for k in PEAK_FLOPS if key and k in key), key=len, default=None)
+    if key is None or peak_key is None:
+        raise UserError(f"unknown GPU {name!r}; known: {', '.join(GPU_MEMORY_GIB)}")
+    return key, PEAK_FLOPS[peak_key], int(GPU_MEMORY_GIB[key] * 2**30)
 
 
 def peak_flops(device: torch.device) -> tuple[float | None, str]:

@@ -95,6 +95,7 @@ def launch_local(
         raise UserError(f"nproc must be at least 1, got {nproc}")
     # Imported here: `llm_gym --help` must not pay for importing torch.
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -124,6 +125,16 @@ def launch_local(
             return elastic_launch(config, _worker_main)(entrypoint, *args)
         except ChildFailedError as exc:
             failures = _collect_failures(exc.failures, Path(log_dir))
+        except SignalException as exc:
+            from llm_gym.runner.safety import Interrupted
+
+            # The agent got SIGINT/SIGTERM and asked the workers to stop; they finish
+            # their step and save a checkpoint before they exit (see StopRequest).
+            raise Interrupted(
+                f"interrupted by signal {exc.sigval.name}; the workers stopped at a step "
+                "boundary and saved a checkpoint; continue with the same command and "
+                "--resume"
+            ) from None
     if all(f.user_error for f in failures.values()):
         messages = {f.message for f in failures.values()}
         # Usually every rank found the same mistake: say it once, as the user's error.

@@ -7,6 +7,7 @@ import fcntl
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -97,28 +98,41 @@ def check_room(run_dir: Path, needed: int, keep_last: int) -> None:
 
 
 class StopRequest:
-    """Turns the first Ctrl-C into a request to stop at the next safe point.
+    """Turns Ctrl-C (SIGINT) or a polite kill (SIGTERM, as SLURM sends before preempting)
+    into a request to stop at the next safe point.
 
     The loop checks ``requested`` between steps (all ranks agree before acting), saves a
-    checkpoint and exits; a second Ctrl-C interrupts at once.
+    checkpoint and exits. Under a launcher the same signal often arrives twice (from the
+    terminal and forwarded by the agent), so a repeat within ``REPEAT_WINDOW`` seconds is
+    the same request; a later one interrupts at once.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_WINDOW = 2.0
+
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: object = None
+        self.requested_at: float | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.requested_at is not None
 
     def __enter__(self) -> StopRequest:
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+            self._previous = {}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)  # type: ignore[arg-type]
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
+        now = time.monotonic()
+        if self.requested_at is None:
+            self.requested_at = now
+        elif now - self.requested_at > self.REPEAT_WINDOW:
             raise KeyboardInterrupt
-        self.requested = True

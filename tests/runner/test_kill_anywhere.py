@@ -63,3 +63,28 @@ def test_kill_anywhere_then_resume(tmp_path, nproc):
         assert _losses(run_dir) == expected, f"trial {trial}, killed at {killed_at}"
         outcomes.append(f"{killed_at.name}{' +partial save' if leftovers else ''}")
     print(f"\n{nproc} process(es): killed after {outcomes}; every resume matched")
+
+
+@pytest.mark.dist
+def test_ctrl_c_under_the_launcher_saves_exits_130_and_resumes_exactly(tmp_path):
+    """Ctrl-C reaches the whole foreground group: the launcher and both workers."""
+    args = [*ARGS, "trainer.checkpoint_every=null", "trainer.max_steps=300",
+            "trainer.micro_batch_size=2"]
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_gym", "recipe", "run", "gpt2-debug", "--nproc", "2",
+         "--run-dir", str(run_dir), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not (run_dir / "metrics.jsonl").exists() or len(_losses(run_dir)) < 5:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err
+    saved = latest_checkpoint(run_dir)
+    assert saved is not None and int(saved.name.split("_")[1]) < 300
+    run_recipe("gpt2-debug", args, run_dir=run_dir, nproc=2, resume=True)
+    run_recipe("gpt2-debug", args, run_dir=tmp_path / "whole", nproc=2)
+    assert _losses(run_dir) == _losses(tmp_path / "whole")

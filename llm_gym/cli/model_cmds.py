@@ -1,0 +1,134 @@
+"""``llm_gym export hf``, ``llm_gym import hf`` and ``llm_gym generate``: a trained model
+outside training. Heavy imports happen inside the commands, so ``--help`` stays instant."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+source_argument = click.argument(
+    "source", metavar="RUN_DIR|CHECKPOINT", type=click.Path(path_type=Path)
+)
+
+
+@click.group("export")
+def export_group() -> None:
+    """Write a trained model in another framework's format."""
+
+
+@export_group.command("hf")
+@source_argument
+@click.argument("out_dir", type=click.Path(path_type=Path))
+def export_hf_cmd(source: Path, out_dir: Path) -> None:
+    """Write a Hugging Face model directory (config.json, model.safetensors, tokenizer).
+
+    SOURCE is a run directory (its newest complete checkpoint is used) or one checkpoint
+    directory. transformers loads the result with GPT2LMHeadModel.from_pretrained(OUT_DIR).
+    """
+    from llm_gym.cli.output import err, out
+    from llm_gym.hf.export import export_hf
+
+    result = export_hf(source, out_dir)
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}", markup=True)
+    origin = result.checkpoint or f"{source} (imported weights)"
+    out.print(f"exported {origin} -> {result.out_dir}: {', '.join(result.files)}",
+              markup=False, highlight=False)
+
+
+@click.group("import")
+def import_group() -> None:
+    """Start a run directory from a model trained elsewhere."""
+
+
+@import_group.command("hf")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="The new run directory.")
+@click.option("--recipe", "base", default="gpt2-tiny", show_default=True, metavar="NAME[@V]|PATH",
+              help="Recipe for everything but the model (and the tokenizer, when DIRECTORY "
+              "has tokenizer files); KEY=VALUE overrides apply to it.")
+@click.option("--recipe-dir", "recipe_dirs", multiple=True, type=click.Path(path_type=Path),
+              help="Extra directory of recipes; repeatable.")
+@click.option("--allow-drift", is_flag=True, help="Use the base recipe although pins drifted.")
+def import_hf_cmd(directory: Path, overrides: tuple[str, ...], run_dir: Path, base: str,
+                  recipe_dirs: tuple[Path, ...], allow_drift: bool) -> None:
+    """Import a Hugging Face GPT-2 directory (config.json + model.safetensors or
+    pytorch_model.bin) as a run directory to generate from, export or train further.
+
+    Nothing in DIRECTORY is executed: weights are read as safetensors or with
+    torch.load(weights_only=True).
+    """
+    from llm_gym.cli.output import err, out
+    from llm_gym.hf.importing import import_hf
+
+    result = import_hf(directory, run_dir, base=base, overrides=overrides,
+                       recipe_dirs=recipe_dirs, allow_drift=allow_drift)
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}", markup=True)
+    out.print(
+        f"imported {result.model_type} ({result.num_params / 1e6:.1f}M parameters) from "
+        f"{directory} into {result.run_dir}\n"
+        f"  sample:  llm_gym generate {result.run_dir} --prompt 'Hello'\n"
+        f"  train:   llm_gym recipe run {result.recipe_path} --run-dir {result.run_dir}",
+        markup=False, highlight=False,
+    )
+
+
+@click.command()
+@source_argument
+@click.option("--prompt", default="", help="Text to continue (default: a new document).")
+@click.option("--max-new-tokens", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True,
+              help="0 is greedy decoding.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="Sample only among the K likeliest tokens.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="The same seed gives the same text (on the same device).")
+@click.option("--device", default="cpu", show_default=True, help="e.g. cpu, cuda, cuda:1.")
+@click.option("--stop-at-eod/--no-stop-at-eod", default=True, show_default=True,
+              help="Stop when the model ends the document.")
+def generate(source: Path, prompt: str, max_new_tokens: int, temperature: float,
+             top_k: int | None, seed: int, device: str, stop_at_eod: bool) -> None:
+    """Continue --prompt with a trained model, printing text as it is generated."""
+    from llm_gym.cli.output import err
+    from llm_gym.errors import UserError
+    from llm_gym.runner.generation import stream_text, stream_tokens
+    from llm_gym.runner.loading_model import load_run_model
+
+    run = load_run_model(source, device=_device(device))
+    for note in run.notes:
+        err.print(f"[yellow]note:[/] {note}", markup=True)
+    tokenizer = run.tokenizer
+    if tokenizer is None:
+        raise UserError(f"{run.run_dir}: the recipe has no tokenizer, so text cannot be "
+                        "turned into token ids")
+    # An empty prompt starts a new document, as the model saw at every document boundary.
+    prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eod_id]
+    tokens = stream_tokens(run.model, prompt_ids, max_new_tokens, temperature=temperature,
+                           top_k=top_k, seed=seed,
+                           stop_ids=[tokenizer.eod_id] if stop_at_eod else [])
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    for piece in stream_text(tokenizer, prompt_ids if prompt else [], tokens):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _device(name: str):
+    import torch
+
+    from llm_gym.errors import UserError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here")
+    return device

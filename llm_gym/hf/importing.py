@@ -1,0 +1,126 @@
+"""``llm_gym import hf``: a run directory that starts from a Hugging Face checkpoint.
+
+``RUN_DIR/hf/`` receives the model, converted to ``model.safetensors`` (so nothing pickled
+is read again) with the source's tokenizer files; ``RUN_DIR/recipe.resolved.yaml`` is a
+base recipe whose ``model`` entry is replaced by the architecture's pretrained component
+(e.g. ``GPT2Pretrained`` with ``path: RUN_DIR/hf``) and whose ``tokenizer`` entry reads
+those tokenizer files. The run directory has no checkpoint yet: ``generate`` and ``export``
+use the imported weights, and ``llm_gym recipe run RUN_DIR/recipe.resolved.yaml --run-dir
+RUN_DIR`` trains from them, at any number of processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llm_gym.config.recipe_model import validate_recipe
+from llm_gym.errors import UserError
+from llm_gym.fileio import atomic_output
+from llm_gym.hf.adapter import component_for_model_type
+from llm_gym.hf.files import read_config, write_model_dir
+from llm_gym.recipes.loading import check_dependencies, load_recipe
+from llm_gym.recipes.pins import current_pins
+from llm_gym.registry import ResolverRegistry
+from llm_gym.runner.checkpoint import CHECKPOINTS
+from llm_gym.runner.loading_model import RESOLVED
+
+HF_SUBDIR = "hf"
+# Plain data files of a Hugging Face tokenizer; anything else (code above all) stays behind.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt")
+DEFAULT_BASE = "gpt2-tiny"
+
+
+@dataclass
+class ImportResult:
+    run_dir: Path
+    recipe_path: Path
+    model_type: str
+    num_params: int
+    notes: list[str] = field(default_factory=list)
+
+
+def import_hf(
+    source: Path,
+    run_dir: Path,
+    *,
+    base: str = DEFAULT_BASE,
+    overrides: Sequence[str] = (),
+    recipe_dirs: Sequence[Path] = (),
+    allow_drift: bool = False,
+    registry: ResolverRegistry | None = None,
+) -> ImportResult:
+    """Import the Hugging Face model directory ``source`` as the run directory ``run_dir``.
+
+    ``base`` (a recipe name or file, with ``overrides``) supplies everything but the model
+    and, when ``source`` has tokenizer files, the tokenizer.
+    """
+    source, run_dir = Path(source), Path(run_dir)
+    if (run_dir / RESOLVED).exists() or (run_dir / CHECKPOINTS).exists():
+        raise UserError(f"{run_dir}: already a run directory; import into a new one")
+    registry = registry or ResolverRegistry.from_installed_plugins()
+    config = read_config(source)
+    spec, adapter = component_for_model_type(registry, config.get("model_type"))
+    loaded = load_recipe(base, overrides, registry=registry, recipe_dirs=recipe_dirs,
+                         allow_drift=allow_drift)
+
+    # Built through the component itself: the weights are checked exactly as training
+    # will load them, then written back as safetensors with the source's token ids.
+    model = registry.build_component_by_key_query("model", spec.name, {"path": source})
+    hf_dir = (run_dir / HF_SUBDIR).resolve()
+    out_config, tensors = adapter.to_hf(model, eod_id=config.get("eos_token_id"))
+    write_model_dir(hf_dir, out_config, tensors)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, hf_dir / name)
+
+    data = copy.deepcopy(loaded.data)
+    data["model"] = {"type_hint": spec.name, "config": {"path": str(hf_dir)}}
+    notes = []
+    tokenizer = adapter.tokenizer_entry(hf_dir, out_config)
+    if tokenizer is not None:
+        data["tokenizer"] = tokenizer
+    else:
+        kept = (data.get("tokenizer") or {}).get("type_hint", "none")
+        notes.append(f"{source} has no tokenizer files: the base recipe's tokenizer ({kept}) "
+                     "is kept; it must produce the ids the model was trained on")
+    data.pop("pins", None)
+    meta = dict(data.get("recipe") or {})
+    meta["description"] = f"{loaded.ref.label} starting from {source.resolve()}"
+    data["recipe"] = meta
+    recipe_path = run_dir / RESOLVED
+    data["pins"] = current_pins(validate_recipe(data, registry, str(recipe_path)))
+    recipe = validate_recipe(data, registry, str(recipe_path))
+    check_dependencies(recipe, registry, str(recipe_path))
+    _check_fit(model, recipe, registry, tokenizer is not None)
+
+    header = (f"# imported from {source.resolve()} by `llm_gym import hf`, on {loaded.ref.label}"
+              f" ({loaded.ref.path})\n")
+    body = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False,
+                          allow_unicode=True)
+    with atomic_output(recipe_path, "w", encoding="utf-8") as f:
+        f.write(header + body)
+    num_params = sum(p.numel() for p in model.parameters())
+    return ImportResult(run_dir, recipe_path, adapter.model_type, num_params, notes)
+
+
+def _check_fit(model: Any, recipe: Any, registry: ResolverRegistry, new_tokenizer: bool) -> None:
+    """Fail now on what would otherwise fail in the first training step."""
+    n_positions = getattr(model, "n_positions", None)
+    seq_len = getattr(getattr(recipe, "trainer", None), "seq_len", None)
+    if n_positions is not None and seq_len is not None and seq_len > n_positions:
+        raise UserError(f"trainer.seq_len={seq_len} exceeds the model's n_positions="
+                        f"{n_positions}; pass trainer.seq_len={n_positions} (or less)")
+    vocab_size = getattr(model, "vocab_size", None)
+    if new_tokenizer and vocab_size is not None:
+        tokenizer = registry.build_component_by_config(recipe.components()["tokenizer"])
+        if tokenizer.vocab_size > vocab_size:
+            raise UserError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's "
+                            f"vocabulary is {vocab_size}")

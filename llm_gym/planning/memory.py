@@ -1,0 +1,238 @@
+"""Bytes per rank of an FSDP2 run, from a model's shapes alone (no tensors, no torch calls).
+
+Everything is counted for rank 0, which holds the largest shard: FSDP2 splits each
+parameter along dim 0 into ``ceil(dim0 / ranks)`` rows per rank (padding the last).
+The model's layout is the one ``llm_gym.runner.parallelize`` makes: one FSDP group per
+transformer block, one for the root (embeddings, final norm, tied head); every block but
+the last re-shards after forward; the root keeps its parameters through backward.
+
+Activations follow a GPT-2-shaped transformer (the counts below were checked against
+``saved_tensors_hooks`` on the real model, see tests/planning).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from llm_gym.runner.parallelize import _checkpointed_indices
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+F32 = 4
+INDEX = 8  # int64 token ids and targets
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a plan needs of a model: its FSDP groups and its transformer sizes."""
+
+    name: str
+    root: tuple[Shape, ...]  # parameters no block owns (the root FSDP group)
+    blocks: tuple[tuple[Shape, ...], ...]  # each block's parameters
+    master_bytes: int  # bytes per element of the parameters as built (fp32: 4)
+    n_layer: int
+    n_embd: int
+    n_head: int
+    vocab_size: int
+    dropout: bool  # any dropout > 0: masks are saved too
+    flops_per_token: int  # training FLOPs per token (forward + backward)
+    recompute_flops_per_token: int  # one checkpointed block's re-run forward, per token
+
+    @property
+    def num_params(self) -> int:
+        return numel(self.root) + sum(numel(b) for b in self.blocks)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How the model is trained: world size, batch and mixed-precision policy."""
+
+    ranks: int
+    micro_batch_size: int
+    seq_len: int
+    grad_accumulation: int
+    param_dtype: str  # compute dtype of gathered parameters (FSDP's param_dtype)
+    reduce_dtype: str  # gradient reduce-scatter dtype
+    activation_checkpointing: str | int  # "none", "full" or every k-th block
+
+    @property
+    def sharded(self) -> bool:
+        # parallelize() leaves one fp32 rank unwrapped: no gathers, casts or buffers.
+        return not (self.ranks == 1 and self.param_dtype == self.reduce_dtype == "fp32")
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.micro_batch_size * self.seq_len
+
+    def with_(self, **changes: object) -> Setup:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class OptimizerLayout:
+    """Optimizer state per parameter, as measured on a stepped dummy (see plan.py)."""
+
+    name: str
+    states: int  # full-size state tensors per parameter (AdamW: 2)
+    bytes_per_element: int  # their bytes per parameter element (AdamW fp32: 8)
+    bytes_per_tensor: int  # small per-tensor state (AdamW's step: 4)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes on rank 0 at the peak of a step; ``peak`` adds up what is alive at once."""
+
+    params: int  # sharded master parameters
+    grads: int  # sharded gradients (dtype of the master parameters)
+    optimizer: int
+    gathered: int  # unsharded parameters in param_dtype: root + blocks in flight
+    grad_buffers: int  # one block's unsharded grads + its reduce-scatter input
+    accumulated: int  # unsharded grads kept across no-sync micro-batches
+    activations: int  # saved for backward, one micro-batch
+    working: int  # transient at the start of backward (loss) or recomputing a block
+
+    @property
+    def states(self) -> int:
+        return self.params + self.grads + self.optimizer
+
+    @property
+    def peak(self) -> int:
+        return (self.states + self.gathered + self.grad_buffers + self.accumulated
+                + self.activations + self.working)
+
+
+@dataclass(frozen=True)
+class Comm:
+    """Bytes each rank receives per optimizer step (ring collectives: (R-1)/R of the data)."""
+
+    all_gather_forward: int
+    all_gather_backward: int  # re-gathers of blocks that re-sharded after forward
+    reduce_scatter: int
+
+    @property
+    def total(self) -> int:
+        return self.all_gather_forward + self.all_gather_backward + self.reduce_scatter
+
+
+def numel(shapes: tuple[Shape, ...]) -> int:
+    return sum(math.prod(s) for s in shapes)
+
+
+def shard_numel(shapes: tuple[Shape, ...], ranks: int) -> int:
+    """Elements rank 0 holds: ``ceil(dim0 / ranks)`` rows of every parameter."""
+    return sum(-(-s[0] // ranks) * math.prod(s[1:]) if s else 1 for s in shapes)
+
+
+def padded_numel(shapes: tuple[Shape, ...], ranks: int) -> int:
+    """Elements an all-gather or reduce-scatter moves: every shard padded to rank 0's."""
+    return shard_numel(shapes, ranks) * ranks
+
+
+def checkpointed_blocks(shape: ModelShape, mode: str | int) -> int:
+    return len(_checkpointed_indices(len(shape.blocks), mode))
+
+
+def block_activations(shape: ModelShape, tokens: int, compute_bytes: int) -> int:
+    """Bytes one block saves for backward.
+
+    Per token: 16 x n_embd values in the compute dtype (the block input and the residual
+    after attention, which the LayerNorms keep; both LayerNorm outputs, the inputs of
+    c_attn and c_fc; q, k, v; the attention output, of which c_proj's input is a view;
+    the 4x-wide MLP hidden before and after GELU), the fp32 mean and rstd of both
+    LayerNorms and the fp32 log-sum-exp per head of fused attention, which saves no
+    T x T matrix. Dropout adds a 1-byte mask per element of both residual branches.
+    """
+    per_token = 16 * shape.n_embd * compute_bytes + 4 * F32 + shape.n_head * F32
+    if shape.dropout:
+        per_token += 2 * shape.n_embd
+    return tokens * per_token
+
+
+def root_activations(shape: ModelShape, setup: Setup, compute_bytes: int) -> int:
+    """Bytes the layers outside the blocks save, the loss included.
+
+    Token ids, positions, the final LayerNorm's input, output and statistics, the loss's
+    fp32 log-probabilities (the logits are cast to fp32 and log-softmax keeps its output)
+    and the int64 targets. The embedding dropout adds a mask.
+    """
+    tokens = setup.tokens_per_micro_batch
+    per_token = 2 * shape.n_embd * compute_bytes + 2 * F32 + shape.vocab_size * F32 + 2 * INDEX
+    if shape.dropout:
+        per_token += shape.n_embd
+    return tokens * per_token + setup.seq_len * INDEX
+
+
+def activations(shape: ModelShape, setup: Setup) -> int:
+    """Saved-for-backward bytes of one micro-batch under the setup's checkpointing."""
+    b = DTYPE_BYTES[setup.param_dtype]
+    tokens = setup.tokens_per_micro_batch
+    ckpt = checkpointed_blocks(shape, setup.activation_checkpointing)
+    # A checkpointed block keeps only its input; the rest is recomputed in backward.
+    kept = ckpt * tokens * shape.n_embd * b
+    full = (len(shape.blocks) - ckpt) * block_activations(shape, tokens, b)
+    return root_activations(shape, setup, b) + kept + full
+
+
+def working_memory(shape: ModelShape, setup: Setup) -> int:
+    """Transient bytes beyond the saved activations, the larger of two moments.
+
+    Starting backward, the loss holds the gradients of the fp32 log-probabilities and
+    of the fp32 logits, then their cast to the compute dtype: 8-10 bytes per vocabulary
+    entry per token. With checkpointing, a block's recomputed activations are alive
+    while its backward runs.
+    """
+    b = DTYPE_BYTES[setup.param_dtype]
+    loss = setup.tokens_per_micro_batch * shape.vocab_size * (2 * F32 + (b if b < F32 else 0))
+    recompute = 0
+    if checkpointed_blocks(shape, setup.activation_checkpointing):
+        recompute = block_activations(shape, setup.tokens_per_micro_batch, b)
+    return max(loss, recompute)
+
+
+def memory(shape: ModelShape, setup: Setup, optimizer: OptimizerLayout) -> Memory:
+    """Bytes per rank (rank 0) for one optimizer step of ``setup``."""
+    r, pb, rb = setup.ranks, DTYPE_BYTES[setup.param_dtype], DTYPE_BYTES[setup.reduce_dtype]
+    groups = (shape.root, *shape.blocks)
+    local = sum(shard_numel(g, r) for g in groups)
+    tensors = sum(len(g) for g in groups)
+    gathered = grad_buffers = accumulated = 0
+    if setup.sharded:
+        largest_block = max((numel(b) for b in shape.blocks), default=0)
+        # The root stays gathered from forward to the end of backward; of the blocks, the
+        # one computing and the one prefetched are gathered at any time.
+        gathered = pb * (numel(shape.root) + min(2, len(shape.blocks)) * largest_block)
+        # Backward: a block's unsharded gradients, then their copy in reduce_dtype that
+        # the reduce-scatter reads.
+        grad_buffers = (pb + rb) * largest_block
+        if setup.grad_accumulation > 1:
+            # Without gradient sync, FSDP2 keeps every unsharded gradient, in reduce_dtype,
+            # until the last micro-batch reduce-scatters them.
+            accumulated = shape.num_params * rb
+    return Memory(
+        params=local * shape.master_bytes,
+        grads=local * shape.master_bytes,
+        optimizer=local * optimizer.bytes_per_element + tensors * optimizer.bytes_per_tensor,
+        gathered=gathered,
+        grad_buffers=grad_buffers,
+        accumulated=accumulated,
+        activations=activations(shape, setup),
+        working=working_memory(shape, setup),
+    )
+
+
+def communication(shape: ModelShape, setup: Setup) -> Comm:
+    """Per-rank collective volume of one optimizer step (zero when nothing is sharded)."""
+    r = setup.ranks
+    if not setup.sharded or r == 1:
+        return Comm(0, 0, 0)
+    pb, rb = DTYPE_BYTES[setup.param_dtype], DTYPE_BYTES[setup.reduce_dtype]
+    share = (r - 1) / r
+    blocks = [padded_numel(b, r) for b in shape.blocks]
+    every = padded_numel(shape.root, r) + sum(blocks)
+    # Parameters are gathered for every micro-batch; gradients are reduced only on the
+    # last one (the trainer turns gradient sync off for the others).
+    forward = setup.grad_accumulation * every * pb * share
+    backward = setup.grad_accumulation * sum(blocks[:-1]) * pb * share
+    return Comm(int(forward), int(backward), int(every * rb * share))

@@ -1,0 +1,248 @@
+"""A recipe at a given scale: memory per GPU, FLOPs, step time, communication, a verdict.
+
+The model is built on the meta device (shapes only, nothing allocated) through the same
+registry call the runner uses; everything else is arithmetic (``memory``). What
+``recipe plan`` prints comes from here; ``report`` only formats it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from llm_gym.config.recipe_model import RecipeBase
+from llm_gym.errors import UserError
+from llm_gym.planning.memory import (
+    Comm,
+    Memory,
+    ModelShape,
+    OptimizerLayout,
+    Setup,
+    checkpointed_blocks,
+    communication,
+    memory,
+)
+from llm_gym.registry import ResolverRegistry
+from llm_gym.runner.distributed import World
+from llm_gym.runner.flops import gpu_spec
+
+# Peak memory up to this share of the GPU fits; the rest goes to the CUDA context, NCCL
+# buffers and the caching allocator's fragmentation.
+USABLE = 0.9
+
+
+@dataclass(frozen=True)
+class Plan:
+    label: str
+    shape: ModelShape
+    setup: Setup
+    optimizer: OptimizerLayout
+    nodes: int
+    gpus_per_node: int
+    gpu: str
+    gpu_peak_flops: float  # bf16 dense, per GPU
+    gpu_bytes: int
+    mfu: float
+    max_steps: int
+    warnings: tuple[str, ...] = field(default=())
+
+    def memory(self, setup: Setup | None = None) -> Memory:
+        return memory(self.shape, setup or self.setup, self.optimizer)
+
+    def fits(self, setup: Setup | None = None) -> bool:
+        return self.memory(setup).peak <= USABLE * self.gpu_bytes
+
+    @property
+    def comm(self) -> Comm:
+        return communication(self.shape, self.setup)
+
+    @property
+    def tokens_per_step(self) -> int:
+        s = self.setup
+        return s.micro_batch_size * s.seq_len * s.grad_accumulation * s.ranks
+
+    @property
+    def model_flops_per_step(self) -> int:
+        return self.shape.flops_per_token * self.tokens_per_step
+
+    @property
+    def hardware_flops_per_step(self) -> int:
+        """Model FLOPs plus the forward that activation checkpointing re-runs."""
+        ckpt = checkpointed_blocks(self.shape, self.setup.activation_checkpointing)
+        return self.model_flops_per_step + (
+            ckpt * self.shape.recompute_flops_per_token * self.tokens_per_step
+        )
+
+    @property
+    def step_seconds(self) -> float:
+        # MFU counts model FLOPs only, so recomputation shows up as a lower MFU.
+        return self.model_flops_per_step / (self.setup.ranks * self.gpu_peak_flops * self.mfu)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_per_step / self.step_seconds
+
+
+def make_plan(
+    recipe: RecipeBase,
+    *,
+    label: str,
+    nodes: int,
+    gpus_per_node: int,
+    gpu: str = "h100",
+    mfu: float = 0.4,
+    registry: ResolverRegistry | None = None,
+) -> Plan:
+    """The plan of ``recipe`` on ``nodes`` x ``gpus_per_node`` GPUs named ``gpu``."""
+    if not 0 < mfu <= 1:
+        raise UserError(f"--mfu must be in (0, 1], got {mfu}")
+    registry = registry or ResolverRegistry.from_installed_plugins()
+    name, peak, gpu_bytes = gpu_spec(gpu)
+    s, entries = recipe.trainer, recipe.components()
+    model = build_on_meta(registry, recipe)
+    shape = model_shape(model, s.seq_len, entries["model"].type_hint.name)
+    setup = Setup(
+        ranks=nodes * gpus_per_node,
+        micro_batch_size=s.micro_batch_size,
+        seq_len=s.seq_len,
+        grad_accumulation=s.grad_accumulation,
+        param_dtype=s.param_dtype,
+        reduce_dtype=s.reduce_dtype,
+        activation_checkpointing=s.activation_checkpointing,
+    )
+    warnings = []
+    if not shape.blocks:
+        warnings.append("the model lists no `blocks`: FSDP2 shards it as one group and "
+                        "gathers every parameter at once")
+    elif s.activation_checkpointing not in ("none", "full") and not checkpointed_blocks(
+        shape, s.activation_checkpointing
+    ):
+        warnings.append(f"activation_checkpointing={s.activation_checkpointing} checkpoints "
+                        f"none of the {len(shape.blocks)} blocks")
+    optimizer = optimizer_layout(registry, recipe) if "optimizer" in entries else (
+        OptimizerLayout("none", 0, 0, 0))
+    return Plan(label, shape, setup, optimizer, nodes, gpus_per_node, name, peak, gpu_bytes,
+                mfu, s.max_steps, tuple(warnings))
+
+
+def build_on_meta(registry: ResolverRegistry, recipe: RecipeBase) -> nn.Module:
+    """The recipe's model with meta tensors: every shape, no storage."""
+    try:
+        with torch.device("meta"):
+            return registry.build_component_by_config(recipe.components()["model"])
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"could not build the model on the meta device: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
+def model_shape(model: nn.Module, seq_len: int, name: str) -> ModelShape:
+    """Read what a plan needs off a (meta) model: FSDP groups and transformer sizes."""
+    sizes = {a: getattr(model, a, None) for a in ("n_layer", "n_embd", "n_head", "vocab_size")}
+    missing = [a for a, v in sizes.items() if not isinstance(v, int)]
+    if missing:
+        raise UserError(f"recipe plan estimates activations of GPT-2-shaped models; model "
+                        f"{name} has no integer {', '.join(missing)}")
+    blocks = list(getattr(model, "blocks", []))
+    owned = {id(p) for block in blocks for p in block.parameters()}
+    # parameters() yields a tied weight once, as FSDP shards it once.
+    root = tuple(tuple(p.shape) for p in model.parameters() if id(p) not in owned)
+    block_shapes = tuple(tuple(tuple(p.shape) for p in b.parameters()) for b in blocks)
+    n_params = sum(p.numel() for p in model.parameters())
+    counter = getattr(model, "flops_per_token", None)
+    flops = int(counter(seq_len)) if callable(counter) else 6 * n_params
+    return ModelShape(
+        name=name,
+        root=root,
+        blocks=block_shapes,
+        master_bytes=max((p.element_size() for p in model.parameters()), default=4),
+        dropout=any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()),
+        flops_per_token=flops,
+        recompute_flops_per_token=_recompute_flops(blocks[0], sizes["n_embd"], seq_len)
+        if blocks else 0,
+        **sizes,
+    )
+
+
+def _recompute_flops(block: nn.Module, n_embd: int, seq_len: int) -> int:
+    """FLOPs per token of re-running a checkpointed block's forward in backward.
+
+    PyTorch stops recomputing once every tensor backward needs is back, so the block's
+    last projection (whose output nobody saved) is not re-run; attention's two matmuls
+    (scores and weighted sum, 4 * n_embd * seq_len per token) are.
+    """
+    linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
+    weights = sum(m.weight.numel() for m in linears[:-1])
+    return 2 * weights + 4 * n_embd * seq_len
+
+
+def optimizer_layout(registry: ResolverRegistry, recipe: RecipeBase) -> OptimizerLayout:
+    """Measure the recipe's optimizer state per parameter: build it for a tiny Linear,
+    take one step and look at what it keeps (any registered optimizer, no table)."""
+    choice = recipe.components()["optimizer"]
+    dummy = nn.Linear(3, 2)
+    world = World(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend="none")
+    built = registry.build_components(
+        {"optimizer": choice}, extra_kwargs={"model": dummy, "trainer": recipe.trainer,
+                                             "world": world})
+    optimizer = built["optimizer"]
+    for p in dummy.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    states = per_element = per_tensor = 0
+    for value in optimizer.state[dummy.weight].values():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.shape == dummy.weight.shape:
+            states += 1
+            per_element += math.ceil(value.nbytes / dummy.weight.numel())
+        else:
+            per_tensor += value.nbytes
+    return OptimizerLayout(choice.type_hint.name, states, per_element, per_tensor)
+
+
+def alternatives(plan: Plan) -> list[tuple[str, Memory, str]]:
+    """Changes that make a plan fit, cheapest first: ``(overrides or flags, memory, note)``.
+
+    Memory falls with activation checkpointing (activations), a smaller micro-batch
+    (with more accumulation to keep the tokens per step) and more GPUs (states).
+    """
+    s, found = plan.setup, []
+    if s.activation_checkpointing != "full":
+        full = s.with_(activation_checkpointing="full")
+        if plan.fits(full):
+            found.append(("trainer.activation_checkpointing=full", plan.memory(full),
+                          "re-runs each block's forward in backward: ~30% more compute"))
+    for ac in dict.fromkeys([s.activation_checkpointing, "full"]):
+        smaller = _smaller_micro_batch(plan, s.with_(activation_checkpointing=ac))
+        if smaller is not None:
+            change = (f"trainer.micro_batch_size={smaller.micro_batch_size} "
+                      f"trainer.grad_accumulation={smaller.grad_accumulation}")
+            if ac != s.activation_checkpointing:
+                change += f" trainer.activation_checkpointing={ac}"
+            found.append((change, plan.memory(smaller), "same tokens per step"))
+            break
+    for nodes in range(plan.nodes + 1, 64 * plan.nodes + 1):
+        more = s.with_(ranks=nodes * plan.gpus_per_node)
+        if plan.fits(more):
+            found.append((f"--nodes {nodes}", plan.memory(more),
+                          f"{more.ranks} GPUs: states shard further; tokens per step grow "
+                          "with the ranks"))
+            break
+    return found
+
+
+def _smaller_micro_batch(plan: Plan, setup: Setup) -> Setup | None:
+    """The largest halved micro-batch that fits, accumulating more to keep the tokens."""
+    sequences = setup.micro_batch_size * setup.grad_accumulation
+    mbs = setup.micro_batch_size // 2
+    while mbs >= 1:
+        smaller = setup.with_(micro_batch_size=mbs, grad_accumulation=math.ceil(sequences / mbs))
+        if plan.fits(smaller):
+            return smaller
+        mbs //= 2
+    return None

@@ -1,0 +1,132 @@
+"""A trained model (and its tokenizer) from a run directory or one checkpoint, in one process.
+
+For export, generation and evaluation outside training: no process group, no FSDP. The
+recipe is rebuilt from ``RUN_DIR/recipe.resolved.yaml`` through the registry, so the model
+and tokenizer are exactly the recipe's components; the weights come from the checkpoint's
+``model.*`` entries (DCP reads them without the optimizer state).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+import yaml
+from torch import nn
+
+from llm_gym.config.recipe_model import RecipeBase, validate_recipe
+from llm_gym.errors import UserError
+from llm_gym.recipes.pins import find_drift
+from llm_gym.registry import ComponentChoice, ResolverRegistry
+from llm_gym.registry.component import spec_of
+from llm_gym.runner.checkpoint import CHECKPOINTS, MARKER, latest_checkpoint
+from llm_gym.runner.distributed import World
+
+RESOLVED = "recipe.resolved.yaml"
+
+
+@dataclass
+class RunModel:
+    model: nn.Module  # in eval mode, on the requested device
+    tokenizer: Any | None  # None when the recipe has none (or it was not asked for)
+    recipe: RecipeBase
+    run_dir: Path
+    checkpoint: Path | None  # None: the model component loaded its own weights
+    registry: ResolverRegistry
+    notes: list[str] = field(default_factory=list)  # worth telling the user (stderr)
+
+
+def locate(path: Path) -> tuple[Path, Path | None]:
+    """``(run_dir, checkpoint)`` for a run directory (its newest complete checkpoint, or
+    None if it has none) or for a checkpoint directory (``RUN_DIR/checkpoints/step_N``)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such directory (expected a run directory or a checkpoint)")
+    if (path / MARKER).is_file() and path.parent.name == CHECKPOINTS:
+        if path.name.endswith(".tmp"):
+            raise UserError(f"{path}: an unfinished checkpoint; use a complete one")
+        run_dir = path.parent.parent
+        if not (run_dir / RESOLVED).is_file():
+            raise UserError(f"{path}: its run directory {run_dir} has no {RESOLVED}")
+        return run_dir, path
+    if (path / RESOLVED).is_file():
+        return path, latest_checkpoint(path)
+    raise UserError(
+        f"{path}: neither a run directory (with {RESOLVED}) nor a complete checkpoint "
+        f"(RUN_DIR/{CHECKPOINTS}/step_N with a {MARKER} marker)"
+    )
+
+
+def load_run_model(
+    path: Path,
+    *,
+    registry: ResolverRegistry | None = None,
+    tokenizer: bool = True,
+    device: str | torch.device = "cpu",
+) -> RunModel:
+    """Build the recipe's model (and tokenizer) and load the checkpoint's weights."""
+    run_dir, checkpoint = locate(path)
+    registry = registry or ResolverRegistry.from_installed_plugins()
+    source = run_dir / RESOLVED
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{source}: cannot read the run's recipe: {exc}") from None
+    recipe = validate_recipe(data if isinstance(data, dict) else {}, registry, str(source))
+    notes = [f"the run's pin drifted: {d}" for d in find_drift(recipe, registry)
+             if d.component_changed]
+
+    entry = recipe.components()["model"]
+    if checkpoint is None and not getattr(spec_of(entry.type_hint.value).config_cls,
+                                          "loads_weights", False):
+        raise UserError(f"{run_dir}: no complete checkpoint yet (a run writes one every "
+                        "trainer.checkpoint_every steps and when it ends)")
+    cpu = World(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend="none")
+    with torch.device("cpu"):
+        model = _build(registry, entry, recipe, cpu)
+    if checkpoint is not None:
+        _load_weights(model, checkpoint)
+    else:
+        notes.append(f"{run_dir} has no checkpoint: using the weights its model component "
+                     "loads (an imported model, not yet trained here)")
+    model.to(device).eval()
+
+    tok = None
+    if tokenizer and recipe.components().get("tokenizer") is not None:
+        tok = _build(registry, recipe.components()["tokenizer"], recipe, cpu)
+    return RunModel(model, tok, recipe, run_dir, checkpoint, registry, notes)
+
+
+def _build(registry: ResolverRegistry, entry: ComponentChoice, recipe: RecipeBase,
+           world: World) -> Any:
+    # Only what the runner would inject (world, trainer); a component that needs another
+    # slot (a dataset...) is not something to rebuild outside training.
+    provided = {"world": world, "trainer": getattr(recipe, "trainer", None)}
+    wanted = {d.name for d in spec_of(entry.type_hint.value).dependencies}
+    return registry.build_component_by_config(
+        entry, extra_kwargs={k: v for k, v in provided.items() if k in wanted}
+    )
+
+
+def _load_weights(model: nn.Module, checkpoint: Path) -> None:
+    # The checkpoint holds {"model": ..., "optim": ...}; asking for "model" alone makes DCP
+    # read only those entries. Tensors are filled in place, so tied weights stay tied.
+    state = {"model": model.state_dict()}
+    try:
+        with warnings.catch_warnings():
+            # "torch.distributed is ... uninitialized, assuming ... a single process": yes.
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            dcp.load(state, checkpoint_id=checkpoint, no_dist=True)
+    except (Exception, dcp.CheckpointException) as exc:
+        raise UserError(f"checkpoint {checkpoint}: cannot load the model's weights "
+                        f"({type(exc).__name__}: {_first_line(exc)}); was it written by "
+                        "this recipe's model?") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
