@@ -31,6 +31,9 @@ class TrainerSettings(BaseModel):
         "none", description="'none', 'full' (every block) or k (every k-th block)"
     )
     compile: bool = Field(False, description="torch.compile each transformer block")
+    prefetch: int | None = Field(
+        None, ge=0, description="batches read ahead on a thread; default 2 on GPU, 0 on CPU"
+    )
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a non-finite loss or grad norm: stop the run, or skip the step"
     )

@@ -24,6 +24,7 @@ from llm_gym.recipes.pins import current_pins
 from llm_gym.recipes.resolved import resolved_yaml
 from llm_gym.registry import ResolverRegistry
 from llm_gym.runner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm_gym.runner.data_feed import BatchFeed
 from llm_gym.runner.distributed import (
     World,
     all_reduce_mean,
@@ -62,9 +63,13 @@ def train_worker(job: RunJob) -> dict[str, Any]:
         run_dir = broadcast_from_main(job.run_dir, world)
         lock = RunDirLock(run_dir)
         on_main(lock.__enter__, world)  # one run per directory, or every rank refuses
+        trainer = None
         try:
-            return Trainer(loaded, registry, world, run_dir, job.resume).fit()
+            trainer = Trainer(loaded, registry, world, run_dir, job.resume)
+            return trainer.fit()
         finally:
+            if trainer is not None:
+                trainer.close()
             if world.rank == 0:
                 lock.__exit__()
 
@@ -120,7 +125,11 @@ class Trainer:
         self.scheduler = built.get("scheduler")
         self.loss_fn = built["loss"]
         self.tokenizer = built.get("tokenizer")
-        self.train_data = built["train_dataset"]
+        prefetch = settings.prefetch
+        if prefetch is None:  # on a CPU, reading ahead only competes with the step for cores
+            prefetch = 2 if world.device.type == "cuda" else 0
+        self.train_feed = BatchFeed(built["train_dataset"], settings.micro_batch_size,
+                                    world.device, prefetch)
         self.eval_data = built.get("eval_dataset")
         self._eval_start = self.eval_data.state_dict() if self.eval_data is not None else None
 
@@ -183,10 +192,15 @@ class Trainer:
                 excluded += time.perf_counter() - paused
         if not (s.checkpoint_every and self.step % s.checkpoint_every == 0):
             self.save()
-        self.metrics.close()
+        self.close()
         if s.sample_prompt and self.tokenizer is not None:
             progress.print(f"sample: {self.sample(s.sample_prompt, s.sample_tokens)}")
         return {"run_dir": str(self.run_dir), "step": self.step, "loss": last_loss}
+
+    def close(self) -> None:
+        """Flush the metrics and stop the data thread; safe to call more than once."""
+        self.metrics.close()
+        self.train_feed.close()
 
     def _train_step(self) -> tuple[torch.Tensor, float]:
         s, model = self.settings, self.model
@@ -196,9 +210,7 @@ class Trainer:
             # Gradients are reduce-scattered only on the last micro-batch.
             if hasattr(model, "set_requires_gradient_sync"):  # absent when not sharded
                 model.set_requires_gradient_sync(micro == s.grad_accumulation - 1)
-            batch = self.train_data.next_batch(s.micro_batch_size).to(
-                self.world.device, non_blocking=True
-            )
+            batch = self.train_feed.next()
             loss = self.loss_fn(model(batch[:, :-1]), batch[:, 1:]) / s.grad_accumulation
             loss.backward()
             total += loss.detach()
@@ -217,6 +229,7 @@ class Trainer:
         self, loss: torch.Tensor, grad_norm: float, steps: int, elapsed: float
     ) -> dict[str, Any]:
         tokens_per_s = self.tokens_per_step * steps / elapsed if elapsed > 0 else None
+        waited, self.train_feed.wait_seconds = self.train_feed.wait_seconds, 0.0
         mfu = None
         if tokens_per_s and self.flops_per_token and self.peak:
             mfu = tokens_per_s * self.flops_per_token / (self.peak * self.world.world_size)
@@ -227,6 +240,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "tokens_per_s": tokens_per_s,
             "mfu": mfu,
+            "data_wait_pct": 100 * waited / elapsed if elapsed > 0 else None,
             "tokens": self.step * self.tokens_per_step,
         }
 
@@ -274,7 +288,6 @@ class Trainer:
         where = "no checkpoint written (trainer.checkpoint_on_interrupt is off)"
         if self.settings.checkpoint_on_interrupt and self.step:
             where = f"checkpoint saved to {self.save()}"
-        self.metrics.close()
         raise Interrupted(
             f"interrupted at step {self.step}; {where}; continue with the same command "
             f"and --run-dir {self.run_dir} --resume"
@@ -301,7 +314,7 @@ class Trainer:
         # ever turns a good checkpoint directory into a poisoned one.
         if not self._weights_finite():
             raise UserError(f"step {self.step}: the weights are not finite; not saving them")
-        extra = {"step": self.step, "train_data": self.train_data.state_dict()}
+        extra = {"step": self.step, "train_data": self.train_feed.state_dict()}
         if self.scheduler is not None:
             extra["scheduler"] = self.scheduler.state_dict()
         return save_checkpoint(
@@ -326,7 +339,7 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         extra = load_checkpoint(path, model=self.model, optimizer=self.optimizer, world=self.world)
         self.step = int(extra["step"])
-        self.train_data.load_state_dict(extra["train_data"])
+        self.train_feed.load_state_dict(extra["train_data"])
         if self.scheduler is not None and "scheduler" in extra:
             self.scheduler.load_state_dict(extra["scheduler"])
 

@@ -122,3 +122,13 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
     steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     assert steps == list(range(1, 151))
     assert _losses(run_dir) == _losses(tmp_path / "whole")
+
+
+def test_reading_ahead_changes_no_loss_and_resumes_exactly(tmp_path):
+    _run(tmp_path / "plain", "trainer.max_steps=6", "trainer.prefetch=0")
+    _run(tmp_path / "ahead", "trainer.max_steps=3", "trainer.prefetch=2")
+    run_recipe("gpt2-debug", ["trainer.max_steps=6", "trainer.prefetch=2"],
+               run_dir=tmp_path / "ahead", resume=True)
+    assert _losses(tmp_path / "ahead") == _losses(tmp_path / "plain")
+    records = read_metrics(tmp_path / "ahead" / "metrics.jsonl")
+    assert all(0 <= r["data_wait_pct"] < 100 for r in records if "loss" in r)
