@@ -39,9 +39,12 @@ def run_recipe(
 ) -> dict:
     from llm_gym.cli.output import err
     from llm_gym.recipes.loading import load_recipe
+    from llm_gym.registry import ResolverRegistry
 
     # Validate before any worker starts: a bad recipe is reported once, not N times.
-    loaded = load_recipe(spec, overrides, recipe_dirs=recipe_dirs, allow_drift=allow_drift)
+    registry = ResolverRegistry.from_installed_plugins()
+    loaded = load_recipe(spec, overrides, registry=registry, recipe_dirs=recipe_dirs,
+                         allow_drift=allow_drift)
     for drift in loaded.drift:
         err.print(f"[yellow]warning:[/] running with a drifted pin: {drift}")
     under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -56,7 +59,7 @@ def run_recipe(
     from llm_gym.runner.trainer import train_worker
 
     if nproc == 1:
-        return train_worker(job)
+        return train_worker(job, loaded, registry)
     from llm_gym.runner.launcher import launch_local
 
     return launch_local(nproc, train_worker, (job,))[0]

@@ -66,7 +66,7 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
     return None, f"no peak rate known for device type {device.type!r}"
 
 
-def measured_cpu_peak(size: int = 1536, repeats: int = 4) -> float:
+def measured_cpu_peak(size: int = 1024, repeats: int = 3) -> float:
     """FLOP/s of the fastest of a few fp32 matmuls on this CPU, measured now.
 
     Not cached: a shared machine's speed changes with its load, and a peak measured

@@ -48,16 +48,22 @@ from llm_gym.runner.safety import (
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def train_worker(job: RunJob) -> dict[str, Any]:
-    """One rank of a run (the launcher's entry point; also the single-process path)."""
-    registry = ResolverRegistry.from_installed_plugins()
-    loaded = load_recipe(
-        job.spec,
-        job.overrides,
-        registry=registry,
-        recipe_dirs=job.recipe_dirs,
-        allow_drift=job.allow_drift,
-    )
+def train_worker(
+    job: RunJob,
+    loaded: LoadedRecipe | None = None,
+    registry: ResolverRegistry | None = None,
+) -> dict[str, Any]:
+    """One rank of a run (the launcher's entry point; also the single-process path, which
+    passes the recipe it already loaded and validated)."""
+    if loaded is None or registry is None:
+        registry = ResolverRegistry.from_installed_plugins()
+        loaded = load_recipe(
+            job.spec,
+            job.overrides,
+            registry=registry,
+            recipe_dirs=job.recipe_dirs,
+            allow_drift=job.allow_drift,
+        )
     with distributed_world() as world:
         # Under torchrun each rank picked its default run directory from its own clock.
         run_dir = broadcast_from_main(job.run_dir, world)
