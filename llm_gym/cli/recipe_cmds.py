@@ -165,8 +165,14 @@ def plan(spec: str, overrides: tuple[str, ...], nodes: int, gpus_per_node: int, 
                          gpus_per_node=gpus_per_node, gpu=gpu, mfu=mfu, registry=registry)
     result = render(the_plan, out)
     if not no_dry_run:
-        out.print(dry_run(loaded, ranks=nodes * gpus_per_node, gpus_per_node=gpus_per_node,
-                          registry=registry).message, markup=False)
+        traced = dry_run(loaded, ranks=nodes * gpus_per_node, gpus_per_node=gpus_per_node,
+                         registry=registry)
+        out.print(traced.message, markup=False)
+        if loaded.recipe.trainer.compile:
+            out.print("  torch.compile was not traced: the blocks ran eagerly", markup=False)
+        if traced.no_grad:
+            err.print(f"[yellow]warning:[/] backward left {len(traced.no_grad)} parameters "
+                      f"without a gradient: {', '.join(traced.no_grad[:5])}", markup=True)
     if not result.fits:
         raise UserError(f"{loaded.ref.label} will not fit on {nodes} x {gpus_per_node} "
                         f"{the_plan.gpu}: peak {gib(result.peak)} per GPU of "

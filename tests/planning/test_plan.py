@@ -1,0 +1,108 @@
+"""`llm_gym recipe plan`: the arithmetic, the verdict and what the command prints."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_gym.cli.main import main
+from llm_gym.errors import UserError
+from llm_gym.planning.memory import Setup, communication, memory, shard_numel
+from llm_gym.planning.plan import USABLE, alternatives, make_plan
+from llm_gym.planning.report import verdict
+from llm_gym.recipes.loading import load_recipe
+from llm_gym.runner.flops import PEAK_FLOPS, gpu_spec
+
+
+def plan(spec: str, *overrides: str, nodes: int = 1, gpus: int = 8, gpu: str = "h100"):
+    loaded = load_recipe(spec, overrides)
+    return make_plan(loaded.recipe, label=spec, nodes=nodes, gpus_per_node=gpus, gpu=gpu)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(["recipe", "plan", *args])
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+def test_shards_round_up_per_rank() -> None:
+    # 257 rows over 2 ranks: rank 0 holds 129 of them, as FSDP2 pads the last rank.
+    assert shard_numel(((257, 64), (64,)), 2) == 129 * 64 + 32
+    assert shard_numel(((257, 64), (64,)), 1) == 257 * 64 + 64
+
+
+def test_states_shard_and_communication_grows_with_ranks() -> None:
+    p = plan("gpt2-124m")
+    one = p.setup.with_(ranks=1, param_dtype="fp32", reduce_dtype="fp32")
+    assert not one.sharded  # parallelize leaves one fp32 rank unwrapped
+    plain, sharded = memory(p.shape, one, p.optimizer), p.memory()
+    assert plain.params == p.shape.num_params * 4
+    assert plain.gathered == plain.grad_buffers == plain.accumulated == 0
+    assert communication(p.shape, one).total == 0
+    assert sharded.params == pytest.approx(plain.params / 8, rel=1e-3)
+    assert sharded.optimizer == pytest.approx(2 * sharded.params, rel=1e-3)  # AdamW
+    assert sharded.accumulated == p.shape.num_params * 4  # no-sync micro-batches, fp32
+    assert communication(p.shape, p.setup).total > 0
+
+
+def test_tokens_flops_and_step_time() -> None:
+    p = plan("gpt2-124m", nodes=2)
+    assert p.tokens_per_step == 16 * 1024 * 4 * 16
+    assert p.model_flops_per_step == p.shape.flops_per_token * p.tokens_per_step
+    assert p.hardware_flops_per_step == p.model_flops_per_step  # no checkpointing
+    assert p.step_seconds == pytest.approx(
+        p.model_flops_per_step / (16 * PEAK_FLOPS["H100"] * 0.4))
+    full = plan("gpt2-124m", "trainer.activation_checkpointing=full", nodes=2)
+    assert full.hardware_flops_per_step > full.model_flops_per_step
+    assert full.memory().activations < p.memory().activations
+
+
+def test_gpus_by_name() -> None:
+    assert gpu_spec("a100-40gb")[1] == PEAK_FLOPS["A100"]
+    assert gpu_spec("H200")[2] > gpu_spec("h100")[2]
+    with pytest.raises(UserError, match="known: H200, H100"):
+        gpu_spec("tpu")
+
+
+def test_a_plan_that_does_not_fit_says_what_to_change() -> None:
+    p = plan("gpt2-xl", "trainer.activation_checkpointing=none", gpus=1, gpu="a100-40gb")
+    assert verdict(p).status == "does not fit"
+    options = alternatives(p)
+    assert options
+    assert all(m.peak <= USABLE * p.gpu_bytes for _, m, _ in options)
+    assert any("trainer.micro_batch_size=" in change for change, _, _ in options)
+
+
+def test_setup_is_what_the_recipe_says() -> None:
+    p = plan("gpt2-xl")
+    assert p.setup == Setup(ranks=8, micro_batch_size=16, seq_len=1024, grad_accumulation=4,
+                            param_dtype="bf16", reduce_dtype="fp32",
+                            activation_checkpointing="full")
+    assert p.shape.n_layer == 48 and p.shape.num_params == pytest.approx(1.558e9, rel=1e-3)
+
+
+def test_cli_prints_tables_verdict_and_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "gpt2-124m", "--nodes", "2", "--gpus-per-node", "8",
+                         "--gpu", "h100")
+    assert code == 0, err
+    for text in ("Memory per GPU", "peak (estimate)", "tokens per step", "1,048,576",
+                 "all-gather, backward", "reduce-scatter", "verdict: fits",
+                 "dry run: OK (built, sharded over 16 ranks, one forward/backward traced)"):
+        assert text in out
+
+
+def test_cli_gpt2_xl_on_one_a100_node(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "gpt2-xl", "--nodes", "1", "--gpus-per-node", "8",
+                         "--gpu", "a100")
+    assert code == 0, err
+    assert "AC full (recipe)" in out and "hardware FLOPs per step" in out
+    assert "verdict: fits" in out and "sharded over 8 ranks" in out
+
+
+def test_cli_exits_2_when_it_will_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "gpt2-xl", "--gpus-per-node", "1", "--gpu", "4090",
+                         "--no-dry-run")
+    assert code == 2
+    assert "verdict: will not fit" in out and "what to change" in out
+    assert "dry run" not in out
+    assert "will not fit on 1 x 1 4090" in err
