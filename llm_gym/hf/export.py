@@ -21,6 +21,9 @@ from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.component import spec_of
 from llm_gym.runner.loading_model import load_run_model
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt")
+
 
 @dataclass
 class ExportResult:
@@ -48,6 +51,12 @@ def export_hf(
         run.tokenizer, out_dir, name=tokenizer_name, max_length=config.get("n_positions")
     )
     notes = [*run.notes, *([note] if note else [])]
+    # A tokenizer file left by an earlier export into the same directory would be read
+    # as this model's tokenizer by transformers.
+    for stale in set(TOKENIZER_FILES) - set(written):
+        if (out_dir / stale).is_file():
+            (out_dir / stale).unlink()
+            notes.append(f"removed {out_dir / stale}, left by an earlier export")
     return ExportResult(out_dir, run.checkpoint, files + written, notes)
 
 

@@ -24,6 +24,7 @@ from llm_gym.config.recipe_model import validate_recipe
 from llm_gym.errors import UserError
 from llm_gym.fileio import atomic_output
 from llm_gym.hf.adapter import component_for_model_type
+from llm_gym.hf.export import TOKENIZER_FILES
 from llm_gym.hf.files import read_config, write_model_dir
 from llm_gym.recipes.loading import check_dependencies, load_recipe
 from llm_gym.recipes.pins import current_pins
@@ -32,9 +33,6 @@ from llm_gym.runner.checkpoint import CHECKPOINTS
 from llm_gym.runner.loading_model import RESOLVED
 
 HF_SUBDIR = "hf"
-# Plain data files of a Hugging Face tokenizer; anything else (code above all) stays behind.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt")
 DEFAULT_BASE = "gpt2-tiny"
 
 
@@ -77,7 +75,7 @@ def import_hf(
     hf_dir = (run_dir / HF_SUBDIR).resolve()
     out_config, tensors = adapter.to_hf(model, eod_id=config.get("eos_token_id"))
     write_model_dir(hf_dir, out_config, tensors)
-    for name in TOKENIZER_FILES:
+    for name in TOKENIZER_FILES:  # plain data; anything else (code above all) stays behind
         if (source / name).is_file():
             shutil.copyfile(source / name, hf_dir / name)
 
