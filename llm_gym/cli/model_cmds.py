@@ -111,6 +111,9 @@ def generate(source: Path, prompt: str, max_new_tokens: int, temperature: float,
     tokens = stream_tokens(run.model, prompt_ids, max_new_tokens, temperature=temperature,
                            top_k=top_k, seed=seed,
                            stop_ids=[tokenizer.eod_id] if stop_at_eod else [])
+    # A vocabulary padded past the tokenizer's (50304 for 50257, for speed) has ids that
+    # mean no text; an undertrained model may still sample them.
+    tokens = (t for t in tokens if t < tokenizer.vocab_size)
     sys.stdout.write(prompt)
     sys.stdout.flush()
     for piece in stream_text(tokenizer, prompt_ids if prompt else [], tokens):
