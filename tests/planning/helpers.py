@@ -22,6 +22,7 @@ from llm_gym.registry import ResolverRegistry
 from llm_gym.runner.distributed import World, distributed_world, seed_everything
 from llm_gym.runner.parallelize import clip_grad_norm_, parallelize
 from llm_gym.runner.trainer import DTYPES
+from tests.threads import single_threaded
 
 RECIPE = "gpt2-debug"
 # Small enough for seconds on a CPU, big enough that every term of the plan shows; the
@@ -75,10 +76,10 @@ def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(seen.values())
 
 
+@single_threaded
 def measure_states(configs: Sequence[Sequence[str]]) -> list[dict[str, int]]:
     """Per config: bytes of this rank's parameters, gradients and optimizer states after
     one training step."""
-    torch.set_num_threads(1)
     out = []
     with distributed_world() as world:
         for overrides in configs:

@@ -25,6 +25,7 @@ from torch.distributed.tensor import DTensor
 from llm_gym.runner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llm_gym.runner.distributed import World, all_reduce_mean, distributed_world, seed_everything
 from llm_gym.runner.parallelize import clip_grad_norm_, parallelize
+from tests.threads import single_threaded
 
 VOCAB, DIM, BLOCKS, SEQ, GLOBAL_BATCH = 32, 16, 4, 8, 4
 SEED = 1234
@@ -104,9 +105,9 @@ def make_optimizer(model: nn.Module, kind: str) -> torch.optim.Optimizer:
 # --- the suite run once per world size -------------------------------------------------
 
 
+@single_threaded
 def parallel_suite(steps: int = 3) -> dict[str, Any]:
     """Everything parallelize/clip/collectives tests compare between 1 and 2 processes."""
-    torch.set_num_threads(1)
     out: dict[str, Any] = {}
     with distributed_world() as world:
         out["world"] = world
@@ -159,6 +160,7 @@ def parallel_suite(steps: int = 3) -> dict[str, Any]:
 # --- training with checkpoint/resume ----------------------------------------------------
 
 
+@single_threaded
 def train_with_checkpoints(
     run_dir: str,
     total_steps: int,
@@ -172,7 +174,6 @@ def train_with_checkpoints(
     moves by a rank-dependent amount, so a resume that mixed up ranks or RNG states, or
     lost optimizer/scheduler state, would produce different losses.
     """
-    torch.set_num_threads(1)
     with distributed_world() as world:
         model = build(world, dropout=0.1, activation_checkpointing=2)
         optimizer = make_optimizer(model, "adamw")
@@ -227,11 +228,11 @@ def train_with_checkpoints(
     }
 
 
+@single_threaded
 def try_load(path: str) -> dict[str, Any]:
     """Load ``path`` into a fresh model; report the error message instead of raising.
 
     Inside an existing world (as a probe) it reuses that world's process group."""
-    torch.set_num_threads(1)
     with distributed_world() as world:
         model = build(world)
         optimizer = make_optimizer(model, "adamw")
