@@ -1,13 +1,35 @@
-"""``RUN_DIR/metrics.jsonl``: one JSON object per logged step, eval records on their own."""
+"""Where metric records go: ``RUN_DIR/metrics.jsonl`` always, and the recipe's loggers.
+
+The trainer talks to one ``Subscribers`` object through ``log_train(record)``,
+``log_eval(record)`` and ``close()``, the interface every subscriber has. On rank 0 it
+holds the JSONL log (the run's record: resume, ``llm_gym plot`` and the tests read it)
+and the loggers named in ``trainer.loggers``, built through the registry (kind
+``logger``); other ranks hold none.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
+from llm_gym.errors import UserError
 from llm_gym.fileio import atomic_output
+
+# What the runner hands a logger's build(), by parameter name: the distributed world,
+# the trainer settings, the run directory, the step training starts from (0, or the
+# resumed checkpoint's step) and a one-line title such as "gpt2-tiny@1 on 1 x cpu".
+LOGGER_PROVIDES = ("world", "trainer", "run_dir", "start_step", "title")
+
+
+class MetricsSubscriber(Protocol):
+    def log_train(self, record: dict[str, Any]) -> None: ...
+    def log_eval(self, record: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
 
 
 class MetricsLog:
@@ -38,6 +60,8 @@ class MetricsLog:
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
 
+    log_train = log_eval = write
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -47,3 +71,131 @@ class MetricsLog:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+class Subscribers:
+    """Fans records out. ``required`` subscribers (metrics.jsonl) fail the run when they
+    fail; an ``optional`` one (a dashboard) is switched off with a warning instead, since
+    a TensorBoard hiccup must not end a week-long run."""
+
+    def __init__(
+        self,
+        required: Sequence[MetricsSubscriber],
+        optional: Sequence[tuple[str, MetricsSubscriber]] = (),
+        main: bool = True,
+    ) -> None:
+        self._required = list(required)
+        self._optional = list(optional)
+        self.main = main
+        self._closed = False
+
+    def log_train(self, record: dict[str, Any]) -> None:
+        self._each("log_train", record)
+
+    def log_eval(self, record: dict[str, Any]) -> None:
+        self._each("log_eval", record)
+
+    def message(self, text: str) -> None:
+        """A line for the user (rank 0): through a logger that shows text (the console's
+        live panel must print it), else on stdout."""
+        if not self.main:
+            return
+        for _, sub in self._optional:
+            if hasattr(sub, "message"):
+                sub.message(text)
+                return
+        print(text, flush=True)
+
+    def close(self) -> None:
+        """Close every subscriber once, required ones first (the curve plot reads the
+        finished metrics.jsonl); safe to call again."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for sub in self._required:
+                sub.close()
+        finally:
+            self._each("close")
+
+    def _each(self, method: str, *args: Any) -> None:
+        if method != "close":
+            for sub in self._required:
+                getattr(sub, method)(*args)
+        for name, sub in list(self._optional):
+            try:
+                getattr(sub, method)(*args)
+            except Exception as exc:  # a logger's own failure: warn, keep training
+                if method != "close":
+                    self._optional.remove((name, sub))
+                print(f"warning: logger {name} failed in {method}(): "
+                      f"{type(exc).__name__}: {exc}" + ("" if method == "close" else
+                      "; it is switched off for the rest of the run"),
+                      file=sys.stderr, flush=True)
+
+
+# -- choosing loggers through the registry ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChosenLogger:
+    spec: Any  # ComponentSpec
+    config: Any  # its validated ComponentConfig
+
+
+def resolve_loggers(entries: Sequence[Any], registry: Any) -> list[ChosenLogger]:
+    """Check ``trainer.loggers`` against the registry: every name a registered logger,
+    every config valid, each build asking only for what the runner provides. Cheap, so
+    every rank runs it before building anything; reports all problems at once."""
+    from pydantic import ValidationError
+
+    from llm_gym.config.validation_errors import describe_errors
+    from llm_gym.registry import UnknownComponentError
+
+    chosen, problems, seen = [], [], set()
+    for i, entry in enumerate(entries):
+        where = f"trainer.loggers[{i}]"
+        try:
+            spec = registry.kind("logger").spec(entry.type_hint)
+        except UnknownComponentError as exc:
+            problems.append(f"{where}.type_hint: {exc.message}")
+            continue
+        if spec.name in seen:
+            problems.append(f"{where}: {spec.name} is listed twice")
+        seen.add(spec.name)
+        try:
+            config = spec.config_cls.model_validate(entry.config)
+        except ValidationError as exc:
+            problems += [f"{where}.config.{line}" for line in describe_errors(exc, entry.config)]
+            continue
+        missing = [d.name for d in spec.dependencies
+                   if d.required and d.name not in LOGGER_PROVIDES]
+        if missing:
+            problems.append(f"{where}: {spec.key}.build() needs {missing}; a logger can "
+                            f"ask for {', '.join(LOGGER_PROVIDES)}")
+        chosen.append(ChosenLogger(spec, config))
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise UserError(f"trainer.loggers: {len(problems)} {noun}", problems)
+    return chosen
+
+
+def build_loggers(
+    chosen: Sequence[ChosenLogger], registry: Any, provided: Mapping[str, Any]
+) -> list[tuple[str, MetricsSubscriber]]:
+    """Build the chosen loggers (rank 0). If one fails, those already built are closed,
+    so no live display is left running."""
+    built: list[tuple[str, MetricsSubscriber]] = []
+    try:
+        for choice in chosen:
+            spec = choice.spec
+            wanted = {d.name for d in spec.dependencies}
+            deps = {k: v for k, v in provided.items()
+                    if k in wanted or spec.accepts_any_dependency}
+            fields = choice.config.model_dump()
+            built.append((spec.name, registry.build_component_by_key_query(
+                "logger", spec.name, {**fields, **deps})))
+    except BaseException:
+        Subscribers([], built).close()
+        raise
+    return built

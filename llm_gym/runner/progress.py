@@ -12,36 +12,44 @@ from rich.table import Table
 
 
 class Progress:
-    def __init__(self, total_steps: int, start_step: int, enabled: bool, title: str) -> None:
-        self.total, self.start, self.enabled, self.title = total_steps, start_step, enabled, title
+    """A metrics subscriber (the ``Console`` logger builds it; only rank 0 does).
+
+    The live panel starts when this is built and stops at ``close()``; ``message`` prints
+    above it (printing around a live display directly would tear it).
+    """
+
+    def __init__(self, total_steps: int, start_step: int, title: str) -> None:
+        self.total, self.start, self.title = total_steps, start_step, title
         self.console = Console(file=sys.stdout, soft_wrap=True)
-        self.live_mode = enabled and self.console.is_terminal
+        self.live_mode = self.console.is_terminal
         self._started = time.perf_counter()
         self._live: Live | None = None
         self._last: dict[str, Any] = {}
-
-    def __enter__(self) -> Progress:
         if self.live_mode:
             self._live = Live(
                 self._render(), console=self.console, refresh_per_second=4, transient=False
             )
             self._live.__enter__()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         if self._live is not None:
             self._live.update(self._render())
-            self._live.__exit__(*exc)
+            self._live.__exit__(None, None, None)
+            self._live = None
 
-    def print(self, text: str) -> None:
-        if self.enabled:
-            self.console.print(text, markup=False, highlight=False)
+    def message(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
 
-    def update(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self._last = record
+    def log_train(self, record: dict[str, Any]) -> None:
+        self._show(record)
+
+    def log_eval(self, record: dict[str, Any]) -> None:
+        self._show(record)
+
+    def _show(self, record: dict[str, Any]) -> None:
         if self._live is not None:
+            # The panel keeps the latest of everything, so the eval loss stays in view.
+            self._last = {**self._last, **record}
             self._live.update(self._render())
         else:
             self.console.print(

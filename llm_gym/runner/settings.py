@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class LoggerEntry(BaseModel):
+    """One metrics subscriber: a registered component of kind ``logger`` and its config.
+
+    The name and config are checked against the registry when the run starts (this class
+    is defined before any plugin loads, so it cannot know the registered names).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type_hint: str = Field(description="a registered component of kind 'logger'")
+    config: dict[str, Any] = Field(default_factory=dict, description="its config fields")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `loggers: [Console, TensorBoard]`, as `scheduler: StepLR` is for a slot.
+        return {"type_hint": value} if isinstance(value, str) else value
 
 
 class TrainerSettings(BaseModel):
@@ -40,3 +59,8 @@ class TrainerSettings(BaseModel):
     checkpoint_on_interrupt: bool = Field(True, description="save a checkpoint on Ctrl-C")
     sample_prompt: str | None = Field(None, description="text to continue after training")
     sample_tokens: PositiveInt = Field(48, description="tokens to generate for the sample")
+    loggers: list[LoggerEntry] = Field(
+        default_factory=lambda: [LoggerEntry(type_hint="Console")],
+        description="metric subscribers (kind 'logger') besides RUN_DIR/metrics.jsonl, "
+        "which is always written; e.g. [Console, TensorBoard]",
+    )

@@ -34,9 +34,8 @@ from llm_gym.runner.distributed import (
 )
 from llm_gym.runner.entry import RunJob
 from llm_gym.runner.flops import peak_flops
-from llm_gym.runner.metrics import MetricsLog
+from llm_gym.runner.metrics import MetricsLog, Subscribers, build_loggers, resolve_loggers
 from llm_gym.runner.parallelize import clip_grad_norm_, parallelize
-from llm_gym.runner.progress import Progress
 from llm_gym.runner.safety import (
     Interrupted,
     RunDirLock,
@@ -108,6 +107,8 @@ class Trainer:
         entries = loaded.recipe.components()
         if settings.eval_every and "eval_dataset" not in entries:
             raise UserError("trainer.eval_every is set but the recipe has no eval_dataset")
+        # Every rank checks the loggers (cheap) so a misspelt one fails before any build.
+        chosen_loggers = resolve_loggers(settings.loggers, registry)
 
         # Same seed on every rank while building: FSDP2 shards whatever each rank holds,
         # so the initial weights must be identical everywhere.
@@ -151,8 +152,6 @@ class Trainer:
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "recipe.resolved.yaml").write_text(self._resolved_text(), encoding="utf-8")
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main,
-                                  resume_step=self.step)
         self.tokens_per_step = (
             settings.micro_batch_size
             * settings.grad_accumulation
@@ -163,18 +162,30 @@ class Trainer:
         self.flops_per_token = flops_per_token(settings.seq_len) if flops_per_token else None
         self.peak, self.peak_source = peak_flops(world.device) if self.main else (None, "")
 
+        # Last, so nothing after it can fail with a live display running. Rank 0 builds
+        # the loggers; a logger that cannot start (a missing extra) stops every rank.
+        title = f"{loaded.ref.label} on {world.world_size} x {world.device.type}"
+        provided = {"world": world, "trainer": settings, "run_dir": run_dir,
+                    "start_step": self.step, "title": title}
+        loggers: list = []
+        on_main(lambda: loggers.extend(build_loggers(chosen_loggers, registry, provided)),
+                world)
+        self.metrics = Subscribers(
+            [MetricsLog(run_dir / "metrics.jsonl", enabled=self.main, resume_step=self.step)],
+            loggers,
+            main=self.main,
+        )
+
     # -- the loop ------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
         s = self.settings
-        title = f"{self.loaded.ref.label} on {self.world.world_size} x {self.world.device.type}"
-        progress = Progress(s.max_steps, self.step, enabled=self.main, title=title)
         if self.step:
-            progress.print(f"resumed at step {self.step} from {self.run_dir}")
+            self.metrics.message(f"resumed at step {self.step} from {self.run_dir}")
         # Throughput counts training time only: evaluation and checkpoint time is excluded.
         interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
         last_loss = math.nan
-        with progress, StopRequest() as stop:
+        with StopRequest() as stop:
             while self.step < s.max_steps:
                 if self._stop_agreed(stop):
                     self._stop_on_request()
@@ -185,14 +196,11 @@ class Trainer:
                     elapsed = time.perf_counter() - interval_start - excluded
                     record = self._train_record(loss, grad_norm, interval_steps, elapsed)
                     last_loss = record["loss"]
-                    self.metrics.write(record)
-                    progress.update(record)
+                    self.metrics.log_train(record)
                     interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
                 paused = time.perf_counter()
                 if s.eval_every and self.step % s.eval_every == 0:
-                    record = self.evaluate()
-                    self.metrics.write(record)
-                    progress.update({**record, "step": self.step})
+                    self.metrics.log_eval(self.evaluate())
                 if s.checkpoint_every and self.step % s.checkpoint_every == 0:
                     self.save()
                 excluded += time.perf_counter() - paused
@@ -200,11 +208,11 @@ class Trainer:
             self.save()
         self.close()
         if s.sample_prompt and self.tokenizer is not None:
-            progress.print(f"sample: {self.sample(s.sample_prompt, s.sample_tokens)}")
+            self.metrics.message(f"sample: {self.sample(s.sample_prompt, s.sample_tokens)}")
         return {"run_dir": str(self.run_dir), "step": self.step, "loss": last_loss}
 
     def close(self) -> None:
-        """Flush the metrics and stop the data thread; safe to call more than once."""
+        """Close the metrics subscribers and stop the data thread; safe to call again."""
         self.metrics.close()
         self.train_feed.close()
 

@@ -1,0 +1,131 @@
+"""Training curves from ``RUN_DIR/metrics.jsonl`` as a PNG (``llm_gym plot``, the Curves logger).
+
+Two rows, the same three panels against optimizer steps and against tokens seen: loss
+with eval loss, learning rate, throughput. One colour per run, so several runs compare
+side by side. matplotlib is an optional extra (``llm_gym[plot]``), imported here only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_gym.errors import UserError
+
+EXTRA_HINT = "pip install 'llm_gym[plot]' (or matplotlib)"
+
+
+def matplotlib_missing() -> str | None:
+    """Why plotting is unavailable, or None when matplotlib imports."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        return f"matplotlib is not installed ({exc}); {EXTRA_HINT}"
+    return None
+
+
+@dataclass
+class RunCurves:
+    label: str
+    steps: list[int] = field(default_factory=list)
+    tokens: list[float] = field(default_factory=list)
+    loss: list[float | None] = field(default_factory=list)
+    lr: list[float | None] = field(default_factory=list)
+    tokens_per_s: list[float | None] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_loss: list[float | None] = field(default_factory=list)
+
+    def eval_tokens(self) -> list[float] | None:
+        """Eval records carry only their step; tokens per step is constant within a run."""
+        if not self.steps or not self.tokens or len(self.tokens) != len(self.steps):
+            return None
+        per_step = self.tokens[-1] / self.steps[-1]
+        return [s * per_step for s in self.eval_steps]
+
+
+def read_run(run_dir: Path, label: str | None = None) -> RunCurves:
+    from llm_gym.runner.metrics import read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no metrics.jsonl (is it a run directory?)")
+    try:
+        records = read_metrics(path)
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"{path}: not a metrics file ({exc})") from None
+    run = RunCurves(label or run_dir.name)
+    for rec in records:
+        if "loss" in rec:
+            run.steps.append(rec["step"])
+            if rec.get("tokens") is not None:  # older runs did not record tokens
+                run.tokens.append(rec["tokens"])
+            run.loss.append(rec["loss"])
+            run.lr.append(rec.get("lr"))
+            run.tokens_per_s.append(rec.get("tokens_per_s"))
+        elif "eval_loss" in rec:
+            run.eval_steps.append(rec["step"])
+            run.eval_loss.append(rec["eval_loss"])
+    if not run.steps and not run.eval_steps:
+        raise UserError(f"{path}: no training records yet")
+    return run
+
+
+def plot_runs(run_dirs: Sequence[Path], out: Path, title: str | None = None) -> Path:
+    """Write the curves of ``run_dirs`` to ``out`` (PNG, or any format matplotlib knows
+    by the suffix); returns ``out``."""
+    missing = matplotlib_missing()
+    if missing:
+        raise UserError(f"plotting needs matplotlib: {missing}")
+    # The object API with the Agg canvas: no pyplot, no GUI backend, no global state.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs = [read_run(Path(d), label) for d, label in zip(run_dirs, _labels(run_dirs), strict=True)]
+    figure = Figure(figsize=(15, 8.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, 3)
+    palette = [f"C{i % 10}" for i in range(len(runs))]
+    for row, by_tokens in enumerate((False, True)):
+        loss_ax, lr_ax, speed_ax = axes[row]
+        for run, colour in zip(runs, palette, strict=True):
+            xs = run.tokens if by_tokens else run.steps
+            if by_tokens and len(run.tokens) != len(run.steps):
+                continue  # no token counts in this run's records
+            _line(loss_ax, xs, run.loss, colour, run.label)
+            eval_xs = run.eval_tokens() if by_tokens else run.eval_steps
+            if eval_xs is not None:
+                _line(loss_ax, eval_xs, run.eval_loss, colour, f"{run.label} (eval)",
+                      linestyle="--", marker="o", markersize=4)
+            _line(lr_ax, xs, run.lr, colour, run.label)
+            _line(speed_ax, xs, run.tokens_per_s, colour, run.label)
+        xlabel = "tokens" if by_tokens else "step"
+        for ax, name in ((loss_ax, "loss"), (lr_ax, "learning rate"),
+                         (speed_ax, "throughput (tokens/s)")):
+            ax.set_title(f"{name} vs {'tokens' if by_tokens else 'steps'}", fontsize=11)
+            ax.set_xlabel(xlabel)
+            ax.grid(True, alpha=0.3)
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    axes[0][0].set_ylabel("cross-entropy")
+    axes[0][0].legend(fontsize=9)
+    figure.suptitle(title or ", ".join(r.label for r in runs), fontsize=13)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    return out
+
+
+def _line(ax: Any, xs: Sequence[float], ys: Sequence[float | None], colour: str, label: str,
+          **style: Any) -> None:
+    """Plot the finite points only: a diverged step's loss is recorded as null."""
+    points = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and math.isfinite(y)]
+    if points:
+        ax.plot(*zip(*points, strict=True), color=colour, label=label, linewidth=1.5, **style)
+
+
+def _labels(run_dirs: Sequence[Path]) -> list[str]:
+    """Run directory names; the whole path where two runs share a name."""
+    names = [Path(d).name or str(d) for d in run_dirs]
+    return [str(d) if names.count(n) > 1 else n for d, n in zip(run_dirs, names, strict=True)]
