@@ -1,4 +1,4 @@
-"""Sessions: tests and lint (the default, what CI runs), dist, bench, gpu.
+"""Sessions: lint, tests and dist (the default, what CI runs), bench, gpu.
 
 torch is installed first, pinned, because a bare requirement on a machine without torch
 pulls a multi-GB CUDA build: here ``torch==2.13.0`` is a CPU wheel on local disk. On a
@@ -11,7 +11,8 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+# CI runs these (the README's test command is plain `nox`): dist holds the kill tests.
+nox.options.sessions = ["lint", "tests", "dist"]
 nox.options.default_venv_backend = "venv"
 
 TORCH = os.environ.get("LLM_GYM_TORCH", "torch==2.13.0")
