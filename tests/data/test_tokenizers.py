@@ -233,7 +233,7 @@ def test_gpt2_bpe_file_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a consistent BPE vocabulary"):
         GPT2BPETokenizer(encoder, bad)
     with pytest.raises(
-        UserError, match=re.escape(f"{tmp_path / 'e.json'}: GPT-2 encoder.json not found")
+        UserError, match=re.escape(f"{tmp_path / 'e.json'}: not found (GPT-2's encoder.json)")
     ):
         GPT2BPETokenizer(tmp_path / "e.json", merges)
 
