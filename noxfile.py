@@ -18,7 +18,7 @@ nox.options.default_venv_backend = "venv"
 TORCH = os.environ.get("LLM_GYM_TORCH", "torch==2.13.0")
 
 
-def install(session: nox.Session, extras: str = "test") -> None:
+def install(session: nox.Session, extras: str = "test,plot,tensorboard") -> None:
     session.install(TORCH)
     session.install("-e", f".[{extras}]")
 

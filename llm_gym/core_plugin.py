@@ -27,6 +27,11 @@ def llm_gym_recipe_slots() -> tuple[Slot, ...]:
 
 
 @hookimpl
+def llm_gym_unslotted_kinds() -> tuple[str, ...]:
+    return ("logger",)  # chosen by the list trainer.loggers
+
+
+@hookimpl
 def llm_gym_recipe_sections() -> dict[str, Any]:
     from llm_gym.runner.settings import TrainerSettings
 

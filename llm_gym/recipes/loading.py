@@ -58,11 +58,17 @@ def load_recipe(
 
 
 def check_dependencies(recipe: RecipeBase, registry: ResolverRegistry, source: str) -> None:
-    """Fail now, not mid-launch, on a missing dependency or a cycle between components."""
+    """Fail now, not mid-launch, on a missing dependency, a cycle between components, or a
+    component a section names (a logger) that is unknown or misconfigured."""
     entries = {slot: spec_of(choice.type_hint.value)
                for slot, choice in recipe.components().items()}
     provided = RUNNER_PROVIDES if "trainer" in registry.sections() else ()
     try:
         build_order(entries, provided)
+        # A section may name components too (trainer.loggers): it checks them itself.
+        for name in registry.sections():
+            check = getattr(getattr(recipe, name, None), "check_with_registry", None)
+            if check is not None:
+                check(registry)
     except UserError as exc:
         raise type(exc)(f"{source}: {exc.message}", exc.problems) from None

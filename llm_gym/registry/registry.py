@@ -91,6 +91,7 @@ class ResolverRegistry:
             for slot in contributed:
                 slots.setdefault(slot.name, slot)
         covered = {s.kind for s in slots.values()}
+        covered |= {k for _, kinds in self._call("llm_gym_unslotted_kinds") for k in kinds}
         for kind in self._kinds:
             if kind not in covered and kind not in slots:
                 slots[kind] = Slot(kind, kind)

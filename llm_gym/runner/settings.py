@@ -64,3 +64,9 @@ class TrainerSettings(BaseModel):
         description="metric subscribers (kind 'logger') besides RUN_DIR/metrics.jsonl, "
         "which is always written; e.g. [Console, TensorBoard]",
     )
+
+    def check_with_registry(self, registry: Any) -> None:
+        """Every logger registered and configured right (``recipe validate`` calls this)."""
+        from llm_gym.runner.metrics import resolve_loggers
+
+        resolve_loggers(self.loggers, registry)

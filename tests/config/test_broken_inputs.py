@@ -45,6 +45,11 @@ OVERRIDE_CASES = {
                           ["model.config", "divisible by n_head"]),
     "literal choice": (["train_dataset.config.split=test"],
                        ["train_dataset.config.split", "'train' or 'val'"]),
+    "unknown logger": (["trainer.loggers=[Consol]"],
+                       ["trainer.loggers[0].type_hint", "did you mean 'Console'"]),
+    "logger config": (["trainer.loggers=[{type_hint: Console, config: {nope: 1}}]"],
+                      ["trainer.loggers[0].config.nope", "unexpected key"]),
+    "a logger as a slot": (["logger=Console"], ["logger", "unexpected key"]),
     "bad list length": (["optimizer.type_hint=AdamW", "optimizer.config.betas=[0.9]"],
                         ["optimizer.config.betas", "too few items"]),
 }
