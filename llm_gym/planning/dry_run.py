@@ -70,8 +70,7 @@ def trace(recipe: Any, registry: ResolverRegistry, *, ranks: int, gpus_per_node:
 
     from llm_gym.planning.plan import build_on_meta
     from llm_gym.runner.distributed import World
-    from llm_gym.runner.parallelize import parallelize
-    from llm_gym.runner.trainer import DTYPES
+    from llm_gym.runner.parallelize import parallelize_as_configured
 
     start = time.perf_counter()
     s, entries = recipe.trainer, recipe.components()
@@ -84,15 +83,7 @@ def trace(recipe: Any, registry: ResolverRegistry, *, ranks: int, gpus_per_node:
     dist.init_process_group("fake", rank=rank, world_size=ranks)
     step = f"sharding the model with FSDP2 over {ranks} ranks"
     try:
-        model = parallelize(
-            model,
-            list(getattr(model, "blocks", [])),
-            world=world,
-            param_dtype=DTYPES[s.param_dtype],
-            reduce_dtype=DTYPES[s.reduce_dtype],
-            activation_checkpointing=s.activation_checkpointing,
-            compile=False,
-        )
+        model = parallelize_as_configured(model, s, world, compile=False)
         # Meta tensors are not fake ones; allow them in, as to_empty's source.
         with FakeTensorMode(allow_non_fake_inputs=True):
             step = "materialising the shards"

@@ -109,6 +109,26 @@ def _run_checkpointed(forward: Callable[..., Any], *args: Any, **kwargs: Any) ->
     return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parallelize_as_configured(
+    model: nn.Module, settings: Any, world: World, *, compile: bool | None = None
+) -> nn.Module:
+    """``parallelize`` with what a recipe's ``trainer`` section asks for; the model's
+    ``blocks`` are the units. ``compile`` overrides the settings (the dry run traces
+    eagerly)."""
+    return parallelize(
+        model,
+        list(getattr(model, "blocks", [])),
+        world=world,
+        param_dtype=PRECISIONS[settings.param_dtype],
+        reduce_dtype=PRECISIONS[settings.reduce_dtype],
+        activation_checkpointing=settings.activation_checkpointing,
+        compile=settings.compile if compile is None else compile,
+    )
+
+
 def clip_grad_norm_(
     parameters: Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0
 ) -> float:

@@ -35,7 +35,7 @@ from llm_gym.runner.distributed import (
 from llm_gym.runner.entry import RunJob
 from llm_gym.runner.flops import peak_flops
 from llm_gym.runner.metrics import MetricsLog, Subscribers, build_loggers, resolve_loggers
-from llm_gym.runner.parallelize import clip_grad_norm_, parallelize
+from llm_gym.runner.parallelize import clip_grad_norm_, parallelize_as_configured
 from llm_gym.runner.safety import (
     Interrupted,
     RunDirLock,
@@ -43,8 +43,6 @@ from llm_gym.runner.safety import (
     check_room,
     checkpoint_bytes,
 )
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def train_worker(
@@ -115,15 +113,7 @@ class Trainer:
         seed_everything(settings.seed, 0)
         with torch.device(world.device):
             model = registry.build_component_by_config(entries.pop("model"))
-        self.model = parallelize(
-            model,
-            list(getattr(model, "blocks", [])),
-            world=world,
-            param_dtype=DTYPES[settings.param_dtype],
-            reduce_dtype=DTYPES[settings.reduce_dtype],
-            activation_checkpointing=settings.activation_checkpointing,
-            compile=settings.compile,
-        )
+        self.model = parallelize_as_configured(model, settings, world)
         seed_everything(settings.seed, world.rank)  # dropout and sampling differ per rank
         built = registry.build_components(
             entries, extra_kwargs={"model": self.model, "world": world, "trainer": settings}

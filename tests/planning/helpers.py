@@ -20,8 +20,7 @@ from torch.distributed.tensor import DTensor
 from llm_gym.recipes.loading import load_recipe
 from llm_gym.registry import ResolverRegistry
 from llm_gym.runner.distributed import World, distributed_world, seed_everything
-from llm_gym.runner.parallelize import clip_grad_norm_, parallelize
-from llm_gym.runner.trainer import DTYPES
+from llm_gym.runner.parallelize import clip_grad_norm_, parallelize_as_configured
 from tests.threads import single_threaded
 
 RECIPE = "gpt2-debug"
@@ -41,9 +40,7 @@ def build(overrides: Sequence[str], world: World) -> tuple[nn.Module, Any, Any, 
     seed_everything(s.seed, 0)
     with torch.device(world.device):
         model = registry.build_component_by_config(entries["model"])
-    model = parallelize(model, list(model.blocks), world=world,
-                        param_dtype=DTYPES[s.param_dtype], reduce_dtype=DTYPES[s.reduce_dtype],
-                        activation_checkpointing=s.activation_checkpointing)
+    model = parallelize_as_configured(model, s, world, compile=False)
     built = registry.build_components(
         {k: entries[k] for k in ("loss", "optimizer")},
         extra_kwargs={"model": model, "world": world, "trainer": s})
