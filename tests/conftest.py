@@ -25,6 +25,19 @@ class BuiltinOptim:
         return collect_components("llm_gym_components.optim")
 
 
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One demo-data cache for the whole session: the corpus is prepared on first use."""
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+@pytest.fixture
+def use_demo_cache(demo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Runs in this test (in-process or in a subprocess) use the session's demo cache."""
+    monkeypatch.setenv("LLM_GYM_DEMO_CACHE", str(demo_cache))
+    return demo_cache
+
+
 @pytest.fixture
 def optim_registry() -> ResolverRegistry:
     manager = new_plugin_manager()

@@ -49,8 +49,7 @@ def test_every_torch_load_is_weights_only():
     assert offenders == []
 
 
-def test_checkpoint_of_another_model_size_is_refused_by_name(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLM_GYM_DEMO_CACHE", str(tmp_path / "demo"))
+def test_checkpoint_of_another_model_size_is_refused_by_name(tmp_path, use_demo_cache):
     run_dir = tmp_path / "run"
     base = [sys.executable, "-m", "llm_gym", "recipe", "run", "gpt2-debug", "--run-dir",
             str(run_dir), "trainer.max_steps=2", "trainer.eval_every=null"]

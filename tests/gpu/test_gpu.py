@@ -18,13 +18,10 @@ from llm_gym.runner.entry import run_recipe
 from llm_gym.runner.metrics import read_metrics
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.usefixtures("use_demo_cache")
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 needs_two = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
-
-
-@pytest.fixture(autouse=True)
-def demo_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLM_GYM_DEMO_CACHE", str(tmp_path / "demo"))
 
 
 def _losses(run_dir):

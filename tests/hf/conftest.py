@@ -13,12 +13,6 @@ SIZES = dict(vocab_size=67, n_positions=16, n_embd=32, n_layer=2, n_head=4)
 
 
 @pytest.fixture(scope="session")
-def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the demo corpus is prepared once for all these tests (set it with setenv)."""
-    return tmp_path_factory.mktemp("demo-cache")
-
-
-@pytest.fixture(scope="session")
 def debug_run(tmp_path_factory: pytest.TempPathFactory, demo_cache: Path) -> Path:
     """gpt2-debug trained for 2 steps (byte-level tokens)."""
     from llm_gym.runner.entry import run_recipe

@@ -22,16 +22,10 @@ from llm_gym.runner.metrics import (
 from llm_gym.runner.progress import Progress
 from llm_gym.runner.settings import LoggerEntry, TrainerSettings
 
+pytestmark = pytest.mark.usefixtures("use_demo_cache")
+
 TRAIN_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait_pct", "tokens"}
 EVAL_KEYS = {"step", "eval_loss", "eval_perplexity"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def demo_cache(tmp_path_factory: pytest.TempPathFactory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LLM_GYM_DEMO_CACHE", str(tmp_path_factory.mktemp("demo-cache")))
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="module")

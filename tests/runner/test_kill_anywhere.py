@@ -23,12 +23,7 @@ ARGS = ["trainer.max_steps=40", "trainer.checkpoint_every=1", "trainer.keep_last
 TRIALS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def demo_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LLM_GYM_DEMO_CACHE", str(tmp_path_factory.mktemp("demo")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("use_demo_cache")
 
 
 def _losses(run_dir: Path) -> list[float]:

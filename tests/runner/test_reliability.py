@@ -22,9 +22,7 @@ from tests.conftest import REPO
 FAULT_SITE = REPO / "tests" / "fixtures" / "fault_site"
 
 
-@pytest.fixture(autouse=True)
-def demo_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("LLM_GYM_DEMO_CACHE", str(tmp_path_factory.getbasetemp() / "demo"))
+pytestmark = pytest.mark.usefixtures("use_demo_cache")
 
 
 @pytest.fixture

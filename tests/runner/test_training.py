@@ -12,14 +12,7 @@ import pytest
 from llm_gym.runner.entry import run_recipe
 from llm_gym.runner.metrics import read_metrics
 
-
-@pytest.fixture(scope="module", autouse=True)
-def demo_cache(tmp_path_factory: pytest.TempPathFactory):
-    """One small demo corpus for the whole module (it is prepared on first use)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LLM_GYM_DEMO_CACHE", str(tmp_path_factory.mktemp("demo-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("use_demo_cache")
 
 
 def _losses(run_dir: Path) -> list[float]:
