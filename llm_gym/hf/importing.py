@@ -28,9 +28,9 @@ from llm_gym.hf.export import TOKENIZER_FILES
 from llm_gym.hf.files import read_config, write_model_dir
 from llm_gym.recipes.loading import check_dependencies, load_recipe
 from llm_gym.recipes.pins import current_pins
+from llm_gym.recipes.resolved import RESOLVED_FILE
 from llm_gym.registry import ResolverRegistry
 from llm_gym.runner.checkpoint import CHECKPOINTS
-from llm_gym.runner.loading_model import RESOLVED
 
 HF_SUBDIR = "hf"
 DEFAULT_BASE = "gpt2-tiny"
@@ -61,7 +61,7 @@ def import_hf(
     and, when ``source`` has tokenizer files, the tokenizer.
     """
     source, run_dir = Path(source), Path(run_dir)
-    if (run_dir / RESOLVED).exists() or (run_dir / CHECKPOINTS).exists():
+    if (run_dir / RESOLVED_FILE).exists() or (run_dir / CHECKPOINTS).exists():
         raise UserError(f"{run_dir}: already a run directory; import into a new one")
     registry = registry or ResolverRegistry.from_installed_plugins()
     config = read_config(source)
@@ -93,7 +93,7 @@ def import_hf(
     meta = dict(data.get("recipe") or {})
     meta["description"] = f"{loaded.ref.label} starting from {source.resolve()}"
     data["recipe"] = meta
-    recipe_path = run_dir / RESOLVED
+    recipe_path = run_dir / RESOLVED_FILE
     data["pins"] = current_pins(validate_recipe(data, registry, str(recipe_path)))
     recipe = validate_recipe(data, registry, str(recipe_path))
     check_dependencies(recipe, registry, str(recipe_path))

@@ -6,6 +6,9 @@ from typing import Any
 
 import yaml
 
+# Where a run keeps the recipe it ran, written by rank 0 before training starts.
+RESOLVED_FILE = "recipe.resolved.yaml"
+
 
 def resolved_yaml(loaded: Any) -> str:
     data = loaded.recipe.model_dump(mode="json", exclude_none=True)

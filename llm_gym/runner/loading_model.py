@@ -21,12 +21,11 @@ from torch import nn
 from llm_gym.config.recipe_model import RecipeBase, validate_recipe
 from llm_gym.errors import UserError
 from llm_gym.recipes.pins import find_drift
+from llm_gym.recipes.resolved import RESOLVED_FILE
 from llm_gym.registry import ComponentChoice, ResolverRegistry
 from llm_gym.registry.component import spec_of
 from llm_gym.runner.checkpoint import CHECKPOINTS, MARKER, latest_checkpoint
 from llm_gym.runner.distributed import World
-
-RESOLVED = "recipe.resolved.yaml"
 
 
 @dataclass
@@ -50,13 +49,13 @@ def locate(path: Path) -> tuple[Path, Path | None]:
         if path.name.endswith(".tmp"):
             raise UserError(f"{path}: an unfinished checkpoint; use a complete one")
         run_dir = path.parent.parent
-        if not (run_dir / RESOLVED).is_file():
-            raise UserError(f"{path}: its run directory {run_dir} has no {RESOLVED}")
+        if not (run_dir / RESOLVED_FILE).is_file():
+            raise UserError(f"{path}: its run directory {run_dir} has no {RESOLVED_FILE}")
         return run_dir, path
-    if (path / RESOLVED).is_file():
+    if (path / RESOLVED_FILE).is_file():
         return path, latest_checkpoint(path)
     raise UserError(
-        f"{path}: neither a run directory (with {RESOLVED}) nor a complete checkpoint "
+        f"{path}: neither a run directory (with {RESOLVED_FILE}) nor a complete checkpoint "
         f"(RUN_DIR/{CHECKPOINTS}/step_N with a {MARKER} marker)"
     )
 
@@ -71,7 +70,7 @@ def load_run_model(
     """Build the recipe's model (and tokenizer) and load the checkpoint's weights."""
     run_dir, checkpoint = locate(path)
     registry = registry or ResolverRegistry.from_installed_plugins()
-    source = run_dir / RESOLVED
+    source = run_dir / RESOLVED_FILE
     try:
         data = yaml.safe_load(source.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:

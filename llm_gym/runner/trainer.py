@@ -21,7 +21,7 @@ from torch.distributed.tensor import DTensor
 from llm_gym.errors import UserError
 from llm_gym.recipes.loading import LoadedRecipe, load_recipe
 from llm_gym.recipes.pins import current_pins
-from llm_gym.recipes.resolved import resolved_yaml
+from llm_gym.recipes.resolved import RESOLVED_FILE, resolved_yaml
 from llm_gym.registry import ResolverRegistry
 from llm_gym.runner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llm_gym.runner.data_feed import BatchFeed
@@ -141,7 +141,7 @@ class Trainer:
             self._restore(found)
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "recipe.resolved.yaml").write_text(self._resolved_text(), encoding="utf-8")
+            (run_dir / RESOLVED_FILE).write_text(self._resolved_text(), encoding="utf-8")
         self.tokens_per_step = (
             settings.micro_batch_size
             * settings.grad_accumulation
