@@ -131,7 +131,7 @@ def parallelize_as_configured(
 
 def clip_grad_norm_(
     parameters: Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0
-) -> float:
+) -> torch.Tensor:
     """Scale gradients so their global norm is at most ``max_norm``; return the norm before.
 
     With FSDP2 each rank holds a shard of every gradient; the norm of the local shards is
@@ -139,14 +139,16 @@ def clip_grad_norm_(
     across shards; ``full_tensor()`` makes it a plain tensor (and would all-reduce if
     it were still a partial sum), so every rank clips by the same factor and returns
     the same, global, number. May return inf/nan: callers decide whether to skip the
-    step.
+    step. The norm stays a 0-dim tensor on the gradients' device, so clipping reads
+    nothing back to the host.
     """
+    parameters = list(parameters)
     params = [p for p in parameters if p.grad is not None]
     if not params:
-        return 0.0
+        return torch.zeros((), device=parameters[0].device if parameters else None)
     grads = [p.grad for p in params]
     total = torch.nn.utils.get_total_norm(grads, norm_type=norm_type)
     if isinstance(total, DTensor):
         total = total.full_tensor()
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    return float(total.item())
+    return total

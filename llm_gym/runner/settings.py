@@ -54,7 +54,10 @@ class TrainerSettings(BaseModel):
         None, ge=0, description="batches read ahead on a thread; default 2 on GPU, 0 on CPU"
     )
     on_nonfinite: Literal["stop", "skip"] = Field(
-        "stop", description="a non-finite loss or grad norm: stop the run, or skip the step"
+        "stop",
+        description="a non-finite loss or grad norm: stop the run, or skip the update "
+        "(the LR schedule still advances); with a fused optimizer it is noticed at the "
+        "next logging step or checkpoint, without a per-step host sync",
     )
     checkpoint_on_interrupt: bool = Field(True, description="save a checkpoint on Ctrl-C")
     sample_prompt: str | None = Field(None, description="text to continue after training")

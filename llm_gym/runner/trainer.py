@@ -9,7 +9,6 @@ and from the runner ``world`` (ranks, device) and ``trainer`` (the trainer setti
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from llm_gym.runner.distributed import (
 from llm_gym.runner.entry import RunJob
 from llm_gym.runner.flops import peak_flops
 from llm_gym.runner.metrics import MetricsLog, Subscribers, build_loggers, resolve_loggers
+from llm_gym.runner.nonfinite import NonfiniteGuard
 from llm_gym.runner.parallelize import clip_grad_norm_, parallelize_as_configured
 from llm_gym.runner.safety import (
     Interrupted,
@@ -121,6 +121,8 @@ class Trainer:
         self.optimizer = built["optimizer"]
         self.scheduler = built.get("scheduler")
         self.loss_fn = built["loss"]
+        self.guard = NonfiniteGuard(self.optimizer, settings.on_nonfinite, main=self.main,
+                                    describe_checkpoint=self._describe_latest)
         self.tokenizer = built.get("tokenizer")
         prefetch = settings.prefetch
         if prefetch is None:  # on a CPU, reading ahead only competes with the step for cores
@@ -179,12 +181,13 @@ class Trainer:
             while self.step < s.max_steps:
                 if self._stop_agreed(stop):
                     self._stop_on_request()
-                loss, grad_norm = self._train_step()
+                loss = self._train_step()
                 self.step += 1
                 interval_steps += 1
                 if self.step % s.log_every == 0 or self.step == s.max_steps:
+                    self.guard.check(self.step)
                     elapsed = time.perf_counter() - interval_start - excluded
-                    record = self._train_record(loss, grad_norm, interval_steps, elapsed)
+                    record = self._train_record(loss, interval_steps, elapsed)
                     last_loss = record["loss"]
                     self.metrics.log_train(record)
                     interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
@@ -206,7 +209,9 @@ class Trainer:
         self.metrics.close()
         self.train_feed.close()
 
-    def _train_step(self) -> tuple[torch.Tensor, float]:
+    def _train_step(self) -> torch.Tensor:
+        """One optimizer step; returns the summed loss as a device tensor. Nothing here
+        reads a device value back to the host (see runner/nonfinite.py)."""
         s, model = self.settings, self.model
         model.train()
         total = torch.zeros((), device=self.world.device)
@@ -218,20 +223,14 @@ class Trainer:
             loss = self.loss_fn(model(batch[:, :-1]), batch[:, 1:]) / s.grad_accumulation
             loss.backward()
             total += loss.detach()
+        # The same global norm on every rank, so every rank skips the same steps.
         grad_norm = clip_grad_norm_(model.parameters(), s.grad_clip or math.inf)
-        if not math.isfinite(grad_norm):  # the same global number on every rank
-            self.optimizer.zero_grad(set_to_none=True)
-            self._diverged(grad_norm)
-            return total, grad_norm
-        self.optimizer.step()
+        self.guard.step(grad_norm, self.step + 1)
         if self.scheduler is not None:
             self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total, grad_norm
+        return total
 
-    def _train_record(
-        self, loss: torch.Tensor, grad_norm: float, steps: int, elapsed: float
-    ) -> dict[str, Any]:
+    def _train_record(self, loss: torch.Tensor, steps: int, elapsed: float) -> dict[str, Any]:
         tokens_per_s = self.tokens_per_step * steps / elapsed if elapsed > 0 else None
         waited, self.train_feed.wait_seconds = self.train_feed.wait_seconds, 0.0
         mfu = None
@@ -241,7 +240,7 @@ class Trainer:
             "step": self.step,
             "loss": all_reduce_mean(loss, self.world).item(),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "grad_norm": grad_norm,
+            "grad_norm": self.guard.last_norm,
             "tokens_per_s": tokens_per_s,
             "mfu": mfu,
             "data_wait_pct": 100 * waited / elapsed if elapsed > 0 else None,
@@ -297,23 +296,14 @@ class Trainer:
             f"and --run-dir {self.run_dir} --resume"
         )
 
-    def _diverged(self, grad_norm: float) -> None:
-        step = self.step + 1
-        if self.settings.on_nonfinite == "stop":
-            latest = latest_checkpoint(self.run_dir)
-            raise UserError(
-                f"step {step}: the loss or gradient norm is {grad_norm} (not finite); "
-                "stopped before updating the weights. "
-                + (f"The newest checkpoint, {latest}, is intact. " if latest else "")
-                + "Lower the learning rate, or set trainer.on_nonfinite=skip to skip such steps"
-            )
-        if self.main:
-            print(f"warning: step {step}: gradient norm {grad_norm}; step skipped",
-                  file=sys.stderr, flush=True)
+    def _describe_latest(self) -> str:
+        latest = latest_checkpoint(self.run_dir)
+        return f"The newest checkpoint, {latest}, is intact. " if latest else ""
 
     # -- checkpoints -----------------------------------------------------------------------
 
     def save(self) -> Path:
+        self.guard.check(self.step)  # never save past a step the guard would stop at
         # The divergence guard keeps weights finite; this makes sure no path around it
         # ever turns a good checkpoint directory into a poisoned one.
         if not self._weights_finite():

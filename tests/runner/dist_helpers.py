@@ -123,8 +123,8 @@ def parallel_suite(steps: int = 3) -> dict[str, Any]:
             for step in range(steps):
                 loss = lm_loss(model, local_part(global_batch(step), world))
                 loss.backward()
-                norms.append(clip_grad_norm_(model.parameters(), max_norm=0.5))
-                clipped.append(clip_grad_norm_(model.parameters(), max_norm=float("inf")))
+                norms.append(float(clip_grad_norm_(model.parameters(), max_norm=0.5)))
+                clipped.append(float(clip_grad_norm_(model.parameters(), max_norm=float("inf"))))
                 optimizer.step()
                 optimizer.zero_grad()
                 losses.append(all_reduce_mean(loss.detach(), world).item())
