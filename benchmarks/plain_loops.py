@@ -25,7 +25,7 @@ def _adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                               {"params": no_decay, "weight_decay": 0.0}],
-                             lr=1e-3, betas=(0.9, 0.95), foreach=True)
+                             lr=1e-3, betas=(0.9, 0.95), fused=True)
 
 
 def train_tokens_per_s(model: torch.nn.Module, data: PackedMemMapDataset, batch: int,

@@ -46,12 +46,17 @@ def test_decay_must_end_after_warmup():
         WarmupCosineConfig(warmup_steps=10, decay_steps=10)
 
 
-def test_adamw_decays_matrices_only_and_uses_foreach_on_cpu():
+def test_adamw_decays_matrices_only_and_uses_the_fused_kernel_on_cpu():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     optimizer = AdamWConfig(lr=1e-3, weight_decay=0.1).build(model)
     decay, no_decay = optimizer.param_groups
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert len(no_decay["params"]) == 3  # Linear bias, LayerNorm weight and bias
-    assert decay["foreach"] is True
+    assert decay["fused"] is True and not decay["foreach"]
+    with torch.device("meta"):  # no fused kernel there (the planning dry run builds on meta)
+        on_meta = torch.nn.Linear(4, 4)
+    assert AdamWConfig(lr=1e-3).build(on_meta).param_groups[0]["foreach"] is True
+    forced = AdamWConfig(lr=1e-3, implementation="foreach").build(model).param_groups[0]
+    assert forced["foreach"] is True and not forced["fused"]
     assert SGDConfig(lr=0.1).build(model).param_groups[0]["lr"] == 0.1
