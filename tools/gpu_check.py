@@ -5,12 +5,15 @@ Usage (on a CUDA machine, via `nox -s gpu` or directly):
     python tools/gpu_check.py --cpu-smoke      # the same path on a CPU, tiny model
 
 It trains the gpt2-124m recipe on synthetic tokens (no dataset, no tokenizer files
-needed), so throughput reflects the model and the runner alone, and prints a table.
+needed), so throughput reflects the model and the runner alone, and prints a table. A
+short eager run first measures the peak GPU memory beside what `recipe plan` predicts
+for it, so one run also checks the plan's GPU-only terms.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -22,7 +25,10 @@ import numpy as np
 import torch
 
 from llm_gym.data.packed import PackedWriter
+from llm_gym.planning.plan import make_plan
+from llm_gym.recipes.loading import load_recipe
 from llm_gym.runner.entry import run_recipe
+from llm_gym.runner.flops import GPU_MEMORY_GIB
 from llm_gym.runner.metrics import read_metrics
 
 VOCAB, EOD = 50304, 50256
@@ -48,6 +54,26 @@ def throughput(run_dir: Path, overrides: list[str], nproc: int = 1) -> dict:
         "final_loss": records[-1]["loss"],
         "wall_s": time.perf_counter() - started,
     }
+
+
+def memory_check(run_dir: Path, overrides: list[str]) -> dict:
+    """Peak memory of 3 eager steps (``torch.cuda.max_memory_allocated``) beside the
+    plan's peak for the same recipe on one GPU; on a CPU only the prediction."""
+    eager = [*overrides, "trainer.compile=false", "trainer.max_steps=3", "trainer.log_every=3",
+             "scheduler.config.warmup_steps=1"]
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    gpu = next((key for key in GPU_MEMORY_GIB if key in name), "H100")
+    plan = make_plan(load_recipe("gpt2-124m", eager).recipe, label="gpt2-124m", nodes=1,
+                     gpus_per_node=1, gpu=gpu)
+    measured = None
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        run_recipe("gpt2-124m", eager, run_dir=run_dir)
+        measured = torch.cuda.max_memory_allocated()
+    return {"predicted_gib": plan.memory().peak / 2**30,
+            "measured_gib": measured / 2**30 if measured is not None else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                           "model.config.n_head=2", "trainer.seq_len=64",
                           "model.config.n_positions=64", "trainer.param_dtype=fp32",
                           "trainer.compile=false"]
+        memory = memory_check(tmp_path / "memory", overrides)
         rows = {"1 GPU, bf16, compile" if not args.cpu_smoke else "cpu smoke":
                 throughput(tmp_path / "run1", overrides)}
         if torch.cuda.device_count() >= 2:
@@ -89,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "n/a"
         print(f"{name:32} {row['tokens_per_s']:12,.0f} {mfu:>7} {row['final_loss']:7.3f} "
               f"{row['wall_s']:7.1f}")
-    args.out.write_text(json.dumps({"device": device, "torch": torch.__version__, **rows},
-                                   indent=2))
+    measured = memory["measured_gib"]
+    print(f"\npeak memory, 1 GPU, eager: plan {memory['predicted_gib']:.2f} GiB, measured "
+          + (f"{measured:.2f} GiB (plan / measured {memory['predicted_gib'] / measured:.3f})"
+             if measured is not None else "n/a (no GPU)"))
+    args.out.write_text(json.dumps({"device": device, "torch": torch.__version__,
+                                    "memory": memory, **rows}, indent=2))
     return 0
 
 

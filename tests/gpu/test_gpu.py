@@ -1,8 +1,9 @@
 """GPU tests (nccl, bf16, compile, FSDP2): run by `nox -s gpu` on a CUDA machine.
 
 Their CPU twins: tests/runner/test_parallelize.py (bf16 compute, compile, activation
-checkpointing, 2 gloo processes) and tests/runner/test_training.py (the runner end to end),
-and test_gpu_check_smoke_on_cpu below for the benchmark script.
+checkpointing, 2 gloo processes), tests/runner/test_training.py (the runner end to end),
+tests/runner/test_nonfinite.py (no per-step host reads, skipping on the device), and
+test_gpu_check_smoke_on_cpu below for the benchmark script.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ import torch
 from llm_gym.runner.entry import run_recipe
 from llm_gym.runner.metrics import read_metrics
 from tests.conftest import REPO
+from tests.host_reads import reads_in_run
 
 pytestmark = pytest.mark.usefixtures("use_demo_cache")
 
@@ -40,6 +43,40 @@ def test_bf16_training_on_cuda(tmp_path, compile):
 
 
 @pytest.mark.gpu
+@needs_cuda
+def test_no_host_device_sync_per_step_on_cuda(tmp_path):
+    """8 steps read back no more than 4 do: neither ``.item()``-style reads nor any other
+    synchronizing CUDA call (torch's sync debug mode) grows with the steps."""
+
+    def syncs(steps: int) -> tuple[int, int]:
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                reads = reads_in_run(tmp_path / str(steps), steps, ["trainer.param_dtype=bf16"])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return reads, sum("synchronizing" in str(w.message) for w in caught)
+
+    assert syncs(8) == syncs(4)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_nonfinite_steps_are_skipped_on_the_device(tmp_path, monkeypatch, capfd):
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "fixtures" / "fault_site"))
+    args = ["loss.type_hint=FaultyCrossEntropy", "loss.config.nan_at_calls=[3,5]",
+            "trainer.on_nonfinite=skip", "trainer.eval_every=null", "trainer.log_every=4",
+            "trainer.param_dtype=bf16"]
+    result = run_recipe("gpt2-debug", args, run_dir=tmp_path / "run")
+    err = capfd.readouterr().err
+    assert result["step"] == 8 and result["loss"] == result["loss"]  # finite at the end
+    assert "step 3: gradient norm nan; step skipped" in err
+    assert "step 5: gradient norm nan; step skipped" in err
+    sys.modules.pop("llm_gym_fault_plugin", None)
+
+
+@pytest.mark.gpu
 @needs_two
 def test_nccl_two_gpus_match_one(tmp_path):
     run_recipe("gpt2-debug", ["trainer.micro_batch_size=4"], run_dir=tmp_path / "one")
@@ -59,3 +96,5 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     row = json.loads(out.read_text())["cpu smoke"]
     assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
     assert "tokens/s" in result.stdout
+    memory = json.loads(out.read_text())["memory"]
+    assert memory["predicted_gib"] > 0 and memory["measured_gib"] is None  # no GPU here

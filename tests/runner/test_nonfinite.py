@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from llm_gym.errors import UserError
 from llm_gym.runner.checkpoint import latest_checkpoint
@@ -15,43 +14,9 @@ from llm_gym.runner.entry import run_recipe
 from llm_gym.runner.metrics import read_metrics
 from llm_gym.runner.nonfinite import NonfiniteGuard, skips_on_device
 from tests.conftest import REPO
+from tests.host_reads import HostReads, reads_in_run
 
 FAULT_SITE = REPO / "tests" / "fixtures" / "fault_site"
-
-
-class HostReads(TorchDispatchMode):
-    """Counts reads of tensor values into Python, each a host-device sync on a GPU:
-    ``.item()``, ``float()`` and ``bool()`` dispatch ``aten._local_scalar_dense``;
-    ``.tolist()`` and ``.numpy()`` read a CPU tensor's memory without dispatching, so they
-    are counted by wrapping them while the mode is active."""
-
-    READERS = ("tolist", "numpy")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-    def __enter__(self):
-        for name in self.READERS:
-            setattr(torch.Tensor, name, self._counted(getattr(torch.Tensor, name)))
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        for name in self.READERS:
-            delattr(torch.Tensor, name)  # the TensorBase method shows through again
-        return super().__exit__(*exc)
-
-    def _counted(self, method):
-        def read(tensor, *args, **kwargs):
-            self.count += 1
-            return method(tensor, *args, **kwargs)
-
-        return read
 
 
 def _model_and_optimizer(implementation: str):
@@ -169,15 +134,12 @@ def test_a_run_with_a_fused_optimizer_stops_at_the_next_check_without_saving_pas
 @pytest.mark.usefixtures("use_demo_cache")
 def test_a_run_reads_the_device_once_per_logging_interval_not_once_per_step(tmp_path):
     """The same run for 4 and for 8 steps, logging only at the end: with the fused
-    optimizer the number of host reads does not grow with the steps."""
+    optimizer the number of host reads does not grow with the steps. (Its GPU twin is in
+    tests/gpu.)"""
 
     def host_reads(steps: int, implementation: str) -> int:
-        args = [f"trainer.max_steps={steps}", f"trainer.log_every={steps}",
-                "trainer.eval_every=null", "trainer.checkpoint_every=null",
-                "trainer.sample_prompt=null", f"optimizer.config.implementation={implementation}"]
-        with HostReads() as reads:
-            run_recipe("gpt2-debug", args, run_dir=tmp_path / f"{implementation}-{steps}")
-        return reads.count
+        return reads_in_run(tmp_path / f"{implementation}-{steps}", steps,
+                            [f"optimizer.config.implementation={implementation}"])
 
     fused = host_reads(8, "fused") - host_reads(4, "fused")
     foreach = host_reads(8, "foreach") - host_reads(4, "foreach")
