@@ -31,6 +31,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
+from llm_gym.errors import UserError
 from llm_gym.runner.distributed import World
 
 ActivationCheckpointing = Literal["none", "full"] | int
@@ -76,6 +77,7 @@ def parallelize(
         # Sharding over one rank shards nothing and casts nothing: FSDP's all-gathers would
         # only copy, measured at ~15% of a small model's step on CPU. Skip the wrapper.
         return model
+    _check_one_group_per_parameter(model, blocks)
     mesh = init_device_mesh(world.device.type, (world.world_size,), mesh_dim_names=("dp",))
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for index, block in enumerate(blocks):
@@ -85,6 +87,30 @@ def parallelize(
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=not last)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def _check_one_group_per_parameter(model: nn.Module, blocks: Sequence[nn.Module]) -> None:
+    """FSDP2 shards each block as one group and the root as another, so a parameter
+    used in two of them (cross-layer weight sharing) cannot be sharded. Recent torch
+    releases refuse it at the first forward; older ones do not, so check here, for every
+    release, before anything is sharded."""
+    block_names = {id(b): name for name, b in model.named_modules() if any(b is x for x in blocks)}
+    groups: dict[int, dict[str, str]] = {}  # parameter -> {group: one name of it there}
+    for name, module in model.named_modules(remove_duplicate=False):
+        group = next((block_names[id(b)] for b in blocks
+                      if name == block_names[id(b)]
+                      or name.startswith(block_names[id(b)] + ".")), "the root")
+        for pname, param in module.named_parameters(recurse=False):
+            groups.setdefault(id(param), {}).setdefault(group, f"{name}.{pname}".lstrip("."))
+    for where in groups.values():
+        if len(where) > 1:
+            uses = ", ".join(f"'{n}' (in {g})" for g, n in where.items())
+            raise UserError(
+                f"one parameter is used in more than one FSDP group: {uses}. FSDP2 shards "
+                "each block, and the root, as a group of its own, and a parameter can "
+                "belong to one only; give each block its own weights, or share them "
+                "outside the blocks"
+            )
 
 
 def _checkpointed_indices(num_blocks: int, mode: ActivationCheckpointing) -> list[int]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from llm_gym.errors import UserError
 from llm_gym.runner.distributed import distributed_world, seed_everything
 from llm_gym.runner.parallelize import clip_grad_norm_, parallelize
 
@@ -180,3 +181,21 @@ def test_one_rank_in_fp32_stays_unwrapped_but_mixed_precision_is_sharded() -> No
         mixed = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
         wrapped = parallelize(mixed, list(mixed), world=world, param_dtype=torch.bfloat16)
         assert isinstance(wrapped, FSDPModule)
+
+
+def test_a_weight_shared_by_a_block_and_the_root_is_refused_before_sharding() -> None:
+    """A parameter can be sharded in one FSDP group only; say which, on every torch."""
+    def shared() -> nn.Module:
+        model = h.TinyLM()
+        model.h[1].norm.weight = model.ln_f.weight  # cross-group sharing: valid PyTorch
+        return model
+
+    with distributed_world() as world:  # one rank, but bf16 compute: FSDP still wraps
+        model = shared()
+        with pytest.raises(UserError, match=r"used in more than one FSDP group: "
+                                            r"'h.1.norm.weight' \(in h.1\), 'ln_f.weight' "
+                                            r"\(in the root\)"):
+            parallelize(model, list(model.h), world=world, param_dtype=torch.bfloat16)
+        # One fp32 rank shards nothing, so nothing stops the shared model there.
+        model = shared()
+        assert parallelize(model, list(model.h), world=world) is model
