@@ -24,8 +24,8 @@ from llm_gym.config.recipe_model import validate_recipe
 from llm_gym.errors import UserError
 from llm_gym.fileio import atomic_output
 from llm_gym.hf.adapter import component_for_model_type
-from llm_gym.hf.export import TOKENIZER_FILES
 from llm_gym.hf.files import read_config, write_model_dir
+from llm_gym.hf.tokenizer_files import TOKENIZER_FILES
 from llm_gym.recipes.loading import check_dependencies, load_recipe
 from llm_gym.recipes.pins import current_pins
 from llm_gym.recipes.resolved import RESOLVED_FILE

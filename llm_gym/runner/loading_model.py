@@ -3,7 +3,9 @@
 For export, generation and evaluation outside training: no process group, no FSDP. The
 recipe is rebuilt from ``RUN_DIR/recipe.resolved.yaml`` through the registry, so the model
 and tokenizer are exactly the recipe's components; the weights come from the checkpoint's
-``model.*`` entries (DCP reads them without the optimizer state).
+``model.*`` entries (DCP reads them without the optimizer state). The tokenizer comes from
+the files the run saved in ``RUN_DIR/tokenizer/`` where there are some, so a run copied to
+another machine needs nothing that built its tokenizer (a corpus, a vocabulary package).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from torch import nn
 
 from llm_gym.config.recipe_model import RecipeBase, validate_recipe
 from llm_gym.errors import UserError
+from llm_gym.hf.adapter import adapter_for_model
+from llm_gym.hf.tokenizer_files import RUN_TOKENIZER_DIR, saved_eod_token
 from llm_gym.recipes.pins import find_drift
 from llm_gym.recipes.resolved import RESOLVED_FILE
 from llm_gym.registry import ComponentChoice, ResolverRegistry
@@ -96,8 +100,36 @@ def load_run_model(
 
     tok = None
     if tokenizer and recipe.components().get("tokenizer") is not None:
-        tok = _build(registry, recipe.components()["tokenizer"], recipe, cpu)
+        tok = _saved_tokenizer(registry, model, run_dir)
+        if tok is None:
+            tok = _build(registry, recipe.components()["tokenizer"], recipe, cpu)
     return RunModel(model, tok, recipe, run_dir, checkpoint, registry, notes)
+
+
+def _saved_tokenizer(registry: ResolverRegistry, model: nn.Module, run_dir: Path) -> Any | None:
+    """The tokenizer rebuilt from ``RUN_DIR/tokenizer/`` by the component the model's
+    Hugging Face adapter names for such files; None where the run saved none (a tokenizer
+    with no such form, an older run) or no adapter handles the model."""
+    directory = run_dir / RUN_TOKENIZER_DIR
+    if not (directory / "tokenizer.json").is_file():
+        return None
+    try:
+        adapter = adapter_for_model(registry, model)
+    except UserError:
+        return None
+    from tokenizers import Tokenizer
+
+    eod = saved_eod_token(directory)
+    try:
+        eod_id = Tokenizer.from_file(str(directory / "tokenizer.json")).token_to_id(eod or "")
+    except Exception as exc:  # the Rust side raises plain Exception
+        raise UserError(f"{directory / 'tokenizer.json'}: the run's saved tokenizer does "
+                        f"not load: {exc}") from None
+    entry = adapter.tokenizer_entry(directory, {"eos_token_id": eod_id})
+    if entry is None:
+        return None
+    return registry.build_component_by_key_query("tokenizer", entry["type_hint"],
+                                                 entry["config"])
 
 
 def _build(registry: ResolverRegistry, entry: ComponentChoice, recipe: RecipeBase,

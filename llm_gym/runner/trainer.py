@@ -18,6 +18,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from llm_gym.errors import UserError
+from llm_gym.hf.tokenizer_files import RUN_TOKENIZER_DIR, write_tokenizer_files
 from llm_gym.recipes.loading import LoadedRecipe, load_recipe
 from llm_gym.recipes.pins import current_pins
 from llm_gym.recipes.resolved import RESOLVED_FILE, resolved_yaml
@@ -144,6 +145,7 @@ class Trainer:
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / RESOLVED_FILE).write_text(self._resolved_text(), encoding="utf-8")
+            self._save_tokenizer()
         self.tokens_per_step = (
             settings.micro_batch_size
             * settings.grad_accumulation
@@ -336,6 +338,16 @@ class Trainer:
         self.train_feed.load_state_dict(extra["train_data"])
         if self.scheduler is not None and "scheduler" in extra:
             self.scheduler.load_state_dict(extra["scheduler"])
+
+    def _save_tokenizer(self) -> None:
+        """``RUN_DIR/tokenizer/``: the tokenizer as Hugging Face files, where it has that
+        form, so generate and export rebuild it anywhere (see runner/loading_model.py)."""
+        if getattr(self.tokenizer, "hf_tokenizer", None) is None:
+            return
+        directory = self.run_dir / RUN_TOKENIZER_DIR
+        directory.mkdir(exist_ok=True)
+        write_tokenizer_files(self.tokenizer, directory, name=None,
+                              max_length=self.settings.seq_len)
 
     def _resolved_text(self) -> str:
         header = (

@@ -135,3 +135,41 @@ def test_cli_errors_are_short(tmp_path: Path) -> None:
     result = run_cli("generate", str(tmp_path), "--prompt", "x")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "neither a run directory" in result.stderr
+
+
+def test_a_run_carries_its_tokenizer_to_machines_without_its_source(
+    tmp_path: Path, demo_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's tokenizer.json is gone afterwards (another machine, a cleaned cache):
+    generate and export still rebuild the same tokenizer, from RUN_DIR/tokenizer/."""
+    from llm_gym.data.tokenizer_training import train_bpe_tokenizer
+    from llm_gym.runner.entry import run_recipe
+    from llm_gym_components.tokenizers import HFJsonTokenizer
+
+    monkeypatch.setenv("LLM_GYM_DEMO_CACHE", str(demo_cache))
+    source = tmp_path / "elsewhere"
+    source.mkdir()
+    words = "the value of a function returns an object with its name and type".split()
+    with open(source / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for i in range(200):
+            f.write(json.dumps({"text": " ".join(words[i % 7:]) + f" {i}."}) + "\n")
+    tokenizer_json = train_bpe_tokenizer(source / "corpus.jsonl", 300, source / "tok.json")
+    original = HFJsonTokenizer(tokenizer_json)
+    run_dir = tmp_path / "run"
+    run_recipe("gpt2-debug", ["tokenizer.type_hint=HFJson",
+                              f"tokenizer.config.path={tokenizer_json}",
+                              "model.config.vocab_size=300", "trainer.max_steps=2",
+                              "trainer.eval_every=null"], run_dir=run_dir)
+    assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
+    tokenizer_json.unlink()
+
+    carried = load_run_model(run_dir).tokenizer
+    text = "the name of the object returns 12."
+    assert carried.encode(text) == original.encode(text)
+    assert carried.eod_id == original.eod_id and carried.vocab_size == original.vocab_size
+    result = export_hf(run_dir, tmp_path / "export")
+    assert "tokenizer.json" in result.files
+    generated = run_cli("generate", str(run_dir), "--prompt", "the value",
+                        "--max-new-tokens", "4", "--temperature", "0")
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout.startswith("the value")

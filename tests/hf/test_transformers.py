@@ -18,10 +18,11 @@ transformers = pytest.importorskip(
 import safetensors.torch  # noqa: E402  - a dependency of transformers
 
 from llm_gym.data.tokenizer_training import train_bpe_tokenizer  # noqa: E402
-from llm_gym.hf.export import export_hf, write_tokenizer_files  # noqa: E402
+from llm_gym.hf.export import export_hf  # noqa: E402
 from llm_gym.hf.files import write_model_dir  # noqa: E402
 from llm_gym.hf.importing import import_hf  # noqa: E402
 from llm_gym.hf.safetensors import save_file  # noqa: E402
+from llm_gym.hf.tokenizer_files import write_tokenizer_files  # noqa: E402
 from llm_gym.runner.loading_model import load_run_model  # noqa: E402
 from llm_gym_components.models.gpt2_hf import GPT2HFAdapter  # noqa: E402
 from llm_gym_components.tokenizers import GPT2BPETokenizer, HFJsonTokenizer  # noqa: E402
