@@ -52,6 +52,12 @@ _TMP_SUFFIX = ".tmp"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint's files failed (on any rank): a full disk, a quota, an I/O
+    error. Raised on every rank; the partial checkpoint is already removed and the
+    earlier complete ones are untouched."""
+
+
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     """Where the complete checkpoint of ``step`` lives (or would live)."""
     return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}"
@@ -96,12 +102,22 @@ def save_checkpoint(
     _together(world, prepare, "preparing")
     state = _dcp_state(model, optimizer)
     try:
-        dcp.save(state, checkpoint_id=tmp)
-    except dcp.CheckpointException as exc:
-        # Raised on every rank when any rank failed to write (disk full, ...). It is a
-        # BaseException; re-raise as an ordinary error with the ranks' actual causes.
-        raise RuntimeError(f"writing checkpoint {tmp} failed: {_dcp_error(exc)}") from exc
-    _together(world, lambda: _write_durably(tmp / _rank_file(world.rank), payload), "writing")
+        try:
+            dcp.save(state, checkpoint_id=tmp)
+        except dcp.CheckpointException as exc:
+            # Raised on every rank when any rank failed to write (disk full, ...). It is a
+            # BaseException; re-raise as an ordinary error with the ranks' actual causes.
+            raise CheckpointWriteError(_dcp_error(exc)) from exc
+        _together(world, lambda: _write_durably(tmp / _rank_file(world.rank), payload),
+                  "writing")
+    except (CheckpointWriteError, OSError, RuntimeError) as exc:
+        # Every rank is here (both steps end in agreement). The partial files go at once:
+        # on a full disk they hold the space the user needs back.
+        if is_main(world):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, CheckpointWriteError):
+            raise
+        raise CheckpointWriteError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
     commit = functools.partial(_commit, tmp, final, step, world.world_size, keep_last)
     _together(world, commit if is_main(world) else None, "completing")
     return final

@@ -240,9 +240,15 @@ def _describe(failures: dict[int, WorkerFailure]) -> str:
     else:
         ranks = ", ".join(str(r) for r in failures)
         headline = f"worker ranks {ranks} failed (the likely cause first)"
-    lines = [headline]
+    # Ranks that agreed on one failure (a checkpoint every rank could not write) report
+    # the same words: say them once, for all of those ranks.
+    same: dict[tuple[int, str], list[int]] = {}
     for failure in failures.values():
-        lines.append(f"  rank {failure.rank} (exit code {failure.exitcode}): {failure.message}")
+        same.setdefault((failure.exitcode, failure.message), []).append(failure.rank)
+    lines = [headline]
+    for (exitcode, message), ranks in same.items():
+        who = "rank" if len(ranks) == 1 else "ranks"
+        lines.append(f"  {who} {', '.join(map(str, ranks))} (exit code {exitcode}): {message}")
     return "\n".join(lines)
 
 

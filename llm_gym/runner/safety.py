@@ -68,6 +68,15 @@ class RunDirLock:
             self._handle = None
 
 
+def human_size(n: float) -> str:
+    """``n`` bytes in the largest binary unit that keeps the number at least 1."""
+    units = ("B", "KiB", "MiB", "GiB")
+    power = 0
+    while n >= 1024 and power < len(units) - 1:
+        n, power = n / 1024, power + 1
+    return f"{n:.0f} B" if power == 0 else f"{n:.2f} {units[power]}"
+
+
 def checkpoint_bytes(model: torch.nn.Module, optimizer_states_per_param: int = 2) -> int:
     """A checkpoint's size on disk: fp32 parameters plus the optimizer's per-parameter
     states (AdamW keeps two). ``numel`` of a sharded parameter is its global size."""

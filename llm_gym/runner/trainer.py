@@ -9,6 +9,7 @@ and from the runner ``world`` (ranks, device) and ``trainer`` (the trainer setti
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +18,18 @@ from typing import Any
 import torch
 from torch.distributed.tensor import DTensor
 
-from llm_gym.errors import UserError
+from llm_gym.errors import ReportedError, UserError
 from llm_gym.hf.tokenizer_files import RUN_TOKENIZER_DIR, write_tokenizer_files
 from llm_gym.recipes.loading import LoadedRecipe, load_recipe
 from llm_gym.recipes.pins import current_pins
 from llm_gym.recipes.resolved import RESOLVED_FILE, resolved_yaml
 from llm_gym.registry import ResolverRegistry
-from llm_gym.runner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm_gym.runner.checkpoint import (
+    CheckpointWriteError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from llm_gym.runner.data_feed import BatchFeed
 from llm_gym.runner.distributed import (
     World,
@@ -43,6 +49,7 @@ from llm_gym.runner.safety import (
     StopRequest,
     check_room,
     checkpoint_bytes,
+    human_size,
 )
 
 
@@ -313,15 +320,30 @@ class Trainer:
         extra = {"step": self.step, "train_data": self.train_feed.state_dict()}
         if self.scheduler is not None:
             extra["scheduler"] = self.scheduler.state_dict()
-        return save_checkpoint(
-            self.run_dir,
-            self.step,
-            model=self.model,
-            optimizer=self.optimizer,
-            world=self.world,
-            extra=extra,
-            keep_last=self.settings.keep_last,
-        )
+        try:
+            return save_checkpoint(
+                self.run_dir,
+                self.step,
+                model=self.model,
+                optimizer=self.optimizer,
+                world=self.world,
+                extra=extra,
+                keep_last=self.settings.keep_last,
+            )
+        except CheckpointWriteError as exc:
+            raise ReportedError(self._save_failed(str(exc))) from exc
+
+    def _save_failed(self, cause: str) -> str:
+        root = self.run_dir / "checkpoints"
+        free = shutil.disk_usage(root if root.exists() else self.run_dir).free
+        latest = latest_checkpoint(self.run_dir)
+        kept = (f"the newest complete checkpoint, {latest}, is intact" if latest
+                else "no earlier checkpoint exists")
+        return (f"step {self.step}: writing the checkpoint failed ({cause}); the partial "
+                f"one was removed and {kept}. {human_size(free)} free under {root}, "
+                f"a checkpoint takes about {human_size(checkpoint_bytes(self.model))}: "
+                "make room, then continue with the same command and "
+                f"--run-dir {self.run_dir} --resume")
 
     def _weights_finite(self) -> bool:
         """True on every rank iff every rank's shard of every parameter is finite."""

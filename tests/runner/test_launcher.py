@@ -44,3 +44,15 @@ def test_a_user_error_in_a_worker_surfaces_as_a_user_error() -> None:
 def test_nproc_must_be_positive() -> None:
     with pytest.raises(UserError, match="nproc"):
         launch_local(0, h.raise_user_error, ("unused",))
+
+
+def test_ranks_that_fail_alike_are_reported_once() -> None:
+    from llm_gym.runner.launcher import WorkerFailure, _describe
+
+    disk = "ReportedError: step 6: writing the checkpoint failed (no space)"
+    failures = {r: WorkerFailure(r, 1, disk, "") for r in (2, 0, 1)}
+    failures[3] = WorkerFailure(3, -9, "killed by signal 9 (SIGKILL)", "")
+    text = _describe(failures)
+    assert text.count("writing the checkpoint failed") == 1
+    assert f"  ranks 2, 0, 1 (exit code 1): {disk}" in text  # the likely-cause order kept
+    assert "  rank 3 (exit code -9): killed by signal 9 (SIGKILL)" in text

@@ -84,6 +84,43 @@ def test_too_little_free_space_is_reported_before_training(tmp_path, monkeypatch
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def _file_size_limit(limit: int):  # noqa: ANN202
+    """For a subprocess: writes past ``limit`` bytes fail (EFBIG), as on a full disk."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, don't kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_cleanly_and_keeps_the_last(tmp_path):
+    """The disk fills mid-run: the save at step 6 fails. The run stops with exit 1 and a
+    message saying what failed and what to do (no traceback), the partial checkpoint is
+    gone, step 4's is intact, and once there is room the run resumes and finishes."""
+    run_dir = tmp_path / "run"
+    args = ["trainer.max_steps=8", "trainer.checkpoint_every=2", "trainer.eval_every=null"]
+    run_recipe("gpt2-debug", [*args[1:], "trainer.max_steps=4"], run_dir=run_dir)
+    before = {p.name: p.read_bytes() for p in (run_dir / "checkpoints" / "step_00000004")
+              .iterdir()}
+    # The model and optimizer state take ~700 kB; every other file the run writes is small.
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_gym", "recipe", "run", "gpt2-debug", "--run-dir",
+         str(run_dir), "--resume", *args],
+        capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(200_000))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "step 6: writing the checkpoint failed" in result.stderr
+    assert f"{run_dir}/checkpoints/step_00000004, is intact" in result.stderr
+    assert "free under" in result.stderr and "--resume" in result.stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "step_00000002", "step_00000004"]
+    assert before == {p.name: p.read_bytes() for p in (run_dir / "checkpoints" /
+                                                        "step_00000004").iterdir()}
+    assert run_recipe("gpt2-debug", args, run_dir=run_dir, resume=True)["step"] == 8
+
+
 def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly(tmp_path):
     args = ["trainer.max_steps=400", "trainer.eval_every=null", "trainer.log_every=1",
             "model.config.n_embd=96", "model.config.n_layer=3"]
