@@ -51,6 +51,7 @@ from llm_gym.runner.safety import (
     checkpoint_bytes,
     human_size,
 )
+from llm_gym.runner.stop_agreement import StopAgreement
 
 
 def train_worker(
@@ -110,6 +111,7 @@ class Trainer:
         self.loaded, self.world, self.run_dir = loaded, world, run_dir
         self.settings = settings = loaded.recipe.trainer
         self.main = world.rank == 0
+        self.stop_agreement = StopAgreement(world)  # collective: before any rank can fail
         entries = loaded.recipe.components()
         if settings.eval_every and "eval_dataset" not in entries:
             raise UserError("trainer.eval_every is set but the recipe has no eval_dataset")
@@ -188,7 +190,7 @@ class Trainer:
         last_loss = math.nan
         with StopRequest() as stop:
             while self.step < s.max_steps:
-                if self._stop_agreed(stop):
+                if self.stop_agreement.agreed(stop.requested):
                     self._stop_on_request()
                 loss = self._train_step()
                 self.step += 1
@@ -206,6 +208,7 @@ class Trainer:
                 if s.checkpoint_every and self.step % s.checkpoint_every == 0:
                     self.save()
                 excluded += time.perf_counter() - paused
+        self.stop_agreement.finish()
         if not (s.checkpoint_every and self.step % s.checkpoint_every == 0):
             self.save()
         self.close()
@@ -285,18 +288,8 @@ class Trainer:
 
     # -- stopping safely ------------------------------------------------------------------
 
-    def _stop_agreed(self, stop: StopRequest) -> bool:
-        """Whether to stop now. Ranks may see Ctrl-C at different steps, so with several
-        ranks they agree (one all-reduce) at logging steps only, not on every step."""
-        if self.world.world_size == 1:
-            return stop.requested
-        if self.step % self.settings.log_every:
-            return False
-        flag = torch.tensor([float(stop.requested)], device=self.world.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
-
     def _stop_on_request(self) -> None:
+        self.stop_agreement.finish()
         where = "no checkpoint written (trainer.checkpoint_on_interrupt is off)"
         if self.settings.checkpoint_on_interrupt and self.step:
             where = f"checkpoint saved to {self.save()}"

@@ -12,6 +12,7 @@ import atexit
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,21 @@ def raise_user_error(message: str) -> None:
     raise UserError(message)
 
 
+def stop_agreement_trace(first_request: dict[int, int], calls: int) -> list[bool]:
+    """What ``StopAgreement.agreed`` answers on this rank over ``calls`` calls, when rank
+    r requests a stop from call ``first_request[r]`` on; the ranks run out of step."""
+    from llm_gym.runner.stop_agreement import StopAgreement
+
+    with distributed_world() as world:
+        agreement = StopAgreement(world)
+        answers = []
+        for call in range(calls):
+            time.sleep(0.01 * ((world.rank + call) % 3))
+            answers.append(agreement.agreed(call >= first_request.get(world.rank, calls)))
+        agreement.finish()
+    return answers
+
+
 # --- results shared by several test modules ------------------------------------------
 
 RESUME_K = 2  # the uninterrupted run saves at K and 2K; tests resume from K
@@ -278,7 +294,8 @@ def session(run_dir: str) -> dict[str, Any]:
     with distributed_world():
         suite = parallel_suite()
         full_run = train_with_checkpoints(run_dir, 2 * RESUME_K, RESUME_K, resume=False)
-    return {"suite": suite, "full_run": full_run, "run_dir": run_dir}
+        stop_trace = stop_agreement_trace({1: 3}, 7)  # rank 1 sees Ctrl-C before call 3
+    return {"suite": suite, "full_run": full_run, "run_dir": run_dir, "stop_trace": stop_trace}
 
 
 def session_results(nproc: int) -> dict[int, Any]:

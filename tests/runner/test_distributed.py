@@ -90,3 +90,22 @@ def test_same_seed_and_rank_give_the_same_streams() -> None:
     # (seed, rank) is mixed, not added: (7, 1) and (8, 0) are different streams.
     seed_everything(8, 0)
     assert _draws() != first
+
+
+# --- stopping together ---------------------------------------------------------------------
+
+
+def test_ranks_stop_together_one_call_after_any_rank_asks() -> None:
+    """Rank 1 alone sees Ctrl-C from call 3; both ranks answer True from call 4 on, the
+    same call, although they run out of step (the all-reduce is read one call late)."""
+    traces = {rank: r["stop_trace"] for rank, r in h.session_results(2).items()}
+    assert traces == {0: [False] * 4 + [True] * 3, 1: [False] * 4 + [True] * 3}
+
+
+def test_one_rank_stops_at_once() -> None:
+    from llm_gym.runner.stop_agreement import StopAgreement
+
+    assert h.session_results(1)[0]["stop_trace"] == [False] * 7  # rank 1 does not exist
+    agreement = StopAgreement(World(rank=0, local_rank=0, world_size=1,
+                                    device=torch.device("cpu"), backend="gloo"))
+    assert agreement.agreed(False) is False and agreement.agreed(True) is True
