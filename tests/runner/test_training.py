@@ -125,3 +125,20 @@ def test_reading_ahead_changes_no_loss_and_resumes_exactly(tmp_path):
     assert _losses(tmp_path / "ahead") == _losses(tmp_path / "plain")
     records = read_metrics(tmp_path / "ahead" / "metrics.jsonl")
     assert all(0 <= r["data_wait_pct"] < 100 for r in records if "loss" in r)
+
+
+def test_compiled_training_steps_never_recompile(tmp_path, monkeypatch):
+    """torch.compile per block: after the first step, training (with accumulation, so the
+    no-sync micro-batches too) must reuse the compiled code; any recompile raises here.
+    (Evaluation and generation compile once more each: no grad, and new shapes.)"""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.reset()
+    try:
+        result = _run(tmp_path / "run", "trainer.compile=true", "trainer.max_steps=4",
+                      "trainer.grad_accumulation=2", "trainer.eval_every=null",
+                      "trainer.sample_prompt=null")
+    finally:
+        torch._dynamo.reset()
+    assert result["step"] == 4 and math.isfinite(result["loss"])
