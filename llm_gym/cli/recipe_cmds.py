@@ -106,7 +106,16 @@ def schema(out_path: Path | None) -> None:
     if out_path is None:
         out.print(text, markup=False, highlight=False)
     else:
-        out_path.write_text(text + "\n", encoding="utf-8")
+        from llm_gym.errors import UserError
+        from llm_gym.fileio import atomic_output
+
+        try:
+            if not out_path.parent.exists():
+                out_path.parent.mkdir(parents=True)
+            with atomic_output(out_path, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        except OSError as exc:
+            raise UserError(f"--out {out_path}: cannot write it ({exc.strerror})") from None
 
 
 @recipe.command(context_settings={"ignore_unknown_options": False})

@@ -19,6 +19,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from llm_gym.errors import ReportedError, UserError
+from llm_gym.fileio import atomic_output
 from llm_gym.hf.tokenizer_files import RUN_TOKENIZER_DIR, write_tokenizer_files
 from llm_gym.recipes.loading import LoadedRecipe, load_recipe
 from llm_gym.recipes.pins import current_pins
@@ -153,7 +154,8 @@ class Trainer:
             self._restore(found)
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / RESOLVED_FILE).write_text(self._resolved_text(), encoding="utf-8")
+            with atomic_output(run_dir / RESOLVED_FILE, "w", encoding="utf-8") as out:
+                out.write(self._resolved_text())
             self._save_tokenizer()
         self.tokens_per_step = (
             settings.micro_batch_size

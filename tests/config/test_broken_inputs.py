@@ -135,3 +135,13 @@ def test_user_errors_exit_2_without_traceback_and_debug_shows_it():
     assert "optimizer.config.lr" in plain.stderr and "Traceback" not in plain.stderr
     debug = run_cli("--debug", "recipe", "validate", "gpt2-debug", "optimizer.config.lr=-1")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_schema_out_into_a_file_is_refused_by_name(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, output = _cli(capsys, "recipe", "schema", "--out", str(blocker / "schema.json"))
+    assert code == 2 and f"--out {blocker}/schema.json: cannot write it" in output
+    assert blocker.read_text() == "not a folder"
+    code, _ = _cli(capsys, "recipe", "schema", "--out", str(tmp_path / "new" / "schema.json"))
+    assert code == 0 and (tmp_path / "new" / "schema.json").stat().st_size > 1000
