@@ -84,6 +84,27 @@ def test_nccl_two_gpus_match_one(tmp_path):
     assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-4)
 
 
+def test_the_gpu_configuration_runs_on_cpu(tmp_path, monkeypatch, capfd):
+    """CPU twin of the GPU tests above: bf16 compute (so FSDP2 wraps even one rank),
+    torch.compile per block and the fused optimizer skipping a non-finite step on the
+    device, together through the runner; 8 steps read no more values back than 4."""
+    import torch._dynamo
+
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "fixtures" / "fault_site"))
+    over = ["trainer.param_dtype=bf16", "trainer.compile=true", "trainer.on_nonfinite=skip",
+            "loss.type_hint=FaultyCrossEntropy", "loss.config.nan_at_calls=[2]"]
+    torch._dynamo.reset()
+    try:
+        reads = [reads_in_run(tmp_path / str(steps), steps, over) for steps in (4, 8)]
+    finally:
+        torch._dynamo.reset()
+        sys.modules.pop("llm_gym_fault_plugin", None)
+    assert reads[0] == reads[1]
+    assert capfd.readouterr().err.count("step 2: gradient norm nan; step skipped") == 2
+    losses = _losses(tmp_path / "8")
+    assert len(losses) == 1 and torch.isfinite(torch.tensor(losses)).all()  # logged once
+
+
 def test_gpu_check_smoke_on_cpu(tmp_path):
     """The GPU check's own code path, on a CPU with a tiny model."""
     out = tmp_path / "check.json"
