@@ -224,8 +224,9 @@ class Trainer:
         self.train_feed.close()
 
     def _train_step(self) -> torch.Tensor:
-        """One optimizer step; returns the summed loss as a device tensor. Nothing here
-        reads a device value back to the host (see runner/nonfinite.py)."""
+        """One optimizer step; returns the summed loss as a device tensor. With a fused
+        optimizer nothing here reads a device value back to the host (runner/nonfinite.py
+        says why and what other optimizers do)."""
         s, model = self.settings, self.model
         model.train()
         total = torch.zeros((), device=self.world.device)
