@@ -51,7 +51,8 @@ def import_group() -> None:
 @click.option("--recipe", "base", default="gpt2-tiny", show_default=True, metavar="NAME[@V]|PATH",
               help="Recipe for everything but the model (and the tokenizer, when DIRECTORY "
               "has tokenizer files); KEY=VALUE overrides apply to it.")
-@click.option("--recipe-dir", "recipe_dirs", multiple=True, type=click.Path(path_type=Path),
+@click.option("--recipe-dir", "recipe_dirs", multiple=True,
+              type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Extra directory of recipes; repeatable.")
 @click.option("--allow-drift", is_flag=True, help="Use the base recipe although pins drifted.")
 def import_hf_cmd(directory: Path, overrides: tuple[str, ...], run_dir: Path, base: str,

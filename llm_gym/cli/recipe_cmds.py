@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 recipe_dir_option = click.option(
-    "--recipe-dir", "recipe_dirs", multiple=True, type=click.Path(path_type=Path),
+    "--recipe-dir", "recipe_dirs", multiple=True,
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
     help="Extra directory of recipes (<name>/v<N>.yaml); repeatable. "
     "Also: LLM_GYM_RECIPE_PATH.",
 )

@@ -106,6 +106,8 @@ def test_drift_can_be_allowed_with_a_warning(capsys, tmp_path):
                                            "did you mean 'gpt2-tiny'"]),
         (["recipe", "validate", "gpt2-tiny@9"], ["gpt2-tiny", "no version 9", "version(s) 1"]),
         (["components", "show", "optimizer", "Adma"], ["did you mean 'AdamW'"]),
+        (["recipe", "list", "--recipe-dir", "no/such/dir"], ["'--recipe-dir'",
+                                                             "'no/such/dir' does not exist"]),
         (["components", "show", "optimiser", "AdamW"], ["no component kind named 'optimiser'",
                                                         "optimizer"]),
     ],
