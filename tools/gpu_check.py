@@ -28,10 +28,15 @@ from llm_gym.data.packed import PackedWriter
 from llm_gym.planning.plan import make_plan
 from llm_gym.recipes.loading import load_recipe
 from llm_gym.runner.entry import run_recipe
-from llm_gym.runner.flops import GPU_MEMORY_GIB
+from llm_gym.runner.flops import GPU_MEMORY_GIB, PEAK_FLOPS
 from llm_gym.runner.metrics import read_metrics
 
 VOCAB, EOD = 50304, 50256
+
+
+def peak_of(device_name: str) -> float:
+    """The data-sheet peak the runner's MFU divides by (0 if the GPU is not in the table)."""
+    return next((peak for key, peak in PEAK_FLOPS.items() if key in device_name), 0.0)
 
 
 def synthetic_pack(prefix: Path, n_tokens: int, seed: int = 0) -> Path:
@@ -76,6 +81,28 @@ def memory_check(run_dir: Path, overrides: list[str]) -> dict:
             "measured_gib": measured / 2**30 if measured is not None else None}
 
 
+def measured_matmul_peak(size: int = 8192, repeats: int = 10) -> float | None:
+    """bf16 FLOP/s of a large matrix product on this GPU (median of ``repeats``, timed
+    with CUDA events after warm-up), to read MFU against what the chip delivers as well
+    as against its data sheet; None without a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a, b = (torch.randn(size, size, device="cuda", dtype=torch.bfloat16, generator=g)
+            for _ in range(2))  # random data: zeros run faster than real data
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * size**3 / statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
@@ -108,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                 throughput(tmp_path / "run1", overrides)}
         if torch.cuda.device_count() >= 2:
             rows["2 GPUs, FSDP2, bf16, compile"] = throughput(tmp_path / "run2", overrides, 2)
+    try:  # last and guarded: a context figure must not cost the run's main numbers
+        matmul_peak = measured_matmul_peak()
+    except Exception as exc:  # noqa: BLE001 - reported, and the check goes on
+        print(f"matmul peak not measured: {type(exc).__name__}: {exc}", file=sys.stderr)
+        matmul_peak = None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(f"\nGPT-2 124M on {device}, torch {torch.__version__}, "
           f"micro-batch {args.micro_batch} sequences, {args.steps} steps")
@@ -116,12 +148,18 @@ def main(argv: list[str] | None = None) -> int:
         mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "n/a"
         print(f"{name:32} {row['tokens_per_s']:12,.0f} {mfu:>7} {row['final_loss']:7.3f} "
               f"{row['wall_s']:7.1f}")
+    if matmul_peak:
+        best = max(row["mfu"] or 0 for row in rows.values())
+        print(f"bf16 8192^3 matmul measured at {matmul_peak / 1e12:.0f} TFLOP/s; the best MFU "
+              f"above is {100 * best:.1f}% of the data sheet's peak, "
+              f"{100 * best * peak_of(device) / matmul_peak:.1f}% of that measured rate")
     measured = memory["measured_gib"]
     print(f"\npeak memory, 1 GPU, eager: plan {memory['predicted_gib']:.2f} GiB, measured "
           + (f"{measured:.2f} GiB (plan / measured {memory['predicted_gib'] / measured:.3f})"
              if measured is not None else "n/a (no GPU)"))
     args.out.write_text(json.dumps({"device": device, "torch": torch.__version__,
-                                    "memory": memory, **rows}, indent=2))
+                                    "matmul_peak_flops": matmul_peak, "memory": memory,
+                                    **rows}, indent=2))
     return 0
 
 
