@@ -49,7 +49,8 @@ class TrainerSettings(BaseModel):
     activation_checkpointing: Literal["none", "full"] | PositiveInt = Field(
         "none", description="'none', 'full' (every block) or k (every k-th block)"
     )
-    compile: bool = Field(False, description="torch.compile each transformer block")
+    compile: bool = Field(False, description="torch.compile each transformer block, and "
+                          "the loss (it fuses the fp32 upcast of the logits)")
     prefetch: int | None = Field(
         None, ge=0, description="batches read ahead on a thread; default 2 on GPU, 0 on CPU"
     )

@@ -132,6 +132,11 @@ class Trainer:
         self.optimizer = built["optimizer"]
         self.scheduler = built.get("scheduler")
         self.loss_fn = built["loss"]
+        if settings.compile:
+            # The loss reads the step's largest tensor, the logits (batch x seq x vocab).
+            # Compiled, its fp32 upcast, log-softmax and gradient fuse into a few passes
+            # instead of writing fp32 copies of the logits to memory and back.
+            self.loss_fn = torch.compile(self.loss_fn)
         self.guard = NonfiniteGuard(self.optimizer, settings.on_nonfinite, main=self.main,
                                     describe_checkpoint=self._describe_latest)
         self.tokenizer = built.get("tokenizer")

@@ -131,8 +131,17 @@ def test_compiled_training_steps_never_recompile(tmp_path, monkeypatch):
     """torch.compile per block: after the first step, training (with accumulation, so the
     no-sync micro-batches too) must reuse the compiled code; any recompile raises here.
     (Evaluation and generation compile once more each: no grad, and new shapes.)"""
+    import torch
     import torch._dynamo
 
+    compiled = []  # what the runner compiles: each block's forward, and the loss
+    real_compile = torch.compile
+
+    def spy(target, *args, **kwargs):  # noqa: ANN001, ANN202
+        compiled.append(getattr(target, "__qualname__", type(target).__name__))
+        return real_compile(target, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     torch._dynamo.reset()
     try:
@@ -142,3 +151,4 @@ def test_compiled_training_steps_never_recompile(tmp_path, monkeypatch):
     finally:
         torch._dynamo.reset()
     assert result["step"] == 4 and math.isfinite(result["loss"])
+    assert compiled.count("Block.forward") == 2 and "CrossEntropyLoss" in compiled
