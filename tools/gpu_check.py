@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         memory = memory_check(tmp_path / "memory", overrides)
         rows = {"1 GPU, bf16, compile" if not args.cpu_smoke else "cpu smoke":
                 throughput(tmp_path / "run1", overrides)}
+        if not args.cpu_smoke:  # what compiling buys, on the same data
+            rows["1 GPU, bf16, eager"] = throughput(tmp_path / "run-eager",
+                                                    [*overrides, "trainer.compile=false"])
         if torch.cuda.device_count() >= 2:
             rows["2 GPUs, FSDP2, bf16, compile"] = throughput(tmp_path / "run2", overrides, 2)
     try:  # last and guarded: a context figure must not cost the run's main numbers
