@@ -15,6 +15,16 @@ from llm_gym.registry import ResolverRegistry, collect_components, hookimpl
 from llm_gym.registry.plugins import new_plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]
+# A test plugin (loss that turns NaN or kills its rank), installed per test by `faults`.
+FAULT_SITE = REPO / "tests" / "fixtures" / "fault_site"
+
+
+@pytest.fixture
+def faults(monkeypatch: pytest.MonkeyPatch):
+    """The fault-injection plugin is installed (on sys.path) for this test only."""
+    monkeypatch.syspath_prepend(str(FAULT_SITE))
+    yield
+    sys.modules.pop("llm_gym_fault_plugin", None)
 
 
 class BuiltinOptim:

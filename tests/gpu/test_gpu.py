@@ -63,8 +63,8 @@ def test_no_host_device_sync_per_step_on_cuda(tmp_path):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_nonfinite_steps_are_skipped_on_the_device(tmp_path, monkeypatch, capfd):
-    monkeypatch.syspath_prepend(str(REPO / "tests" / "fixtures" / "fault_site"))
+@pytest.mark.usefixtures("faults")
+def test_nonfinite_steps_are_skipped_on_the_device(tmp_path, capfd):
     args = ["loss.type_hint=FaultyCrossEntropy", "loss.config.nan_at_calls=[3,5]",
             "trainer.on_nonfinite=skip", "trainer.eval_every=null", "trainer.log_every=4",
             "trainer.param_dtype=bf16"]
@@ -73,7 +73,6 @@ def test_nonfinite_steps_are_skipped_on_the_device(tmp_path, monkeypatch, capfd)
     assert result["step"] == 8 and result["loss"] == result["loss"]  # finite at the end
     assert "step 3: gradient norm nan; step skipped" in err
     assert "step 5: gradient norm nan; step skipped" in err
-    sys.modules.pop("llm_gym_fault_plugin", None)
 
 
 @pytest.mark.gpu
@@ -84,13 +83,13 @@ def test_nccl_two_gpus_match_one(tmp_path):
     assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-4)
 
 
-def test_the_gpu_configuration_runs_on_cpu(tmp_path, monkeypatch, capfd):
+@pytest.mark.usefixtures("faults")
+def test_the_gpu_configuration_runs_on_cpu(tmp_path, capfd):
     """CPU twin of the GPU tests above: bf16 compute (so FSDP2 wraps even one rank),
     torch.compile per block and the fused optimizer skipping a non-finite step on the
     device, together through the runner; 8 steps read no more values back than 4."""
     import torch._dynamo
 
-    monkeypatch.syspath_prepend(str(REPO / "tests" / "fixtures" / "fault_site"))
     over = ["trainer.param_dtype=bf16", "trainer.compile=true", "trainer.on_nonfinite=skip",
             "loss.type_hint=FaultyCrossEntropy", "loss.config.nan_at_calls=[2]"]
     torch._dynamo.reset()
@@ -98,7 +97,6 @@ def test_the_gpu_configuration_runs_on_cpu(tmp_path, monkeypatch, capfd):
         reads = [reads_in_run(tmp_path / str(steps), steps, over) for steps in (4, 8)]
     finally:
         torch._dynamo.reset()
-        sys.modules.pop("llm_gym_fault_plugin", None)
     assert reads[0] == reads[1]
     assert capfd.readouterr().err.count("step 2: gradient norm nan; step skipped") == 2
     losses = _losses(tmp_path / "8")

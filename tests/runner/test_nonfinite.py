@@ -3,8 +3,6 @@ back per step (no host-device sync), which a dispatch-mode counter proves on the
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
@@ -13,10 +11,7 @@ from llm_gym.runner.checkpoint import latest_checkpoint
 from llm_gym.runner.entry import run_recipe
 from llm_gym.runner.metrics import read_metrics
 from llm_gym.runner.nonfinite import NonfiniteGuard, skips_on_device
-from tests.conftest import REPO
 from tests.host_reads import HostReads, reads_in_run
-
-FAULT_SITE = REPO / "tests" / "fixtures" / "fault_site"
 
 
 def _model_and_optimizer(implementation: str):
@@ -105,13 +100,6 @@ def test_stop_on_the_device_path_names_the_first_bad_step_and_where_it_stopped()
 
 
 # -- through the runner -------------------------------------------------------------------
-
-
-@pytest.fixture
-def faults(monkeypatch):
-    monkeypatch.syspath_prepend(str(FAULT_SITE))
-    yield
-    sys.modules.pop("llm_gym_fault_plugin", None)
 
 
 @pytest.mark.usefixtures("use_demo_cache")

@@ -17,19 +17,9 @@ from llm_gym.runner.checkpoint import latest_checkpoint
 from llm_gym.runner.entry import run_recipe
 from llm_gym.runner.metrics import read_metrics
 from llm_gym.runner.safety import RunDirLock
-from tests.conftest import REPO
-
-FAULT_SITE = REPO / "tests" / "fixtures" / "fault_site"
-
+from tests.conftest import FAULT_SITE, REPO
 
 pytestmark = pytest.mark.usefixtures("use_demo_cache")
-
-
-@pytest.fixture
-def faults(monkeypatch):
-    monkeypatch.syspath_prepend(str(FAULT_SITE))
-    yield
-    sys.modules.pop("llm_gym_fault_plugin", None)
 
 
 def _losses(run_dir: Path) -> list[float]:
