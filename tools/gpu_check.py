@@ -28,15 +28,10 @@ from llm_gym.data.packed import PackedWriter
 from llm_gym.planning.plan import make_plan
 from llm_gym.recipes.loading import load_recipe
 from llm_gym.runner.entry import run_recipe
-from llm_gym.runner.flops import GPU_MEMORY_GIB, PEAK_FLOPS
+from llm_gym.runner.flops import GPU_MEMORY_GIB, peak_flops
 from llm_gym.runner.metrics import read_metrics
 
 VOCAB, EOD = 50304, 50256
-
-
-def peak_of(device_name: str) -> float:
-    """The data-sheet peak the runner's MFU divides by (0 if the GPU is not in the table)."""
-    return next((peak for key, peak in PEAK_FLOPS.items() if key in device_name), 0.0)
 
 
 def synthetic_pack(prefix: Path, n_tokens: int, seed: int = 0) -> Path:
@@ -151,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "n/a"
         print(f"{name:32} {row['tokens_per_s']:12,.0f} {mfu:>7} {row['final_loss']:7.3f} "
               f"{row['wall_s']:7.1f}")
-    if matmul_peak:
+    sheet_peak = peak_flops(torch.device("cuda", 0))[0] if matmul_peak else None
+    if matmul_peak and sheet_peak:  # the data-sheet peak the runner's MFU divides by
         best = max(row["mfu"] or 0 for row in rows.values())
         print(f"bf16 8192^3 matmul measured at {matmul_peak / 1e12:.0f} TFLOP/s; the best MFU "
               f"above is {100 * best:.1f}% of the data sheet's peak, "
-              f"{100 * best * peak_of(device) / matmul_peak:.1f}% of that measured rate")
+              f"{100 * best * sheet_peak / matmul_peak:.1f}% of that measured rate")
     measured = memory["measured_gib"]
     print(f"\npeak memory, 1 GPU, eager: plan {memory['predicted_gib']:.2f} GiB, measured "
           + (f"{measured:.2f} GiB (plan / measured {memory['predicted_gib'] / measured:.3f})"

@@ -94,12 +94,12 @@ def _check_one_group_per_parameter(model: nn.Module, blocks: Sequence[nn.Module]
     used in two of them (cross-layer weight sharing) cannot be sharded. Recent torch
     releases refuse it at the first forward; older ones do not, so check here, for every
     release, before anything is sharded."""
-    block_names = {id(b): name for name, b in model.named_modules() if any(b is x for x in blocks)}
+    module_names = {id(m): name for name, m in model.named_modules()}
+    block_names = [module_names[id(b)] for b in blocks]
     groups: dict[int, dict[str, str]] = {}  # parameter -> {group: one name of it there}
     for name, module in model.named_modules(remove_duplicate=False):
-        group = next((block_names[id(b)] for b in blocks
-                      if name == block_names[id(b)]
-                      or name.startswith(block_names[id(b)] + ".")), "the root")
+        group = next((b for b in block_names if name == b or name.startswith(b + ".")),
+                     "the root")
         for pname, param in module.named_parameters(recurse=False):
             groups.setdefault(id(param), {}).setdefault(group, f"{name}.{pname}".lstrip("."))
     for where in groups.values():
