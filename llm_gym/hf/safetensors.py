@@ -15,11 +15,14 @@ Nothing in a safetensors file is executed, which is why import prefers it to pic
 from __future__ import annotations
 
 import json
+import math
 import mmap
+import os
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
 
 import torch
 
@@ -70,42 +73,70 @@ def save_file(
                 f.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
+class TensorInfo(NamedTuple):
+    """One header entry: where a tensor's bytes lie, relative to the end of the header."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+class Header(NamedTuple):
+    tensors: dict[str, TensorInfo]  # in file order of their data
+    metadata: dict[str, str]
+    data_start: int  # byte offset of the first tensor's data in the file
+
+
+def read_header(path: Path) -> Header:
+    """``path``'s header, every entry checked against the file; reads no tensor data.
+
+    What this accepts allocates at most the file's size when loaded: each tensor's bytes
+    lie inside the file, no two overlap, and together they cover the data exactly.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return _read_header(f, os.fstat(f.fileno()).st_size, path)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc}") from None
+
+
 def load_file(path: Path) -> dict[str, torch.Tensor]:
     """Read every tensor of ``path`` (each a fresh CPU tensor); ``UserError`` if malformed."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            size = path.stat().st_size
-            header, start = _read_header(f, size, path)
+            header = _read_header(f, os.fstat(f.fileno()).st_size, path)
             # Copy-on-write map: torch wants a writable buffer; nothing reaches the file.
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc}") from None
     with mapped:
-        return {name: _tensor(mapped, start, *entry) for name, entry in header.items()}
+        return {name: _tensor(mapped, header.data_start, info)
+                for name, info in header.tensors.items()}
 
 
-def _tensor(
-    mapped: mmap.mmap, start: int, dtype: torch.dtype, shape: list[int], begin: int, end: int
-) -> torch.Tensor:
-    if begin == end:
-        return torch.empty(shape, dtype=dtype)
-    raw = torch.frombuffer(mapped, dtype=torch.uint8, count=end - begin, offset=start + begin)
+def _tensor(mapped: mmap.mmap, start: int, info: TensorInfo) -> torch.Tensor:
+    if info.begin == info.end:
+        return torch.empty(info.shape, dtype=info.dtype)
+    raw = torch.frombuffer(mapped, dtype=torch.uint8, count=info.end - info.begin,
+                           offset=start + info.begin)
     # clone: an aligned copy that outlives the map (the view dies with this call, so the
     # map can close), then viewed as the stored dtype.
-    return raw.clone().view(dtype).reshape(shape)
+    return raw.clone().view(info.dtype).reshape(info.shape)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The ``__metadata__`` strings of ``path``'s header."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        length = struct.unpack("<Q", f.read(8))[0] if path.stat().st_size >= 8 else 0
-        raw = json.loads(f.read(min(length, _MAX_HEADER)) or b"{}")
-    return dict(raw.get("__metadata__") or {}) if isinstance(raw, dict) else {}
+    return read_header(path).metadata
 
 
-def _read_header(f, size: int, path: Path):
+# Torch sizes and byte counts are signed 64-bit: a larger dimension cannot be a tensor.
+_MAX_SIZE = 2**63 - 1
+
+
+def _read_header(f: BinaryIO, size: int, path: Path) -> Header:
     def bad(why: str) -> UserError:
         return UserError(f"{path}: not a valid safetensors file: {why}")
 
@@ -113,34 +144,83 @@ def _read_header(f, size: int, path: Path):
         raise bad("shorter than its 8-byte header length")
     (length,) = struct.unpack("<Q", f.read(8))
     if length > min(_MAX_HEADER, size - 8):
-        raise bad(f"header length {length} exceeds the file")
+        raise bad(f"header length {length} exceeds the file ({size} bytes) or "
+                  f"{_MAX_HEADER} bytes")
     try:
-        raw = json.loads(f.read(length).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = json.loads(f.read(length).decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise bad(f"tensor {exc.args[0]!r} appears twice in the header") from None
+    except RecursionError:  # json recurses per nesting level: 100000 "[" exhaust the stack
+        raise bad("header is nested too deeply to be a safetensors header") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError, int digits
         raise bad(f"header is not JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise bad("header is not a JSON object")
-    raw.pop("__metadata__", None)
-    entries = {}
-    for name, entry in raw.items():
-        try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = [int(d) for d in entry["shape"]]
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise bad(f"tensor {name!r}: unknown dtype or malformed entry {entry!r}") from None
-        numel = 1
-        for d in shape:
-            numel *= d
-        if min(shape, default=0) < 0 or end - begin != numel * dtype.itemsize:
-            raise bad(f"tensor {name!r}: offsets {begin}..{end} do not hold shape {shape}")
-        entries[name] = (dtype, shape, begin, end)
+    metadata = raw.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise bad("__metadata__ is not an object of strings")
+    entries = {name: _entry(name, entry, bad) for name, entry in raw.items()}
     # The data must be covered exactly: no gaps, overlaps or bytes past the last tensor.
-    expected = 0
-    for _, _, begin, end in sorted(entries.values(), key=lambda e: (e[2], e[3])):
-        if begin != expected:
-            raise bad(f"tensor data overlap or gap at byte {begin} (expected {expected})")
-        expected = end
-    if 8 + length + expected != size:
-        raise bad(f"data ends at byte {8 + length + expected}, file has {size}")
-    return entries, 8 + length
+    ordered = sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end))
+    expected, previous = 0, None
+    for name, info in ordered:
+        if info.begin < expected:
+            raise bad(f"tensor {name!r}: data at bytes {info.begin}..{info.end} overlaps "
+                      f"tensor {previous!r} (which ends at {expected})")
+        if info.begin > expected:
+            raise bad(f"tensor {name!r}: data starts at byte {info.begin}, leaving a gap "
+                      f"after byte {expected}")
+        expected, previous = info.end, name
+    data_size = size - 8 - length
+    if expected != data_size:
+        last = f"tensor {previous!r}: data ends" if previous else "the header's tensors end"
+        raise bad(f"{last} at byte {expected} but the file holds {data_size} bytes of data")
+    return Header(dict(ordered), dict(metadata), 8 + length)
+
+
+def _entry(name: str, entry: Any, bad: Callable[[str], UserError]) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise bad(f"tensor {name!r}: entry is not an object: {_short(entry)}")
+    dtype_name, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
+        raise bad(f"tensor {name!r}: unknown dtype {_short(dtype_name)} "
+                  f"(known: {', '.join(DTYPES)})")
+    dtype = DTYPES[dtype_name]
+    # type() is int: json gives floats for 2.0 and 1e30, and bools are ints to Python.
+    if not isinstance(shape, list) or not all(
+        type(d) is int and 0 <= d <= _MAX_SIZE for d in shape
+    ):
+        raise bad(f"tensor {name!r}: shape {_short(shape)} is not a list of sizes "
+                  f"0..{_MAX_SIZE}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(
+        type(o) is int and 0 <= o <= _MAX_SIZE for o in offsets
+    ):
+        raise bad(f"tensor {name!r}: data_offsets {_short(offsets)} is not [begin, end] "
+                  f"with 0 <= begin <= end")
+    # Torch computes strides from the sizes, zeros counted as ones: they must fit too.
+    if math.prod(max(d, 1) for d in shape) * dtype.itemsize > _MAX_SIZE:
+        raise bad(f"tensor {name!r}: shape {_short(shape)} is too large for a tensor")
+    begin, end = offsets
+    nbytes = math.prod(shape) * dtype.itemsize
+    if end - begin != nbytes:
+        raise bad(f"tensor {name!r}: offsets {begin}..{end} do not hold shape {shape} of "
+                  f"{dtype_name} ({nbytes} bytes)")
+    return TensorInfo(dtype, tuple(shape), begin, end)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llm_gym.errors import UserError
-from llm_gym.hf.safetensors import load_file, read_metadata, save_file
+from llm_gym.hf.safetensors import load_file, read_header, read_metadata, save_file
 
 
 def sample() -> dict[str, torch.Tensor]:
@@ -56,33 +56,91 @@ def test_layout_is_aligned_and_gapless(tmp_path: Path) -> None:
 
 
 def _write(path: Path, header: object, data: bytes = b"", length: int | None = None) -> Path:
-    raw = json.dumps(header).encode()
+    if isinstance(header, bytes | str):
+        raw = header.encode() if isinstance(header, str) else header
+    else:
+        raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
     return path
 
 
-@pytest.mark.parametrize(
-    ("header", "data", "length", "match"),
-    [
-        ({}, b"", 10**6, "header length"),
-        ("[1]", b"", None, "not a JSON object"),
-        ({"a": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}}, b"1234", None,
-         "unknown dtype"),
-        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"1234", None,
-         "do not hold shape"),
-        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"12345678", None,
-         "gap"),
-        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"12345678", None,
-         "file has"),
-    ],
-)
-def test_malformed_files_are_user_errors_naming_the_file(
-    tmp_path: Path, header: object, data: bytes, length: int | None, match: str
+def _f32(shape: object = (1,), offsets: object = (0, 4), dtype: object = "F32") -> dict:
+    return {"dtype": dtype, "shape": list(shape) if isinstance(shape, tuple) else shape,
+            "data_offsets": list(offsets) if isinstance(offsets, tuple) else offsets}
+
+
+# (header, data, header length to claim or None for the true one, message fragments).
+# Every fragment must appear: the file is always named, the tensor wherever there is one.
+MALFORMED = [
+    ({}, b"", 10**6, ["header length 1000000 exceeds"]),
+    ({}, b"", 2**64 - 1, ["header length"]),
+    ("[1]", b"", None, ["not a JSON object"]),
+    ("[" * 100_000, b"", None, ["nested too deeply"]),
+    ('{"a": ' * 100_000, b"", None, ["nested too deeply"]),
+    ("{\"a\": " + "1" * 5000 + "}", b"", None, ["not JSON"]),
+    ('{"a": {"dtype": "F32"', b"", None, ["not JSON"]),
+    (b"\xff\xfe", b"", None, ["not JSON"]),
+    ('{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+     '"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}', b"12345678", None,
+     ["'a' appears twice"]),
+    ({"__metadata__": {"format": 1}}, b"", None, ["__metadata__"]),
+    ({"__metadata__": [1]}, b"", None, ["__metadata__"]),
+    ({"a": 5}, b"", None, ["tensor 'a'", "not an object"]),
+    ({"a": _f32(dtype="F33")}, b"1234", None, ["tensor 'a'", "unknown dtype 'F33'"]),
+    ({"a": _f32(dtype=None)}, b"1234", None, ["tensor 'a'", "unknown dtype None"]),
+    ({"a": _f32(dtype=["F32"])}, b"1234", None, ["tensor 'a'", "unknown dtype"]),
+    ({"a": _f32(shape=(2,))}, b"1234", None, ["tensor 'a'", "do not hold shape [2]"]),
+    ({"a": _f32(shape=(1.0,))}, b"1234", None, ["tensor 'a'", "shape [1.0]"]),
+    ({"a": _f32(shape=(True,))}, b"1234", None, ["tensor 'a'", "shape [True]"]),
+    ({"a": _f32(shape=("1",))}, b"1234", None, ["tensor 'a'", "shape ['1']"]),
+    ({"a": _f32(shape=(-1,))}, b"1234", None, ["tensor 'a'", "shape [-1]"]),
+    ({"a": _f32(shape=(10**30,))}, b"1234", None, ["tensor 'a'", "shape [10000"]),
+    ({"a": _f32(shape=(0, 2**62, 4), offsets=(0, 0))}, b"", None,
+     ["tensor 'a'", "too large"]),
+    ({"a": _f32(shape=(2**31, 2**31, 4), offsets=(0, 4))}, b"1234", None,
+     ["tensor 'a'", "too large"]),
+    ({"a": _f32(shape=5)}, b"1234", None, ["tensor 'a'", "shape 5"]),
+    ({"a": _f32(offsets=(0.0, 4.0))}, b"1234", None, ["tensor 'a'", "data_offsets [0.0, 4.0]"]),
+    ({"a": _f32(offsets=(-4, 0))}, b"1234", None, ["tensor 'a'", "data_offsets [-4, 0]"]),
+    ({"a": _f32(offsets=(0, 4, 8))}, b"1234", None, ["tensor 'a'", "data_offsets"]),
+    ({"a": _f32(offsets=(10**30, 10**30 + 4))}, b"1234", None, ["tensor 'a'", "data_offsets"]),
+    ({"a": _f32(offsets=(2**40, 2**40 + 4))}, b"1234", None, ["tensor 'a'", "gap"]),
+    ({"a": _f32(offsets=(4, 0))}, b"1234", None, ["tensor 'a'", "offsets 4..0"]),
+    ({"a": _f32(offsets=(4, 8))}, b"12345678", None, ["tensor 'a'", "gap after byte 0"]),
+    ({"a": _f32(), "b": _f32(offsets=(2, 6))}, b"123456", None,
+     ["tensor 'b'", "overlaps tensor 'a'"]),
+    ({"a": _f32(), "b": _f32()}, b"1234", None, ["overlaps tensor 'a'"]),
+    ({"a": _f32()}, b"12345678", None, ["tensor 'a': data ends at byte 4", "8 bytes"]),
+    ({"a": _f32(offsets=(0, 4))}, b"12", None, ["tensor 'a': data ends at byte 4", "2 bytes"]),
+    ({}, b"1234", None, ["the header's tensors end at byte 0"]),
+]
+
+
+@pytest.mark.parametrize(("header", "data", "length", "fragments"), MALFORMED,
+                         ids=[f"{i}-{case[3][-1][:30]}" for i, case in enumerate(MALFORMED)])
+def test_malformed_files_are_user_errors_naming_the_file_and_tensor(
+    tmp_path: Path, header: object, data: bytes, length: int | None, fragments: list[str]
 ) -> None:
     path = _write(tmp_path / "bad.safetensors", header, data, length)
-    with pytest.raises(UserError, match=match) as info:
-        load_file(path)
-    assert str(path) in str(info.value)
+    before = path.read_bytes()
+    for read in (load_file, read_header, read_metadata):
+        with pytest.raises(UserError) as info:
+            read(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: not a valid safetensors file"), message
+        for fragment in fragments:
+            assert fragment in message, message
+    assert path.read_bytes() == before
+
+
+def test_header_is_read_without_the_data(tmp_path: Path) -> None:
+    tensors = sample()
+    save_file(tensors, tmp_path / "x.safetensors")
+    header = read_header(tmp_path / "x.safetensors")
+    assert {n: (i.dtype, i.shape) for n, i in header.tensors.items()} == {
+        n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()}
+    assert header.data_start + max(i.end for i in header.tensors.values()) == (
+        tmp_path / "x.safetensors").stat().st_size
 
 
 def test_truncated_and_missing_files(tmp_path: Path) -> None:
