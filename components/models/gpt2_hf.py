@@ -10,8 +10,10 @@ exports zero biases, which is exact: Hugging Face's GPT-2 always has biases.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,7 +24,7 @@ from torch import nn
 
 from llm_gym.data.tokenizer import EOD_TOKEN
 from llm_gym.errors import UserError
-from llm_gym.hf.files import read_config, read_weights
+from llm_gym.hf.files import WeightInfo, read_config, read_weight_infos, read_weights
 from llm_gym.registry import ComponentConfig, component
 
 from .gpt2 import GPT2
@@ -119,13 +121,102 @@ def load_gpt2(directory: Path, *, dropout: float = 0.0) -> GPT2:
     """A GPT2 with the sizes and weights of a Hugging Face GPT-2 directory."""
     directory = Path(directory)
     sizes = gpt2_sizes(read_config(directory), directory)
-    tensors = read_weights(directory)  # before building: a missing file fails in no time
+    # config.json's sizes are only believed once the weights' headers agree: a crafted
+    # n_embd or n_layer would otherwise allocate (or loop over) whatever it says.
+    check_weights_fit(read_weight_infos(directory), sizes, directory)
+    tensors = read_weights(directory)  # bounded by the files' sizes, which now fit
     model = GPT2(**sizes, dropout=dropout, bias=True)
     if any(p.is_meta for p in model.parameters()):
         raise UserError("GPT2Pretrained cannot be built on the meta device (it loads weights)")
-    state = _from_hf(tensors, model.state_dict(), directory)
+    state = _from_hf(tensors, source=directory)
     model.load_state_dict(state)
     return model
+
+
+def hf_shapes(sizes: Mapping[str, int]) -> tuple[dict[str, tuple[int, ...]],
+                                                   dict[str, tuple[int, ...]]]:
+    """The shapes Hugging Face stores for a GPT-2 of ``sizes``: the model-wide tensors
+    (names after ``transformer.``) and those of every block (after ``transformer.h.N.``)."""
+    v, p, e = sizes["vocab_size"], sizes["n_positions"], sizes["n_embd"]
+    top = {"wte.weight": (v, e), "wpe.weight": (p, e), "ln_f.weight": (e,), "ln_f.bias": (e,)}
+    block = {
+        "ln_1.weight": (e,), "ln_1.bias": (e,),
+        "attn.c_attn.weight": (e, 3 * e), "attn.c_attn.bias": (3 * e,),
+        "attn.c_proj.weight": (e, e), "attn.c_proj.bias": (e,),
+        "ln_2.weight": (e,), "ln_2.bias": (e,),
+        "mlp.c_fc.weight": (e, 4 * e), "mlp.c_fc.bias": (4 * e,),
+        "mlp.c_proj.weight": (4 * e, e), "mlp.c_proj.bias": (e,),
+    }
+    return top, block
+
+
+_BLOCK_NAME = re.compile(r"h\.(0|[1-9][0-9]*)\.(.+)")
+
+
+def check_weights_fit(
+    infos: Mapping[str, WeightInfo], sizes: Mapping[str, int], source: Path
+) -> None:
+    """Every tensor config.json's sizes imply is in the weights with its shape and a float
+    dtype, and nothing else is; ``UserError`` naming each mismatch otherwise.
+
+    Works from the headers alone and walks the file's tensors, not the config's layers,
+    so a config.json claiming 10**5 layers or n_embd=10**6 fails at once.
+    """
+    top, block = hf_shapes(sizes)
+    n_layer = sizes["n_layer"]
+    problems, found = [], set()
+    # Model-wide tensors first, then block by block: the first lines show the sizes.
+    for name, info in sorted(infos.items(), key=lambda item: _report_order(item[0])):
+        key = _canonical(name)
+        if key.endswith(_BUFFERS):
+            continue
+        if key == "lm_head.weight":
+            want = top["wte.weight"]
+        elif (match := _BLOCK_NAME.fullmatch(key.removeprefix("transformer."))) is not None:
+            want = block.get(match[2]) if int(match[1]) < n_layer else None
+        else:
+            want = top.get(key.removeprefix("transformer."))
+        if want is None:
+            problems.append(f"unexpected {name}")
+            continue
+        if key in found:
+            problems.append(f"{name}: stored twice (with and without the transformer. prefix)")
+        elif info.shape != want:
+            problems.append(f"{name}: shape {info.shape}, expected {want}")
+        elif not info.dtype.is_floating_point:
+            problems.append(f"{name}: dtype {info.dtype}, expected a floating-point type")
+        found.add(key)
+    missing = (k for k in _expected_names(top, block, n_layer) if k not in found)
+    problems += [f"missing {k}" for k in itertools.islice(missing, 8)]
+    missing_count = len(top) + len(block) * n_layer - len(found - {"lm_head.weight"})
+    if missing_count > 8:
+        problems.append(f"... {missing_count} tensors missing in all (config.json says "
+                        f"n_layer={n_layer})")
+    if problems:
+        shown = problems[:12] + ([f"... and {len(problems) - 12} more"]
+                                 if len(problems) > 12 else [])
+        raise UserError(f"{source}: the weights do not fit a GPT-2 of its config.json "
+                        f"({_describe(sizes)})", shown)
+
+
+def _canonical(name: str) -> str:
+    # Checkpoints saved from GPT2Model (the original "gpt2" among them) lack the prefix.
+    return name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
+
+
+def _report_order(name: str) -> tuple[int, str]:
+    match = _BLOCK_NAME.fullmatch(_canonical(name).removeprefix("transformer."))
+    return (-1, name) if match is None else (int(match[1]), match[2])
+
+
+def _expected_names(top: Mapping[str, Any], block: Mapping[str, Any], n_layer: int):
+    yield from (f"transformer.{k}" for k in top)
+    for i in range(n_layer):  # lazily: the caller stops after the first few missing
+        yield from (f"transformer.h.{i}.{k}" for k in block)
+
+
+def _describe(sizes: Mapping[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sizes.items())
 
 
 def gpt2_sizes(config: Mapping[str, Any], source: Path) -> dict[str, int]:
@@ -167,34 +258,18 @@ def _add(tensors: dict[str, torch.Tensor], prefix: str, module: nn.Module) -> No
     tensors[f"{prefix}.bias"] = torch.zeros(size, dtype=weight.dtype) if bias is None else bias
 
 
-def _from_hf(
-    tensors: Mapping[str, torch.Tensor], ours: Mapping[str, torch.Tensor], source: Path
-) -> dict[str, torch.Tensor]:
-    """Hugging Face tensors renamed and laid out as our state_dict, every shape checked."""
-    named, origin = {}, {}
+def _from_hf(tensors: Mapping[str, torch.Tensor], *, source: Path) -> dict[str, torch.Tensor]:
+    """Hugging Face tensors renamed and laid out as our state_dict (``check_weights_fit``
+    has checked every name and shape)."""
+    named = {}
     for name, tensor in tensors.items():
-        if name.endswith(_BUFFERS):
-            continue
-        # Checkpoints saved from GPT2Model (the original "gpt2" among them) lack the prefix.
-        key = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
-        named[key] = tensor.t() if key.endswith(_TRANSPOSED) else tensor
-        origin[key] = name  # errors name tensors as the file does
-    wte = named.get("transformer.wte.weight")
+        key = _canonical(name)
+        if not key.endswith(_BUFFERS):
+            named[key] = tensor.t() if key.endswith(_TRANSPOSED) else tensor
     head = named.pop("lm_head.weight", None)
-    if head is not None and wte is not None and not torch.equal(head, wte):
+    if head is not None and not torch.equal(head, named["transformer.wte.weight"]):
         raise UserError(f"{source}: lm_head.weight differs from transformer.wte.weight; "
                         "llm_gym's GPT2 ties them, so an untied head cannot be loaded")
-    expected = {k for k in ours if k != "lm_head.weight"}
-    problems = [f"missing {k}" for k in sorted(expected - set(named))]
-    problems += [f"unexpected {origin[k]}" for k in sorted(set(named) - expected)]
-    problems += [
-        f"{origin[k]}: shape {tuple(tensors[origin[k]].shape)}, expected "
-        f"{tuple(ours[k].t().shape if k.endswith(_TRANSPOSED) else ours[k].shape)}"
-        for k in sorted(expected & set(named)) if named[k].shape != ours[k].shape
-    ]
-    if problems:
-        shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
-        raise UserError(f"{source}: the weights do not fit a GPT-2 of its config.json", shown)
     named["lm_head.weight"] = named["transformer.wte.weight"]
     return named
 

@@ -9,36 +9,80 @@ executed: no ``trust_remote_code``, no custom classes.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from llm_gym.errors import UserError
 from llm_gym.fileio import atomic_output, read_json_object
-from llm_gym.hf.safetensors import load_file, save_file
+from llm_gym.hf.safetensors import load_file, read_header, save_file
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
 PICKLE = "pytorch_model.bin"
 
 
+class WeightInfo(NamedTuple):
+    """A tensor of a weight file, known without reading its data."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    file: Path
+
+
 def read_config(directory: Path) -> dict[str, Any]:
     """``config.json`` of ``directory`` as a dict; ``UserError`` if missing or not JSON."""
-    path = Path(directory) / CONFIG
-    return read_json_object(path, what="a Hugging Face model directory needs config.json")
+    return read_json(Path(directory) / CONFIG, what="a Hugging Face model directory needs "
+                     "config.json")
+
+
+def read_json(path: Path, *, what: str) -> dict[str, Any]:
+    """``read_json_object``, with JSON nested past Python's recursion limit a UserError too."""
+    try:
+        return read_json_object(path, what=what)
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply ({what})") from None
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the model in ``directory``, by its name in the checkpoint."""
-    directory = Path(directory)
+    reader, files = _weight_files(Path(directory))
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        tensors.update(reader(path))
+    return tensors
+
+
+def read_weight_infos(directory: Path) -> dict[str, WeightInfo]:
+    """Dtype and shape of every tensor of the model in ``directory``, read without its
+    data (safetensors headers; pickles mapped, not read), so that a config.json can be
+    checked against the weights before a model of its sizes is allocated."""
+    reader, files = _weight_files(Path(directory))
+    infos: dict[str, WeightInfo] = {}
+    for path in files:
+        if reader is load_file:
+            found = {n: (i.dtype, i.shape) for n, i in read_header(path).tensors.items()}
+        else:
+            # Only the zip format can be mapped; a legacy pickle is read (its file's size).
+            state = _load_pickle(path, mmap=zipfile.is_zipfile(path))
+            found = {n: (t.dtype, tuple(t.shape)) for n, t in state.items()}
+        for name, (dtype, shape) in found.items():
+            if name in infos:
+                raise UserError(f"{path}: tensor {name!r} is also in {infos[name].file}")
+            infos[name] = WeightInfo(dtype, shape, path)
+    return infos
+
+
+def _weight_files(directory: Path) -> tuple[Callable[..., dict[str, torch.Tensor]], list[Path]]:
     for name, reader in ((SAFETENSORS, load_file), (PICKLE, _load_pickle)):
         single, index = directory / name, directory / f"{name}.index.json"
         if single.is_file():
-            return reader(single)
+            return reader, [single]
         if index.is_file():
-            return _read_sharded(index, reader)
+            return reader, _shards(index)
     present = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
     raise UserError(
         f"{directory}: no weights found (expected {SAFETENSORS} or {PICKLE}, or their "
@@ -62,22 +106,21 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
         f.write(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def _read_sharded(index: Path, reader: Any) -> dict[str, torch.Tensor]:
-    weight_map = read_json_object(index, what="a sharded checkpoint's index").get("weight_map")
+def _shards(index: Path) -> list[Path]:
+    weight_map = read_json(index, what="a sharded checkpoint's index").get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise UserError(f"{index}: no 'weight_map' naming the shard of each tensor")
-    tensors: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        # Shards are named relative to the index; a name reaching outside it is refused.
-        if not isinstance(shard, str) or Path(shard).name != shard:
+    shards = set(weight_map.values())
+    # Shards are named relative to the index; a name reaching outside it is refused.
+    for shard in shards:
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
             raise UserError(f"{index}: shard name {shard!r} is not a plain file name")
-        tensors.update(reader(index.parent / shard))
-    return tensors
+    return [index.parent / shard for shard in sorted(shards)]
 
 
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+def _load_pickle(path: Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise UserError(f"{path}: not found") from None
     except Exception as exc:  # weights_only refusals and corrupt files alike

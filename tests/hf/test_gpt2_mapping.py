@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from llm_gym.errors import UserError
-from llm_gym.hf.files import read_weights, write_json, write_model_dir
+from llm_gym.hf.files import read_weight_infos, read_weights, write_json, write_model_dir
 from llm_gym.hf.safetensors import save_file
 from llm_gym_components.models.gpt2_hf import GPT2HFAdapter, load_gpt2
 from tests.hf.conftest import SIZES, max_diff, random_ids, small_gpt2
@@ -148,3 +148,71 @@ def test_missing_files_say_what_is_expected(tmp_path: Path) -> None:
     (tmp_path / "tf_model.h5").write_text("")
     with pytest.raises(UserError, match="no weights found.*tf_model.h5"):
         load_gpt2(tmp_path)
+
+
+# config.json sizes that the (small) weights do not back; each must fail from the headers
+# alone, naming a tensor, without building the model it describes.
+CRAFTED = [
+    ({"n_embd": 10**6, "n_head": 1}, ["n_embd=1000000", "transformer.wte.weight: shape (67, 32), "
+                                      "expected (67, 1000000)"]),
+    ({"n_layer": 10**5}, ["missing transformer.h.2.ln_1.weight", "1199976 tensors missing",
+                          "n_layer=100000"]),
+    ({"vocab_size": 10**12}, ["transformer.wte.weight: shape (67, 32), expected "
+                              "(1000000000000, 32)"]),
+    ({"n_positions": 2**62}, ["transformer.wpe.weight: shape (16, 32)"]),
+    ({"n_layer": 3}, ["missing transformer.h.2.ln_1.weight", "12 tensors missing in all"]),
+    ({"n_layer": 1}, ["unexpected transformer.h.1.ln_1.weight"]),
+]
+
+
+@pytest.mark.parametrize(("change", "fragments"), CRAFTED,
+                         ids=[next(iter(c)) + str(i) for i, (c, _) in enumerate(CRAFTED)])
+def test_config_sizes_are_checked_against_the_headers_before_allocating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: dict, fragments: list[str]
+) -> None:
+    import time
+
+    import llm_gym_components.models.gpt2_hf as gpt2_hf
+
+    directory = exported(tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    write_json(directory / "config.json", {**config, **change})
+
+    def no_model(**sizes: object) -> None:
+        raise AssertionError(f"a GPT2 of {sizes} was built before the weights were checked")
+
+    monkeypatch.setattr(gpt2_hf, "GPT2", no_model)
+    monkeypatch.setattr(gpt2_hf, "read_weights", lambda d: pytest.fail("data read first"))
+    start = time.perf_counter()
+    with pytest.raises(UserError) as info:
+        load_gpt2(directory)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.5, f"{elapsed:.2f} s"
+    text = str(info.value)
+    assert text.startswith(f"{directory}: the weights do not fit"), text
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+def test_tensors_of_the_wrong_kind_or_twice_are_named(tmp_path: Path) -> None:
+    directory = exported(tmp_path)
+    _, tensors = ADAPTER.to_hf(small_gpt2(), eod_id=0)
+    tensors = {k: v.clone() for k, v in tensors.items()}
+    tensors["transformer.ln_f.bias"] = torch.zeros(32, dtype=torch.int32)
+    tensors["h.0.ln_1.weight"] = torch.ones(32)  # the same tensor without the prefix
+    save_file(tensors, directory / "model.safetensors")
+    with pytest.raises(UserError) as info:
+        load_gpt2(directory)
+    text = str(info.value)
+    assert "transformer.ln_f.bias: dtype torch.int32" in text
+    assert "stored twice" in text and "h.0.ln_1.weight" in text
+
+
+def test_a_tensor_in_two_shards_is_refused(tmp_path: Path) -> None:
+    _, tensors = ADAPTER.to_hf(small_gpt2(), eod_id=0)
+    save_file({"transformer.wte.weight": tensors["transformer.wte.weight"]}, tmp_path / "a")
+    save_file({"transformer.wte.weight": tensors["transformer.wte.weight"]}, tmp_path / "b")
+    write_json(tmp_path / "model.safetensors.index.json",
+               {"weight_map": {"transformer.wte.weight": "a", "x": "b"}})
+    with pytest.raises(UserError, match="'transformer.wte.weight' is also in .*a"):
+        read_weight_infos(tmp_path)
