@@ -28,7 +28,7 @@ from llm_gym.data.packed import PackedWriter
 from llm_gym.planning.plan import make_plan
 from llm_gym.recipes.loading import load_recipe
 from llm_gym.runner.entry import run_recipe
-from llm_gym.runner.flops import GPU_MEMORY_GIB, peak_flops
+from llm_gym.runner.flops import gpu_part, peak_flops
 from llm_gym.runner.metrics import read_metrics
 
 VOCAB, EOD = 50304, 50256
@@ -61,8 +61,10 @@ def memory_check(run_dir: Path, overrides: list[str]) -> dict:
     plan's peak for the same recipe on one GPU; on a CPU only the prediction."""
     eager = [*overrides, "trainer.compile=false", "trainer.max_steps=3", "trainer.log_every=3",
              "scheduler.config.warmup_steps=1"]
-    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
-    gpu = next((key for key in GPU_MEMORY_GIB if key in name), "H100")
+    part = gpu_part(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
+    # The runner's and the planner's lookup. The predicted bytes do not depend on the GPU
+    # (only the verdict does), so an unknown part plans as an H100.
+    gpu = part.name if part is not None else "h100"
     plan = make_plan(load_recipe("gpt2-124m", eager).recipe, label="gpt2-124m", nodes=1,
                      gpus_per_node=1, gpu=gpu)
     measured = None
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(f"\nGPT-2 124M on {device}, torch {torch.__version__}, "
           f"micro-batch {args.micro_batch} sequences, {args.steps} steps")
+    if torch.cuda.is_available():  # which peak the MFU divides by, or why there is none
+        print(f"MFU peak: {peak_flops(torch.device('cuda', 0))[1]}")
     print(f"{'setup':32} {'tokens/s':>12} {'MFU':>7} {'loss':>7} {'wall s':>7}")
     for name, row in rows.items():
         mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "n/a"

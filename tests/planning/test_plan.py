@@ -10,7 +10,7 @@ from llm_gym.planning.memory import Setup, communication, memory, shard_numel
 from llm_gym.planning.plan import USABLE, alternatives, make_plan
 from llm_gym.planning.report import verdict
 from llm_gym.recipes.loading import load_recipe
-from llm_gym.runner.flops import PEAK_FLOPS, gpu_spec
+from llm_gym.runner.flops import gpu_part, gpu_spec
 
 
 def plan(spec: str, *overrides: str, nodes: int = 1, gpus: int = 8, gpu: str = "h100"):
@@ -51,17 +51,21 @@ def test_tokens_flops_and_step_time() -> None:
     assert p.model_flops_per_step == p.shape.flops_per_token * p.tokens_per_step
     assert p.hardware_flops_per_step == p.model_flops_per_step  # no checkpointing
     assert p.step_seconds == pytest.approx(
-        p.model_flops_per_step / (16 * PEAK_FLOPS["H100"] * 0.4))
+        p.model_flops_per_step / (16 * 989e12 * 0.4))  # H100 SXM: 989 TFLOP/s bf16 dense
     full = plan("gpt2-124m", "trainer.activation_checkpointing=full", nodes=2)
     assert full.hardware_flops_per_step > full.model_flops_per_step
     assert full.memory().activations < p.memory().activations
 
 
 def test_gpus_by_name() -> None:
-    assert gpu_spec("a100-40gb")[1] == PEAK_FLOPS["A100"]
+    assert gpu_spec("a100-40gb") == ("A100-40GB", 312e12, int(39.4 * 2**30))
     assert gpu_spec("H200")[2] > gpu_spec("h100")[2]
-    with pytest.raises(UserError, match="known: H200, H100"):
+    # --gpu takes torch's device name too: the same lookup as the runner's
+    assert gpu_spec("NVIDIA L40S")[:2] == ("L40S", 362e12) != gpu_spec("l4")[:2]
+    assert gpu_spec("h100") == gpu_spec("NVIDIA H100 80GB HBM3")
+    with pytest.raises(UserError, match=r"unknown GPU 'tpu' \(--gpu\); known: h200, "):
         gpu_spec("tpu")
+    assert gpu_part("tpu") is None
 
 
 def test_a_plan_that_does_not_fit_says_what_to_change() -> None:
@@ -105,4 +109,4 @@ def test_cli_exits_2_when_it_will_not_fit(capsys: pytest.CaptureFixture[str]) ->
     assert code == 2
     assert "verdict: will not fit" in out and "what to change" in out
     assert "dry run" not in out
-    assert "will not fit on 1 x 1 4090" in err
+    assert "will not fit on 1 x 1 RTX-4090" in err
