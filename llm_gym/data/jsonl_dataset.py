@@ -21,7 +21,9 @@ from llm_gym.data.line_index import (
     build_line_index,
     default_index_path,
 )
+from llm_gym.data.line_scan import may_hold_surrogates, unpaired_surrogate
 from llm_gym.errors import UserError
+from llm_gym.fileio import check_input_file
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,7 @@ class MemMapDataset:
         self.tokenizer = tokenizer
         self.field = field
         self.on_stale = on_stale
-        if not self.path.is_file():
-            raise UserError(f"{self.path}: no such file")
+        check_input_file(self.path, "the dataset's JSONL file")
         # Resolved here rather than on first access: every rank constructs the dataset at
         # the same point, so the barrier below cannot deadlock against a rank that is
         # busy elsewhere, and DataLoader workers inherit a ready index.
@@ -73,22 +74,31 @@ class MemMapDataset:
         return getattr(ids, "ids", ids)  # a Hugging Face `tokenizers.Encoding` holds them
 
     def text(self, i: int) -> str:
-        record = self.record(i)
-        value = _lookup(record, self.field, lambda: self._where(i))
+        raw = self._raw(i)
+        value = _lookup(self._parse(i, raw), self.field, lambda: self._where(i))
         if not isinstance(value, str):
             raise UserError(
                 f"{self._where(i)}: field {self.field!r} is {type(value).__name__}, "
                 "expected a string"
             )
+        # A lone surrogate (from a "\ud800" escape) would fail in the tokenizer, unnamed.
+        if may_hold_surrogates(raw) and (reason := unpaired_surrogate(value, self.field)):
+            raise UserError(f"{self._where(i)}: {reason}")
         return value
 
     def record(self, i: int) -> Any:
         """Document ``i`` parsed as JSON."""
+        return self._parse(i, self._raw(i))
+
+    def _raw(self, i: int) -> bytes:
         start, end = self.index.span(operator.index(i))
-        raw = self.data[start:end]
+        return self.data[start:end]
+
+    def _parse(self, i: int, raw: bytes) -> Any:
         try:
             return json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
+            start = self.index.span(operator.index(i))[0]
             raise UserError(
                 f"{self._where(i)}: invalid UTF-8 at byte offset {start + e.start}"
             ) from None
@@ -167,11 +177,12 @@ def _open_or_build(source: Path, index_path: Path, on_stale: str) -> LineIndex:
         log.info("indexing %s (no index yet)", source)
         build_line_index(source, index_path)
         return LineIndex.open(index_path, source)
+    corrupt: CorruptIndexError | None = None
     try:
         index = LineIndex.open(index_path, source)
         reason = index.is_stale()
     except CorruptIndexError as e:
-        index, reason = None, e.message
+        index, reason, corrupt = None, e.message, e
     if reason is None:
         return index
     if on_stale == "refuse":
@@ -180,8 +191,9 @@ def _open_or_build(source: Path, index_path: Path, on_stale: str) -> LineIndex:
             f"Rebuild it with `llm_gym tools index {source}`, or allow rebuilding."
         )
     log.warning("rebuilding the index of %s: %s", source, reason)
-    options: dict[str, Any] = {}
-    if index is not None:  # keep how it was built: a validated, bad-line-skipping index
+    # Keep how it was built: a validated, bad-line-skipping index stays one.
+    options: dict[str, Any] = corrupt.build_options if corrupt is not None else {}
+    if index is not None:
         options = {"validate": index.validated, "on_bad_line": index.on_bad_line}
         index.close()
     build_line_index(source, index_path, **options)

@@ -6,11 +6,11 @@ so memory stays flat whatever the file size. The index is written to a temporary
 beside the target and moved into place with ``os.replace``: a reader sees the old index
 or the new one, never a torn one, and a failed build leaves nothing behind.
 
-On-disk format, version 1 (all little-endian)::
+On-disk format, version 2 (all little-endian)::
 
     offset  size  field
     0       8     magic b"LGIDX\\0\\0\\0"
-    8       4     format version, uint32 (1)
+    8       4     format version, uint32 (2)
     12      4     flags, uint32: bit 0 = lines were parsed as JSON (validate),
                   bit 1 = bad lines were skipped rather than fatal
     16      8     source size in bytes, uint64
@@ -19,13 +19,21 @@ On-disk format, version 1 (all little-endian)::
     48      8     N, the number of indexed lines, uint64
     56      8     empty or whitespace-only lines skipped, uint64
     64      8     bad lines skipped (validate with on_bad_line="skip"), uint64
-    72      16*N  N pairs (start, end), uint64: ``source[start:end]`` is the line
+    72      4     CRC-32 of the whole source, uint32
+    76      4     reserved, zero
+    80      16*N  N pairs (start, end), uint64: ``source[start:end]`` is the line
                   without its ``\\n`` or ``\\r\\n``
 
 Ends are stored rather than taken from the next line's start because skipped empty and
 bad lines sit between documents; with them, ``span`` needs no look at the data. The
-index file must be exactly ``72 + 16 * N`` bytes long, which is how truncation shows.
+index file must be exactly ``80 + 16 * N`` bytes long, which is how truncation shows.
 A UTF-8 byte-order mark at the start of the source is not part of line 1.
+
+Staleness: size, the first and last 64 KiB, and the mtime are compared first (cheap), then
+the CRC-32 of the whole source (one read at ~4 GB/s from the page cache), so an edit of the
+same size in the middle of the file, its mtime restored (``cp -p``, ``rsync -t``), is still
+caught. Version 1 indexes had no CRC: they read as corrupt, so they are rebuilt (or
+refused, naming the rebuild command) with the options they were built with.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import os
 import stat
 import struct
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
@@ -44,21 +53,24 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
+from llm_gym.data.file_kinds import LINE_INDEX, MAGIC_LINE_INDEX, check_outputs
 from llm_gym.data.line_scan import (
     DEFAULT_CHUNK_SIZE,
     BadLine,
     LineScanner,
 )
 from llm_gym.errors import UserError
-from llm_gym.fileio import atomic_output
+from llm_gym.fileio import atomic_output, open_input
 
-MAGIC = b"LGIDX\0\0\0"
-VERSION = 1
+MAGIC = MAGIC_LINE_INDEX
+VERSION = 2
 FLAG_VALIDATED = 1
 FLAG_SKIP_BAD = 2
-_HEADER = struct.Struct("<8sIIQq16sQQQ")
-HEADER_SIZE = _HEADER.size  # 72, a multiple of 8 so the offsets can be memory-mapped as uint64
+_HEADER = struct.Struct("<8sIIQq16sQQQII")
+HEADER_SIZE = _HEADER.size  # 80, a multiple of 8 so the offsets can be memory-mapped as uint64
+_FIXED = struct.Struct("<8sII")  # magic, version, flags: the same in every version
 FINGERPRINT_BYTES = 64 << 10
+_READ_BYTES = 4 << 20
 @dataclass
 class IndexSummary:
     path: Path
@@ -98,8 +110,9 @@ def build_line_index(
         raise ValueError(f"chunk_size must be positive, not {chunk_size}")
     source = Path(source)
     out = default_index_path(source) if out is None else Path(out)
+    check_outputs({out: LINE_INDEX}, [source])
     started = time.perf_counter()
-    with _open_source(source) as f, open(source, "rb") as probe:
+    with _open_source(source) as f, _open_source(source, buffering=-1) as probe:
         before = os.fstat(f.fileno())
         if before.st_size == 0:
             raise UserError(f"{source}: the file is empty; expected one JSON document per line")
@@ -110,8 +123,10 @@ def build_line_index(
         scan = LineScanner(source, probe, chunk_size, validate, on_bad_line)
         scan.carry_start = len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0
         flags = FLAG_VALIDATED * validate | FLAG_SKIP_BAD * (on_bad_line == "skip")
+        # Whoever may read the data may read its index (mkstemp alone would say 0600).
+        file_mode = stat.S_IMODE(before.st_mode) & 0o666 | 0o600
         with (
-            _atomic_output(out, before.st_mode) as w,
+            atomic_output(out, file_mode=file_mode) as w,
             _progress_bar(progress, source, before) as bar,
         ):
             w.write(bytes(HEADER_SIZE))  # placeholder: the counts are known only at the end
@@ -125,7 +140,8 @@ def build_line_index(
                 raise UserError(f"{source}: no {what} lines; expected one JSON document per line")
             counts = scan.lines, scan.empty, scan.bad_count
             w.seek(0)
-            w.write(_HEADER.pack(MAGIC, VERSION, flags, *source_id, fingerprint, *counts))
+            w.write(_HEADER.pack(MAGIC, VERSION, flags, *source_id, fingerprint, *counts,
+                                 scan.crc, 0))
     return IndexSummary(
         path=out,
         lines=scan.lines,
@@ -159,28 +175,19 @@ def _fingerprint(f: IO[bytes], size: int) -> bytes:
     return h.digest()
 
 
+def _crc32(f: IO[bytes]) -> int:
+    crc = 0
+    f.seek(0)
+    while block := f.read(_READ_BYTES):
+        crc = zlib.crc32(block, crc)
+    return crc
+
+
 @contextmanager
-def _open_source(source: Path) -> Iterator[IO[bytes]]:
-    try:
-        f = open(source, "rb", buffering=0)  # raw: readinto goes straight into our buffer
-    except FileNotFoundError:
-        raise UserError(f"{source}: no such file") from None
-    except OSError as e:
-        raise UserError(f"{source}: cannot read: {e.strerror}") from None
-    with f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise UserError(f"{source}: not a regular file")
+def _open_source(source: Path, buffering: int = 0) -> Iterator[IO[bytes]]:
+    # Unbuffered by default: readinto goes straight into the scanner's buffer.
+    with open_input(source, "the JSONL file to index", buffering=buffering) as f:
         yield f
-
-
-@contextmanager
-def _atomic_output(out: Path, source_mode: int) -> Iterator[IO[bytes]]:
-    # Whoever may read the data may read its index (mkstemp alone would say 0600).
-    try:
-        with atomic_output(out, file_mode=stat.S_IMODE(source_mode) & 0o666 | 0o600) as w:
-            yield w
-    except OSError as e:
-        raise UserError(f"{out}: cannot write the index there: {e.strerror}") from None
 
 
 def _progress_bar(enabled: bool, source: Path, st: os.stat_result) -> Any:
@@ -194,7 +201,22 @@ def _progress_bar(enabled: bool, source: Path, st: os.stat_result) -> Any:
 
 
 class CorruptIndexError(UserError):
-    """An index we wrote but cannot use as is (truncated, older format): rebuilding fixes it."""
+    """An index we wrote but cannot use as is (truncated, older format): rebuilding fixes it.
+
+    ``flags`` are the build flags when the header still tells them, so a rebuild can keep
+    how the index was built (validated, bad lines skipped).
+    """
+
+    def __init__(self, message: str, flags: int | None = None) -> None:
+        super().__init__(message)
+        self.flags = flags
+
+    @property
+    def build_options(self) -> dict[str, Any]:
+        if self.flags is None:
+            return {}
+        return {"validate": bool(self.flags & FLAG_VALIDATED),
+                "on_bad_line": "skip" if self.flags & FLAG_SKIP_BAD else "fail"}
 
 
 class LineIndex:
@@ -203,7 +225,7 @@ class LineIndex:
     def __init__(self, path: Path, source: Path, header: tuple, offsets: np.ndarray) -> None:
         self.path, self.source, self.offsets = path, source, offsets
         self.flags, self.source_size, self.mtime_ns, self.fingerprint = header[2:6]
-        self.empty_lines, self.bad_lines = header[7:9]
+        self.empty_lines, self.bad_lines, self.crc = header[7:10]
 
     @classmethod
     def open(cls, path: Path, source: Path) -> LineIndex:
@@ -218,14 +240,17 @@ class LineIndex:
             raise UserError(f"{path}: cannot read the index: {e.strerror}") from None
         if head[: len(MAGIC)] != MAGIC[: len(head)]:
             raise UserError(f"{path}: not an llm_gym line index (wrong magic bytes)")
-        if len(head) < HEADER_SIZE:
-            raise CorruptIndexError(f"{path}: truncated index ({size} bytes, header alone is 72)")
-        header = _HEADER.unpack(head)
-        if header[1] != VERSION:
+        if len(head) >= _FIXED.size and (fixed := _FIXED.unpack_from(head))[1] != VERSION:
             raise CorruptIndexError(
-                f"{path}: unsupported index format version {header[1]} "
-                f"(this llm_gym reads version {VERSION}); rebuild it"
+                f"{path}: unsupported index format version {fixed[1]} "
+                f"(this llm_gym reads version {VERSION}); rebuild it",
+                flags=fixed[2] if fixed[1] == 1 else None,
             )
+        if len(head) < HEADER_SIZE:
+            raise CorruptIndexError(
+                f"{path}: truncated index ({size} bytes, header alone is {HEADER_SIZE})"
+            )
+        header = _HEADER.unpack(head)
         lines = header[6]
         expected = HEADER_SIZE + 16 * lines
         if size != expected:
@@ -274,20 +299,27 @@ class LineIndex:
     def is_stale(self, source: Path | None = None) -> str | None:
         """Why the index no longer describes ``source`` (default: its own), or None."""
         source = self.source if source is None else Path(source)
-        try:
-            st = source.stat()
-        except FileNotFoundError:
+        if not source.exists():
             return f"{source} no longer exists"
-        if st.st_size != self.source_size:
-            return f"{source} changed size: {self.source_size} bytes when indexed, now {st.st_size}"
-        with open(source, "rb") as f:
+        with open_input(source, "the indexed JSONL file") as f:
+            st = os.fstat(f.fileno())
+            if st.st_size != self.source_size:
+                return (
+                    f"{source} changed size: {self.source_size} bytes when indexed,"
+                    f" now {st.st_size}"
+                )
             if _fingerprint(f, st.st_size) != self.fingerprint:
                 return f"{source} changed: its first or last 64 KiB differ from when indexed"
-        if st.st_mtime_ns != self.mtime_ns:
-            return (
-                f"{source} was modified after indexing "
-                f"(mtime {self.mtime_ns / 1e9:.6f} when indexed, now {st.st_mtime_ns / 1e9:.6f})"
-            )
+            if st.st_mtime_ns != self.mtime_ns:
+                return (
+                    f"{source} was modified after indexing (mtime {self.mtime_ns / 1e9:.6f}"
+                    f" when indexed, now {st.st_mtime_ns / 1e9:.6f})"
+                )
+            if _crc32(f) != self.crc:
+                return (
+                    f"{source} changed since it was indexed: same size and mtime, but its"
+                    " content differs (CRC-32)"
+                )
         return None
 
     def close(self) -> None:
