@@ -21,16 +21,20 @@ def export_group() -> None:
 @export_group.command("hf")
 @source_argument
 @click.argument("out_dir", type=click.Path(path_type=Path))
-def export_hf_cmd(source: Path, out_dir: Path) -> None:
+@click.option("--force", is_flag=True,
+              help="Write into a non-empty OUT_DIR: the exported files replace theirs there; "
+              "nothing else in it is touched.")
+def export_hf_cmd(source: Path, out_dir: Path, force: bool) -> None:
     """Write a Hugging Face model directory (config.json, model.safetensors, tokenizer).
 
     SOURCE is a run directory (its newest complete checkpoint is used) or one checkpoint
     directory. transformers loads the result with GPT2LMHeadModel.from_pretrained(OUT_DIR).
+    The files appear together or, if the export fails, not at all.
     """
     from llm_gym.cli.output import err, out
     from llm_gym.hf.export import export_hf
 
-    result = export_hf(source, out_dir)
+    result = export_hf(source, out_dir, force=force)
     for note in result.notes:
         err.print(f"[yellow]note:[/] {note}", markup=True)
     origin = result.checkpoint or f"{source} (imported weights)"

@@ -12,6 +12,7 @@ RUN_DIR`` trains from them, at any number of processes.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from llm_gym.config.recipe_model import validate_recipe
 from llm_gym.errors import UserError
 from llm_gym.fileio import atomic_output
 from llm_gym.hf.adapter import component_for_model_type
-from llm_gym.hf.files import read_config, write_model_dir
+from llm_gym.hf.directory_output import directory_output, existing_entries
+from llm_gym.hf.files import CONFIG, read_config, write_model_dir
 from llm_gym.hf.tokenizer_files import TOKENIZER_FILES
 from llm_gym.recipes.loading import check_dependencies, load_recipe
 from llm_gym.recipes.pins import current_pins
@@ -34,6 +36,7 @@ from llm_gym.runner.checkpoint import CHECKPOINTS
 
 HF_SUBDIR = "hf"
 DEFAULT_BASE = "gpt2-tiny"
+NOT_EMPTY = "import into a new (absent or empty) directory"
 
 
 @dataclass
@@ -63,50 +66,80 @@ def import_hf(
     source, run_dir = Path(source), Path(run_dir)
     if (run_dir / RESOLVED_FILE).exists() or (run_dir / CHECKPOINTS).exists():
         raise UserError(f"{run_dir}: already a run directory; import into a new one")
+    existing_entries(run_dir)  # not a directory: said before anything is loaded
     registry = registry or ResolverRegistry.from_installed_plugins()
     config = read_config(source)
     spec, adapter = component_for_model_type(registry, config.get("model_type"))
     loaded = load_recipe(base, overrides, registry=registry, recipe_dirs=recipe_dirs,
                          allow_drift=allow_drift)
+    # Everything is written under a temporary name and renamed to run_dir at the end: a
+    # failure (a full disk, a recipe that does not fit) leaves no half-made run directory.
+    with directory_output(run_dir, replace_files=False, refusal=NOT_EMPTY) as output:
+        staged_hf, final_hf = output.path / HF_SUBDIR, output.target / HF_SUBDIR
+        # Built through the component itself: the weights are checked exactly as training
+        # will load them, then written back as safetensors with the source's token ids.
+        model = registry.build_component_by_key_query("model", spec.name, {"path": source})
+        eos_id = _token_id(config, "eos_token_id", getattr(model, "vocab_size", None), source)
+        out_config, tensors = adapter.to_hf(model, eod_id=eos_id)
+        write_model_dir(staged_hf, out_config, tensors)
+        for name in TOKENIZER_FILES:  # plain data; anything else (code above all) stays behind
+            if (source / name).is_file():
+                shutil.copyfile(source / name, staged_hf / name)
 
-    # Built through the component itself: the weights are checked exactly as training
-    # will load them, then written back as safetensors with the source's token ids.
-    model = registry.build_component_by_key_query("model", spec.name, {"path": source})
-    hf_dir = (run_dir / HF_SUBDIR).resolve()
-    out_config, tensors = adapter.to_hf(model, eod_id=config.get("eos_token_id"))
-    write_model_dir(hf_dir, out_config, tensors)
-    for name in TOKENIZER_FILES:  # plain data; anything else (code above all) stays behind
-        if (source / name).is_file():
-            shutil.copyfile(source / name, hf_dir / name)
+        # Checked where the files are now, then written naming where they will be.
+        data = copy.deepcopy(loaded.data)
+        data["model"] = {"type_hint": spec.name, "config": {"path": str(staged_hf)}}
+        notes = []
+        tokenizer = adapter.tokenizer_entry(staged_hf, out_config)
+        if tokenizer is not None:
+            data["tokenizer"] = tokenizer
+        else:
+            kept = (data.get("tokenizer") or {}).get("type_hint", "none")
+            notes.append(f"{source} has no tokenizer files: the base recipe's tokenizer "
+                         f"({kept}) is kept; it must produce the ids the model was trained on")
+        data.pop("pins", None)
+        meta = dict(data.get("recipe") or {})
+        meta["description"] = f"{loaded.ref.label} starting from {source.resolve()}"
+        data["recipe"] = meta
+        recipe_path = run_dir / RESOLVED_FILE
+        data["pins"] = current_pins(validate_recipe(data, registry, str(recipe_path)))
+        recipe = validate_recipe(data, registry, str(recipe_path))
+        check_dependencies(recipe, registry, str(recipe_path))
+        _check_fit(model, recipe, registry, tokenizer is not None)
 
-    data = copy.deepcopy(loaded.data)
-    data["model"] = {"type_hint": spec.name, "config": {"path": str(hf_dir)}}
-    notes = []
-    tokenizer = adapter.tokenizer_entry(hf_dir, out_config)
-    if tokenizer is not None:
-        data["tokenizer"] = tokenizer
-    else:
-        kept = (data.get("tokenizer") or {}).get("type_hint", "none")
-        notes.append(f"{source} has no tokenizer files: the base recipe's tokenizer ({kept}) "
-                     "is kept; it must produce the ids the model was trained on")
-    data.pop("pins", None)
-    meta = dict(data.get("recipe") or {})
-    meta["description"] = f"{loaded.ref.label} starting from {source.resolve()}"
-    data["recipe"] = meta
-    recipe_path = run_dir / RESOLVED_FILE
-    data["pins"] = current_pins(validate_recipe(data, registry, str(recipe_path)))
-    recipe = validate_recipe(data, registry, str(recipe_path))
-    check_dependencies(recipe, registry, str(recipe_path))
-    _check_fit(model, recipe, registry, tokenizer is not None)
-
-    header = (f"# imported from {source.resolve()} by `llm_gym import hf`, on {loaded.ref.label}"
-              f" ({loaded.ref.path})\n")
-    body = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False,
-                          allow_unicode=True)
-    with atomic_output(recipe_path, "w", encoding="utf-8") as f:
-        f.write(header + body)
+        header = (f"# imported from {source.resolve()} by `llm_gym import hf`, on "
+                  f"{loaded.ref.label} ({loaded.ref.path})\n")
+        dumped = _relocated(recipe.model_dump(mode="json", exclude_none=True),
+                            str(staged_hf), str(final_hf))
+        body = yaml.safe_dump(dumped, sort_keys=False, allow_unicode=True)
+        with atomic_output(output.path / RESOLVED_FILE, "w", encoding="utf-8") as f:
+            f.write(header + body)
     num_params = sum(p.numel() for p in model.parameters())
     return ImportResult(run_dir, recipe_path, adapter.model_type, num_params, notes)
+
+
+def _token_id(config: dict[str, Any], key: str, vocab_size: int | None,
+              source: Path) -> int | None:
+    """config.json's ``key`` if it is a token id of the model (or absent)."""
+    value = config.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or value < 0 or (vocab_size is not None and value >= vocab_size):
+        top = "" if vocab_size is None else f"..{vocab_size - 1}"
+        raise UserError(f"{source / CONFIG}: {key} {value!r} is not a token id of the "
+                        f"model (0{top})")
+    return value
+
+
+def _relocated(value: Any, old: str, new: str) -> Any:
+    """``value`` with every string naming ``old`` or a path under it moved to ``new``."""
+    if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+        return new + value[len(old):]
+    if isinstance(value, dict):
+        return {k: _relocated(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocated(v, old, new) for v in value]
+    return value
 
 
 def _check_fit(model: Any, recipe: Any, registry: ResolverRegistry, new_tokenizer: bool) -> None:

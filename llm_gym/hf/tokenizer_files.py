@@ -60,7 +60,10 @@ def write_tokenizer_files(
     write_json(out_dir / "tokenizer_config.json", tokenizer_config)
     files = ["tokenizer.json", "tokenizer_config.json"]
     if byte_level_bpe:
-        files += [Path(p).name for p in hf.model.save(str(out_dir))]  # vocab.json, merges.txt
+        try:  # vocab.json, merges.txt
+            files += [Path(p).name for p in hf.model.save(str(out_dir))]
+        except Exception as exc:  # the Rust side raises plain Exception, a full disk too
+            raise OSError(f"cannot write vocab.json and merges.txt in {out_dir}: {exc}") from None
     return files, None
 
 

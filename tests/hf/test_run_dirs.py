@@ -49,9 +49,14 @@ def test_export_import_round_trip_has_identical_logits(debug_run: Path, tmp_path
     result = export_hf(debug_run, tmp_path / "hf")
     assert result.files == ["config.json", "model.safetensors"]
     assert any("ByteLevel" in n and "no Hugging Face equivalent" in n for n in result.notes)
-    (tmp_path / "hf" / "tokenizer.json").write_text("{}")  # from an earlier export
-    assert export_hf(debug_run, tmp_path / "hf").files == result.files
-    assert not (tmp_path / "hf" / "tokenizer.json").exists()
+    (tmp_path / "hf" / "tokenizer.json").write_text("{}")  # not the export's
+    with pytest.raises(UserError, match="is not empty.*--force"):
+        export_hf(debug_run, tmp_path / "hf")
+    again = export_hf(debug_run, tmp_path / "hf", force=True)
+    assert again.files == result.files
+    assert (tmp_path / "hf" / "tokenizer.json").read_text() == "{}"  # never deleted
+    assert any("kept" in n and "tokenizer.json" in n for n in again.notes)
+    (tmp_path / "hf" / "tokenizer.json").unlink()
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["eos_token_id"] == config["bos_token_id"] == 256
     imported = import_hf(tmp_path / "hf", tmp_path / "run", base="gpt2-debug")
