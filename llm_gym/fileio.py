@@ -139,10 +139,25 @@ class AtomicFile:
 
     def commit(self) -> None:
         """Flush to disk and rename over ``path``; on any failure, discard instead."""
+        self.sync()
+        self.rename()
+
+    def sync(self) -> None:
+        """Flush and fsync the data and close the file: what can fail on a full disk."""
         try:
             self.file.flush()
             os.fsync(self.file.fileno())  # the rename must not reach the disk before the data
             self.file.close()
+        except OSError as e:
+            self.discard()
+            raise output_error(self.path, e) from e
+        except BaseException:
+            self.discard()
+            raise
+
+    def rename(self) -> None:
+        """Move the synced file over ``path``."""
+        try:
             check_output_target(self.path)  # it may have become a directory or a device since
             os.replace(self.tmp, self.path)
         except OSError as e:

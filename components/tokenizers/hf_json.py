@@ -19,6 +19,7 @@ from tokenizers import Tokenizer as _HF
 
 from llm_gym.data.tokenizer import EOD_TOKEN, fingerprint_of
 from llm_gym.errors import UserError
+from llm_gym.fileio import open_input
 from llm_gym.registry import ComponentConfig, component
 
 
@@ -90,10 +91,11 @@ class HFJsonTokenizer(HFTokenizer):
 
     def __init__(self, path: str | Path, eod_token: str = EOD_TOKEN) -> None:
         path = Path(path)
+        if not path.exists():
+            raise UserError(f"{path}: tokenizer file not found")
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UserError(f"{path}: tokenizer file not found") from None
+            with open_input(path, "a tokenizer file") as f:  # a FIFO would block read_text
+                text = f.read().decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{path}: cannot read tokenizer file: {e}") from None
         try:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
+
+_ON_BAD_LINE = click.Choice(["fail", "skip"])
 
 
 @click.group()
@@ -12,11 +17,31 @@ def tools() -> None:
     """Prepare data: line indexes, tokenizers, packed token files, the demo corpus."""
 
 
+@contextmanager
+def _named_as_flags() -> Iterator[None]:
+    """Errors raised deep in the data code name Python arguments; here the flags."""
+    from llm_gym.data.line_scan import CLI_SKIP_HINT, BadLineError
+
+    try:
+        yield
+    except BadLineError as e:
+        raise e.with_skip_hint(CLI_SKIP_HINT) from None
+
+
+def _print_skipped(source: Path, bad_lines: Sequence[Any], total: int) -> None:
+    from llm_gym.cli.output import err
+
+    for line_no, reason in bad_lines:
+        err.print(f"skipped {source}:{line_no}: {reason}", markup=False)
+    if total > len(bad_lines):
+        err.print(f"skipped {total - len(bad_lines)} more bad lines of {source}", markup=False)
+
+
 @tools.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Index path (default: FILE.idx).")
 @click.option("--validate", is_flag=True, help="Parse every line as JSON; report bad lines.")
-@click.option("--on-bad-line", type=click.Choice(["fail", "skip"]), default="fail",
+@click.option("--on-bad-line", type=_ON_BAD_LINE, default="fail",
               show_default=True, help="With --validate: stop, or leave bad lines out.")
 def index(source: Path, out: Path | None, validate: bool, on_bad_line: str) -> None:
     """Write the line index of a JSONL file (byte offset of every document)."""
@@ -28,10 +53,10 @@ def run_index(source: Path, *, out: Path | None, validate: bool, on_bad_line: st
     from llm_gym.cli.output import out as console
     from llm_gym.data.line_index import build_line_index
 
-    summary = build_line_index(source, out, validate=validate, on_bad_line=on_bad_line,
-                               progress=err.is_terminal)
-    for line_no, reason in getattr(summary, "bad_lines", []) or []:
-        err.print(f"skipped {source}:{line_no}: {reason}", markup=False)
+    with _named_as_flags():
+        summary = build_line_index(source, out, validate=validate, on_bad_line=on_bad_line,
+                                   progress=err.is_terminal)
+    _print_skipped(source, summary.bad_lines, summary.bad_count)
     console.print(
         f"indexed {summary.lines} lines of {source} ({summary.empty_lines} empty skipped, "
         f"{summary.bytes / 1e6:.1f} MB in {summary.seconds:.2f}s) -> {summary.path}",
@@ -51,15 +76,19 @@ def run_index(source: Path, *, out: Path | None, validate: bool, on_bad_line: st
 @click.option("--field", default="text", show_default=True, help="JSON key (or dotted path).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Tokenizer processes; the output is identical for any number.")
+@click.option("--on-bad-line", type=_ON_BAD_LINE, default="fail", show_default=True,
+              help="Stop at a bad line, or leave bad lines out (listed).")
 def pack(source: Path, tokenizer_spec: str, tokenizer_options: tuple[str, ...],
-         out_prefix: Path, field: str, workers: int) -> None:
+         out_prefix: Path, field: str, workers: int, on_bad_line: str) -> None:
     """Tokenize a JSONL file into a packed token file with a document index."""
     from llm_gym.cli.output import err, out
     from llm_gym.data.pack import pack_jsonl
 
     tokenizer = build_tokenizer(tokenizer_spec, tokenizer_options)
-    summary = pack_jsonl(source, tokenizer, out_prefix, field=field, workers=workers,
-                         progress=err.is_terminal)
+    with _named_as_flags():
+        summary = pack_jsonl(source, tokenizer, out_prefix, field=field, workers=workers,
+                             progress=err.is_terminal, on_bad_line=on_bad_line)
+    _print_skipped(source, summary.bad_lines, summary.n_bad_lines)
     out.print(f"packed {summary}", markup=False)
 
 
@@ -69,31 +98,84 @@ def build_tokenizer(spec: str, options: tuple[str, ...] = ()):  # noqa: ANN201
     from llm_gym.registry import ResolverRegistry
 
     registry = ResolverRegistry.from_installed_plugins()
+    name, given = ("HFJson", {"path": spec}) if spec.endswith(".json") else (spec, {})
+    try:
+        component = registry.spec("tokenizer", name)
+    except LookupError as exc:
+        raise UserError(f"--tokenizer: {exc}") from None
+    kwargs = {**given, **tokenizer_options(options, component.name, component.config_cls,
+                                           given)}
+    return registry.build_component_by_key_query("tokenizer", component.name, kwargs)
+
+
+def tokenizer_options(
+    options: Sequence[str], name: str, config_cls: Any, given: dict[str, Any]
+) -> dict[str, str]:
+    """``--tokenizer-option KEY=VALUE`` items as config keys, each checked against
+    ``config_cls``: an unknown key names the valid ones (and the closest), a value of the
+    wrong type names the type expected. ``given`` are keys --tokenizer already set."""
+    from pydantic import ValidationError
+
+    from llm_gym.errors import UserError
+    from llm_gym.registry.fields import describe_fields
+    from llm_gym.registry.kinds import closest_name
+
+    fields = {row[0]: row for row in describe_fields(config_cls) if row[0] not in given}
+    valid = ", ".join(f"{key} ({row[1]})" for key, row in fields.items()) or "none"
     kwargs: dict[str, str] = {}
     for item in options:
         key, sep, value = item.partition("=")
-        if not sep:
+        key = key.strip()
+        if not sep or not key:
             raise UserError(f"--tokenizer-option {item!r}: expected KEY=VALUE")
+        if key in given:
+            raise UserError(
+                f"--tokenizer-option {item!r}: {key} is set by --tokenizer {given[key]};"
+                f" {name}'s other options: {valid}"
+            )
+        if key not in fields:
+            closest = closest_name(key, list(fields))
+            hint = f" (did you mean {closest!r}?)" if closest else ""
+            raise UserError(
+                f"--tokenizer-option {item!r}: tokenizer {name} has no option {key!r}{hint};"
+                f" its options: {valid}"
+            )
+        if key in kwargs:
+            raise UserError(f"--tokenizer-option: {key} is given twice")
         kwargs[key] = value
-    if spec.endswith(".json"):
-        return registry.build_component_by_key_query(
-            "tokenizer", "HFJson", {"path": spec, **kwargs}
-        )
     try:
-        return registry.build_component_by_key_query("tokenizer", spec, kwargs)
-    except LookupError as exc:
-        raise UserError(f"--tokenizer: {exc}") from None
+        config_cls(**given, **kwargs)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        key = str(problem["loc"][0]) if problem["loc"] else ""
+        if key in kwargs:
+            _, type_name, _, constraints, _ = fields[key]
+            expected = type_name + (f" ({constraints})" if constraints else "")
+            raise UserError(
+                f"--tokenizer-option {key}={kwargs[key]}: tokenizer {name}'s {key} expects"
+                f" {expected}: {problem['msg']}"
+            ) from None
+        missing = ", ".join(str(p["loc"][0]) for p in exc.errors() if p["loc"])
+        raise UserError(
+            f"--tokenizer {name}: needs --tokenizer-option for {missing or 'its options'}"
+            f" ({exc.errors()[0]['msg']}); its options: {valid}"
+        ) from None
+    return kwargs
 
 
 @tools.command("demo-corpus")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--target-mb", type=click.FloatRange(min=0.01), default=8.0, show_default=True)
-def demo_corpus(out: Path, target_mb: float) -> None:
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def demo_corpus(out: Path, target_mb: float, force: bool) -> None:
     """Write English prose from installed Python docstrings as JSONL (no download)."""
     from llm_gym.cli.output import err
     from llm_gym.cli.output import out as console
     from llm_gym.data.demo_corpus import write_demo_corpus
+    from llm_gym.errors import UserError
 
+    if (out.exists() or out.is_symlink()) and not force:
+        raise UserError(f"{out}: already exists; --force replaces it")
     summary = write_demo_corpus(out, target_mb=target_mb, progress=err.is_terminal)
     console.print(f"wrote {summary.docs} documents, {summary.bytes / 1e6:.1f} MB -> {out}",
                   markup=False)
@@ -110,10 +192,26 @@ def tokenizer() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="tokenizer.json to write")
 @click.option("--field", default="text", show_default=True)
-def train_tokenizer(corpus: Path, vocab_size: int, out: Path, field: str) -> None:
+@click.option("--on-bad-line", type=_ON_BAD_LINE, default="fail", show_default=True,
+              help="Stop at a bad line, or leave bad lines out (listed).")
+def train_tokenizer(corpus: Path, vocab_size: int, out: Path, field: str,
+                    on_bad_line: str) -> None:
     """Train a byte-level BPE tokenizer (Hugging Face tokenizers) on a JSONL corpus."""
     from llm_gym.cli.output import out as console
+    from llm_gym.data.line_scan import MAX_BAD_LINES_KEPT
     from llm_gym.data.tokenizer_training import train_bpe_tokenizer
 
-    path = train_bpe_tokenizer(corpus, vocab_size, out, field=field)
+    skipped: list[Any] = []
+    count = 0
+
+    def on_skip(bad: Any) -> None:
+        nonlocal count
+        count += 1
+        if len(skipped) < MAX_BAD_LINES_KEPT:
+            skipped.append(bad)
+
+    with _named_as_flags():
+        path = train_bpe_tokenizer(corpus, vocab_size, out, field=field,
+                                   on_bad_line=on_bad_line, on_skip=on_skip)
+    _print_skipped(corpus, skipped, count)
     console.print(f"wrote {path}", markup=False)

@@ -27,8 +27,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_gym.data.file_kinds import JSONL, check_outputs
 from llm_gym.errors import UserError
-from llm_gym.fileio import atomic_output
+from llm_gym.fileio import atomic_output, make_parent_dirs
 
 MIN_CHARS = 200  # shorter docstrings are mostly one-liners ("Return the foo.")
 MIN_PROSE_FRACTION = 0.7  # letters and whitespace; below that it is code, tables or ASCII art
@@ -74,18 +75,20 @@ def write_demo_corpus(
 
     Scans the standard library first, then ``packages`` in order, in sorted file order,
     and stops once the target is reached (the last document may overshoot it). Packages
-    are located without importing them. The file is replaced atomically.
+    are located without importing them. The file is replaced atomically; an existing
+    ``out`` that is another kind of llm_gym file (an index, a tokenizer) is refused.
     """
     if not target_mb > 0:
         raise UserError(f"demo corpus: target_mb must be positive, got {target_mb}")
     start = time.perf_counter()
     out = Path(out)
+    check_outputs({out: JSONL}, [])
     target = int(target_mb * 1_000_000)
     roots = _source_roots(packages, stdlib)
     counts = {name: 0 for name, _, _ in roots}
     seen: set[bytes] = set()
     written = 0
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_dirs(out)
     bar = _Progress(target) if progress else None
     try:
         with _gc_paused(), atomic_output(out, "w", encoding="utf-8", newline="\n") as f:

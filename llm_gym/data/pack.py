@@ -13,12 +13,11 @@ tokenizers thread pool) that ``fork`` would copy in an inconsistent state. As wi
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -28,13 +27,25 @@ from typing import BinaryIO
 
 import numpy as np
 
+from llm_gym.data.file_kinds import PACKED_BIN, PACKED_IDX, check_outputs
+from llm_gym.data.jsonl_texts import (
+    Batch,
+    OnBadLine,
+    check_on_bad_line,
+    iter_jsonl_texts,
+    open_jsonl,
+    parse_lines,
+    read_batches,
+)
+from llm_gym.data.line_scan import MAX_BAD_LINES_KEPT, BadLine, BadLineError
 from llm_gym.data.packed import PackedWriter, pack_paths, token_dtype
 from llm_gym.data.tokenizer import Tokenizer
 from llm_gym.errors import UserError
+from llm_gym.fileio import check_input_file, make_parent_dirs
 
-# A batch ends at batch_docs lines or at this many bytes, whichever comes first, so a file
-# of huge documents cannot make one batch (and its pickled copy) arbitrarily large.
-_BATCH_BYTES = 8 << 20
+__all__ = ["PackSummary", "iter_jsonl_texts", "pack_jsonl", "parse_lines"]
+
+_Result = tuple[np.ndarray, np.ndarray, int, list[BadLine]]
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,8 @@ class PackSummary:
     bytes_read: int
     dtype: str
     seconds: float
+    bad_lines: tuple[BadLine, ...] = ()  # the first MAX_BAD_LINES_KEPT skipped
+    n_bad_lines: int = 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -56,104 +69,19 @@ class PackSummary:
     def __str__(self) -> str:
         return (
             f"{self.n_docs} documents, {self.n_tokens} tokens ({self.dtype}) from {self.source}"
-            f" ({self.bytes_read / 1e6:.1f} MB, {self.n_empty_lines} empty lines skipped)"
+            f" ({self.bytes_read / 1e6:.1f} MB, {self.n_empty_lines} empty lines skipped"
+            + (f", {self.n_bad_lines} bad lines skipped" if self.n_bad_lines else "") + ")"
             f" in {self.seconds:.2f}s -> {self.bin_path}, {self.idx_path}"
         )
 
 
-@dataclass(frozen=True)
-class _Batch:
-    first_line: int  # 1-based number of lines[0]
-    lines: list[bytes]
-    nbytes: int
-
-
-def _read_batches(f: BinaryIO, batch_docs: int) -> Iterator[_Batch]:
-    # Binary mode: lines end at b"\n" only, as JSONL defines them (text mode would also end
-    # one at a bare "\r"), and bytes are decoded per line, so invalid UTF-8 is reported at
-    # its line instead of aborting the whole read.
-    lines: list[bytes] = []
-    first, nbytes = 1, 0
-    for lineno, line in enumerate(f, 1):
-        if not lines:
-            first = lineno
-        lines.append(line)
-        nbytes += len(line)
-        if len(lines) >= batch_docs or nbytes >= _BATCH_BYTES:
-            yield _Batch(first, lines, nbytes)
-            lines, nbytes = [], 0
-    if lines:
-        yield _Batch(first, lines, nbytes)
-
-
-_MISSING = object()
-
-
-def _lookup(obj: dict, field: str) -> object:
-    # A key containing dots wins over the dotted path, so {"a.b": ...} stays reachable.
-    if field in obj:
-        return obj[field]
-    node: object = obj
-    for part in field.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-def parse_lines(lines: Sequence[bytes], first_line: int, field: str, source: str) -> list[str]:
-    """The ``field`` string (a key or dotted path) of each non-blank JSONL line.
-
-    Bad lines raise UserError at ``source:line``.
-    """
-    texts: list[str] = []
-    for lineno, raw in enumerate(lines, first_line):
-        if not raw.strip():
-            continue
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            at = f"byte {e.start + 1} of the line"
-            raise UserError(f"{source}:{lineno}: invalid UTF-8 at {at}") from None
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{source}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{source}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        text = _lookup(obj, field)
-        if text is _MISSING:
-            have = ", ".join(map(repr, list(obj)[:10])) or "none"
-            raise UserError(f"{source}:{lineno}: no field {field!r} (fields: {have})")
-        if not isinstance(text, str):
-            raise UserError(
-                f"{source}:{lineno}: field {field!r} is a {type(text).__name__}, expected a string"
-            )
-        texts.append(text)
-    return texts
-
-
-def iter_jsonl_texts(source: Path, field: str = "text", batch_docs: int = 1024) -> Iterator[str]:
-    """Stream the ``field`` texts of a JSONL file (blank lines skipped), for one process."""
-    with _open_source(source) as f:
-        for batch in _read_batches(f, batch_docs):
-            yield from parse_lines(batch.lines, batch.first_line, field, str(source))
-
-
-def _open_source(source: Path) -> BinaryIO:
-    try:
-        return open(source, "rb")
-    except FileNotFoundError:
-        raise UserError(f"{source}: JSONL file not found") from None
-    except OSError as e:
-        raise UserError(f"{source}: cannot read: {e}") from None
-
-
 def _encode(
-    tokenizer: Tokenizer, batch: _Batch, field: str, source: str, dtype: np.dtype
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """(tokens with one eod per document, document lengths, blank lines) for one batch."""
-    texts = parse_lines(batch.lines, batch.first_line, field, source)
+    tokenizer: Tokenizer, batch: Batch, field: str, source: str, dtype: np.dtype,
+    on_bad_line: OnBadLine,
+) -> _Result:
+    """(tokens with one eod per document, document lengths, blank lines, bad lines
+    skipped) for one batch."""
+    texts, bad = parse_lines(batch.lines, batch.first_line, field, source, on_bad_line)
     ids = tokenizer.encode_batch(texts) if texts else []
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
     eod = (tokenizer.eod_id,)
@@ -168,32 +96,39 @@ def _encode(
             f"{source}:{batch.first_line}-{last}: tokenizer {tokenizer!r} produced id {bad},"
             f" outside its vocabulary 0..{tokenizer.vocab_size - 1}"
         )
-    return flat.astype(dtype), lengths, len(batch.lines) - len(texts)
+    return flat.astype(dtype), lengths, len(batch.lines) - len(texts) - len(bad), bad
 
 
 # Per-worker state, set once by the initializer: the tokenizer is unpickled once, not per batch.
 _worker: dict = {}
 
 
-def _init_worker(tokenizer: Tokenizer, field: str, source: str, dtype: str) -> None:
+def _init_worker(
+    tokenizer: Tokenizer, field: str, source: str, dtype: str, on_bad_line: OnBadLine
+) -> None:
     # One process per core already; the tokenizers library's own thread pool would
     # oversubscribe the cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _worker.update(tokenizer=tokenizer, field=field, source=source, dtype=np.dtype(dtype))
+    _worker.update(tokenizer=tokenizer, field=field, source=source, dtype=np.dtype(dtype),
+                   on_bad_line=on_bad_line)
 
 
-def _work(batch: _Batch) -> tuple[np.ndarray, np.ndarray, int] | str:
+def _work(batch: Batch) -> _Result | UserError:
     w = _worker
-    return _encode_or_message(w["tokenizer"], batch, w["field"], w["source"], w["dtype"])
+    return _encode_or_error(w["tokenizer"], batch, w["field"], w["source"], w["dtype"],
+                            w["on_bad_line"])
 
 
-def _encode_or_message(
-    tokenizer: Tokenizer, batch: _Batch, field: str, source: str, dtype: np.dtype
-) -> tuple[np.ndarray, np.ndarray, int] | str:
+def _encode_or_error(
+    tokenizer: Tokenizer, batch: Batch, field: str, source: str, dtype: np.dtype,
+    on_bad_line: OnBadLine,
+) -> _Result | UserError:
     try:
-        return _encode(tokenizer, batch, field, source, dtype)
+        return _encode(tokenizer, batch, field, source, dtype, on_bad_line)
+    except BadLineError as e:
+        return e  # re-raised in the caller, without a remote traceback attached
     except UserError as e:
-        return e.message  # re-raised in the caller, without a remote traceback attached
+        return UserError(e.message)
 
 
 def pack_jsonl(
@@ -205,23 +140,29 @@ def pack_jsonl(
     workers: int = 1,
     batch_docs: int = 256,
     progress: bool = False,
+    on_bad_line: OnBadLine = "fail",
 ) -> PackSummary:
     """Tokenize every document of ``source`` into ``out_prefix.bin`` / ``.idx``.
 
     ``workers=1`` tokenizes in this process. Existing outputs are replaced only when the
-    new pack is complete; on any error they are left exactly as they were.
+    new pack is complete; on any error they are left exactly as they were. Outputs that
+    would replace the source or a file of another kind are refused before any work.
+    A bad line raises, or with ``on_bad_line="skip"`` is left out and counted.
     """
     source, out_prefix = Path(source), Path(out_prefix)
     if workers < 1 or batch_docs < 1:
         raise UserError(f"workers and batch_docs must be >= 1, got {workers} and {batch_docs}")
-    if source.is_dir():
-        raise UserError(f"{source}: is a directory, expected a JSONL file")
+    check_on_bad_line(on_bad_line)
+    check_input_file(source, "the JSONL file")
+    bin_path, idx_path = pack_paths(out_prefix)
+    check_outputs({bin_path: PACKED_BIN, idx_path: PACKED_IDX}, [source])
     started = time.perf_counter()
     dtype = token_dtype(tokenizer.vocab_size)
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    empty = read = 0
+    make_parent_dirs(bin_path)
+    empty = read = n_bad = 0
+    bad_lines: list[BadLine] = []
     with (
-        _open_source(source) as f,
+        open_jsonl(source) as f,
         _progress(progress, source) as advance,
         PackedWriter(
             out_prefix,
@@ -232,24 +173,29 @@ def pack_jsonl(
         # closing(): on an error the workers are stopped here, not whenever the
         # generator happens to be collected.
         closing(
-            _tokenize_ordered(f, batch_docs, tokenizer, field, str(source), dtype, workers)
+            _tokenize_ordered(
+                f, batch_docs, tokenizer, field, str(source), dtype, workers, on_bad_line
+            )
         ) as results,
     ):
         for nbytes, result in results:
-            if isinstance(result, str):
-                raise UserError(result)
-            tokens, lengths, n_empty = result
+            if isinstance(result, UserError):
+                raise result
+            tokens, lengths, n_empty, bad = result
             writer.add_documents(tokens, lengths)
             empty += n_empty
+            n_bad += len(bad)
+            bad_lines.extend(bad[: MAX_BAD_LINES_KEPT - len(bad_lines)])
             read += nbytes
             advance(nbytes)
         if writer.n_docs == 0:
             what = "is empty" if read == 0 else "has only blank lines"
+            if n_bad:
+                what = f"has no valid lines: {n_bad} bad lines skipped"
             raise UserError(f"{source}: no documents to pack (the file {what})")
-    bin_path, idx_path = pack_paths(out_prefix)
     return PackSummary(
         source, bin_path, idx_path, writer.n_docs, writer.n_tokens, empty, read,
-        dtype.name, time.perf_counter() - started,
+        dtype.name, time.perf_counter() - started, tuple(bad_lines), n_bad,
     )  # fmt: skip
 
 
@@ -261,24 +207,27 @@ def _tokenize_ordered(
     source: str,
     dtype: np.dtype,
     workers: int,
-) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, int] | str]]:
-    """(bytes, result or error message) of each batch of ``f``, in file order."""
-    batches = _read_batches(f, batch_docs)
+    on_bad_line: OnBadLine,
+) -> Iterator[tuple[int, _Result | UserError]]:
+    """(bytes, result or error) of each batch of ``f``, in file order."""
+    batches = read_batches(f, batch_docs)
     if workers == 1:
         # One process, two threads: encode_batch releases the GIL, so one thread parses
         # the next batch's JSON while the other's batch is being encoded.
         pool: Executor = ThreadPoolExecutor(2)
         window = 4
 
-        def submit(batch: _Batch) -> Future:
-            return pool.submit(_encode_or_message, tokenizer, batch, field, source, dtype)
+        def submit(batch: Batch) -> Future:
+            return pool.submit(
+                _encode_or_error, tokenizer, batch, field, source, dtype, on_bad_line
+            )
     else:
         ctx = multiprocessing.get_context("spawn")
-        init = (tokenizer, field, source, dtype.str)
+        init = (tokenizer, field, source, dtype.str, on_bad_line)
         pool = ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=init)
         window = 2 * workers
 
-        def submit(batch: _Batch) -> Future:
+        def submit(batch: Batch) -> Future:
             return pool.submit(_work, batch)
 
     # A sliding window of futures instead of Pool.imap: imap's feeder thread reads the

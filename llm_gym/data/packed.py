@@ -33,20 +33,18 @@ the same directory, fsync them and ``os.replace`` them into place only once comp
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from llm_gym.data.file_kinds import MAGIC_PACKED_BIN, MAGIC_PACKED_IDX
 from llm_gym.errors import UserError
-from llm_gym.fileio import default_file_mode, fsync_dir
+from llm_gym.fileio import AtomicFile, open_input, output_error
 
-MAGIC_BIN = b"LGYMTOK\x00"
-MAGIC_IDX = b"LGYMIDX\x00"
+MAGIC_BIN = MAGIC_PACKED_BIN
+MAGIC_IDX = MAGIC_PACKED_IDX
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sIIQQQQ64s16s")
 HEADER_SIZE = _HEADER.size  # 128
@@ -91,11 +89,11 @@ class PackedHeader:
     @classmethod
     def read(cls, path: Path, magic: bytes) -> PackedHeader:
         """Parse and sanity-check the header of ``path``; UserError names what is wrong."""
+        if not Path(path).exists():
+            raise UserError(f"{path}: packed token file not found")
         try:
-            with open(path, "rb") as f:
+            with open_input(path, "a packed token file") as f:
                 raw = f.read(HEADER_SIZE)
-        except FileNotFoundError:
-            raise UserError(f"{path}: packed token file not found") from None
         except OSError as e:
             raise UserError(f"{path}: cannot read: {e}") from None
         if len(raw) < HEADER_SIZE:
@@ -146,17 +144,12 @@ class PackedWriter:
         self._header = PackedHeader(self.dtype.itemsize, vocab_size, eod_id, 0, 0, fingerprint)
         self._tok_hash = hashlib.blake2b(digest_size=16)
         self._off_hash = hashlib.blake2b(digest_size=16)
-        self._files: list[tuple[BinaryIO, str]] = []
+        self._files: list[AtomicFile] = []
         self._done = False
         try:
             for final in (self.bin_path, self.idx_path):
-                fd, tmp = tempfile.mkstemp(
-                    dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"
-                )
-                os.chmod(tmp, default_file_mode())  # mkstemp alone would say 0600
-                f = os.fdopen(fd, "wb")
-                self._files.append((f, tmp))
-                f.write(b"\x00" * HEADER_SIZE)  # placeholder until the counts are known
+                self._files.append(AtomicFile(final))
+                self._write(-1, b"\x00" * HEADER_SIZE)  # placeholder until the counts are known
         except BaseException:
             self.abort()
             raise
@@ -170,10 +163,19 @@ class PackedWriter:
     def n_docs(self) -> int:
         return self._header.n_docs
 
+    def _write(self, which: int, data: bytes) -> None:
+        """Write to the .bin (0) or .idx (1, or -1: the last opened); a full disk is an
+        OutputError naming the file."""
+        target = self._files[which]
+        try:
+            target.file.write(data)
+        except OSError as e:
+            raise output_error(target.path, e) from e
+
     def _write_offsets(self, offsets: np.ndarray) -> None:
         data = offsets.astype(_OFFSET_DTYPE, copy=False).tobytes()
         self._off_hash.update(data)
-        self._files[1][0].write(data)
+        self._write(1, data)
 
     def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         """Append documents given as their concatenated ``tokens`` and per-document ``lengths``."""
@@ -192,7 +194,7 @@ class PackedWriter:
                 raise ValueError(f"token id {bad} outside the vocabulary 0..{top}")
         data = tokens.astype(self.dtype, copy=False).tobytes()
         self._tok_hash.update(data)
-        self._files[0][0].write(data)
+        self._write(0, data)
         self._write_offsets(self._header.n_tokens + np.cumsum(lengths))
         self._header = replace(
             self._header,
@@ -213,30 +215,25 @@ class PackedWriter:
         ).digest()
         header = replace(self._header, digest=digest)
         try:
-            for (f, _), magic in zip(self._files, (MAGIC_BIN, MAGIC_IDX), strict=True):
-                f.seek(0)
-                f.write(header.to_bytes(magic))
-                f.flush()
-                os.fsync(f.fileno())
-                f.close()
-            for (_, tmp), final in zip(self._files, (self.bin_path, self.idx_path), strict=True):
-                os.replace(tmp, final)
+            for which, magic in enumerate((MAGIC_BIN, MAGIC_IDX)):
+                self._files[which].file.seek(0)
+                self._write(which, header.to_bytes(magic))
+            # Both synced before either is renamed: a full disk fails before any replacing.
+            for target in self._files:
+                target.sync()
+            for target in self._files:
+                target.rename()
         except BaseException:
             self.abort()
             raise
         self._done = True
-        fsync_dir(self.bin_path.parent)
         return header
 
     def abort(self) -> None:
         """Discard the temporary files; the final paths are untouched."""
         self._done = True
-        for f, tmp in self._files:
-            f.close()
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        for target in self._files:
+            target.discard()
 
     def __enter__(self) -> PackedWriter:
         return self

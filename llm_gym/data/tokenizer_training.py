@@ -6,25 +6,39 @@ Deterministic: the same corpus, vocabulary size and library version give a byte-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from llm_gym.data.pack import iter_jsonl_texts
+from llm_gym.data.file_kinds import TOKENIZER_JSON, check_outputs
+from llm_gym.data.jsonl_texts import OnBadLine, check_on_bad_line, iter_jsonl_texts
+from llm_gym.data.line_scan import BadLine
 from llm_gym.data.tokenizer import EOD_TOKEN
 from llm_gym.errors import UserError
-from llm_gym.fileio import atomic_output
+from llm_gym.fileio import atomic_output, check_input_file, make_parent_dirs
 
 
 def train_bpe_tokenizer(
-    corpus_jsonl: Path, vocab_size: int, out: Path, field: str = "text"
+    corpus_jsonl: Path,
+    vocab_size: int,
+    out: Path,
+    field: str = "text",
+    *,
+    on_bad_line: OnBadLine = "fail",
+    on_skip: Callable[[BadLine], None] | None = None,
 ) -> Path:
     """Train on the ``field`` texts of ``corpus_jsonl``; write ``out`` (a tokenizer.json).
 
     The vocabulary holds ``<|endoftext|>`` (id 0), the 256 byte symbols, then merges up to
-    ``vocab_size``. ``out`` is replaced atomically, so a crash never leaves half a file.
+    ``vocab_size``. ``out`` is replaced atomically, so a crash never leaves half a file;
+    an ``out`` that is the corpus or a file of another kind is refused before training.
+    A bad line raises, or with ``on_bad_line="skip"`` is left out and passed to ``on_skip``.
     """
     corpus_jsonl, out = Path(corpus_jsonl), Path(out)
+    check_on_bad_line(on_bad_line)
+    check_input_file(corpus_jsonl, "the JSONL corpus")
+    check_outputs({out: TOKENIZER_JSON}, [corpus_jsonl])
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(alphabet) + 1:
         raise UserError(
@@ -44,14 +58,15 @@ def train_bpe_tokenizer(
 
     def texts():
         nonlocal seen
-        for text in iter_jsonl_texts(corpus_jsonl, field):
+        for text in iter_jsonl_texts(corpus_jsonl, field, on_bad_line=on_bad_line,
+                                     on_skip=on_skip):
             seen += 1
             yield text
 
     tok.train_from_iterator(texts(), trainer)
     if seen == 0:
         raise UserError(f"{corpus_jsonl}: no documents to train a tokenizer on")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_dirs(out)
     with atomic_output(out, "w", encoding="utf-8") as f:
         f.write(tok.to_str(pretty=True))
     return out

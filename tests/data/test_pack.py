@@ -166,7 +166,7 @@ def test_bad_input_is_reported_and_leaves_outputs_alone(
 def test_missing_source_and_bad_arguments(tmp_path: Path) -> None:
     tok = ByteLevelTokenizer()
     with pytest.raises(
-        UserError, match=re.escape(f"{tmp_path / 'no.jsonl'}: JSONL file not found")
+        UserError, match=re.escape(f"{tmp_path / 'no.jsonl'}: no such file (the JSONL file)")
     ):
         pack_jsonl(tmp_path / "no.jsonl", tok, tmp_path / "out")
     with pytest.raises(UserError, match="is a directory"):
