@@ -1,4 +1,5 @@
-"""Sharded, atomic training checkpoints: DCP for model and optimizer, a file per rank.
+"""Sharded, atomic, verified training checkpoints: DCP for model and optimizer, a file per
+rank.
 
 Layout of ``<run_dir>/checkpoints/step_00000100/``:
 
@@ -8,24 +9,28 @@ Layout of ``<run_dir>/checkpoints/step_00000100/``:
   runner's ``extra`` (scheduler state, step, the rank's data position) and the rank's
   RNG states. Loaded with ``weights_only=True``, so it holds only tensors and plain
   Python values; ``save_checkpoint`` checks that before writing anything.
-- ``COMPLETE``: a small JSON marker (step, world size, time), written last.
+- ``COMPLETE``: a small JSON marker (step, world size, time, and the size and SHA-256 of
+  every other file), written last (checkpoint_marker.py, checkpoint_digests.py).
 
-A checkpoint is written under ``step_00000100.tmp/`` and renamed once every rank is
-done and the marker exists, so a crash mid-save leaves a ``.tmp`` directory that
-``latest_checkpoint`` ignores and the next save removes; the previous complete
-checkpoint is never touched until the new one is complete.
+A checkpoint is written under a temporary name that carries this run directory's id
+(checkpoint_dirs.py) and renamed once every rank is done and the marker exists, so a
+crash mid-save leaves a ``.tmp`` directory that ``latest_checkpoint`` ignores and the next
+save of the same run removes; the previous complete checkpoint is never touched until the
+new one is complete.
+
+Loading runs no code from the checkpoint and reads nothing it has not verified: the
+marker is validated, the files checked against their digests, ``.metadata`` unpickled
+with DCP's classes only, and the tensors compared with the model's
+(checkpoint_reading.py, the path every reader of a checkpoint takes).
 """
 
 from __future__ import annotations
 
 import functools
 import io
-import json
 import os
 import random
-import re
-import shutil
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
@@ -44,12 +50,26 @@ from torch.distributed.checkpoint.state_dict import (
 
 from llm_gym.errors import UserError
 from llm_gym.fileio import fsync_dir
+from llm_gym.runner.checkpoint_digests import FileDigest, digest_bytes, digest_file, gather_digests
+from llm_gym.runner.checkpoint_dirs import (
+    CHECKPOINTS,
+    checkpoints_root,
+    complete_checkpoints,
+    prune,
+    remove_own_leftovers,
+    remove_tree,
+    run_id,
+    temp_path,
+    writer_token,
+)
+from llm_gym.runner.checkpoint_marker import MARKER, marker_bytes, read_marker
+from llm_gym.runner.checkpoint_metadata import METADATA_FILE
+from llm_gym.runner.checkpoint_reading import dcp_error_text, load_state, open_checkpoint
 from llm_gym.runner.distributed import World, is_main
 
-CHECKPOINTS = "checkpoints"
-MARKER = "COMPLETE"
-_TMP_SUFFIX = ".tmp"
-_STEP_DIR = re.compile(r"^step_(\d{8,})$")
+__all__ = ["CHECKPOINTS", "MARKER", "CheckpointWriteError", "capture_rng_state",
+           "checkpoint_path", "latest_checkpoint", "load_checkpoint", "restore_rng_state",
+           "save_checkpoint"]
 
 
 class CheckpointWriteError(RuntimeError):
@@ -93,64 +113,81 @@ def save_checkpoint(
     if not _all_ranks_agree(problem is None, world):
         raise TypeError(problem or "another rank's checkpoint `extra` cannot be saved")
 
-    root = Path(run_dir) / CHECKPOINTS
+    root = checkpoints_root(run_dir)  # every rank: a refused root is refused everywhere
     final = checkpoint_path(run_dir, step)
-    tmp = final.with_name(final.name + _TMP_SUFFIX)
+    writer = writer_token(world)
     # Each phase ends with all ranks agreeing it worked (which is also the barrier): a
     # rank that fails alone must not leave the others waiting in the next collective.
-    prepare = functools.partial(_prepare, root, tmp) if is_main(world) else None
-    _together(world, prepare, "preparing")
+    prepare = functools.partial(_prepare, Path(run_dir), root, final, writer)
+    _together(world, prepare if is_main(world) else None, "preparing")
+    tmp = temp_path(final, run_id(run_dir), writer)
     state = _dcp_state(model, optimizer)
     try:
         try:
-            dcp.save(state, checkpoint_id=tmp)
+            saved = dcp.save(state, checkpoint_id=tmp)
         except dcp.CheckpointException as exc:
             # Raised on every rank when any rank failed to write (disk full, ...). It is a
             # BaseException; re-raise as an ordinary error with the ranks' actual causes.
-            raise CheckpointWriteError(_dcp_error(exc)) from exc
-        _together(world, lambda: _write_durably(tmp / _rank_file(world.rank), payload),
-                  "writing")
+            raise CheckpointWriteError(dcp_error_text(exc)) from exc
+        own: dict[str, FileDigest] = {}
+        write_own = functools.partial(_write_own, tmp, world.rank, payload, saved, own)
+        _together(world, write_own, "writing")
+        digests = gather_digests(own, world)
     except (CheckpointWriteError, OSError, RuntimeError) as exc:
         # Every rank is here (both steps end in agreement). The partial files go at once:
         # on a full disk they hold the space the user needs back.
         if is_main(world):
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
         if isinstance(exc, CheckpointWriteError):
             raise
         raise CheckpointWriteError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
-    commit = functools.partial(_commit, tmp, final, step, world.world_size, keep_last)
+    commit = functools.partial(_commit, tmp, final, step, world.world_size, keep_last,
+                               digests, temp_path(final, run_id(run_dir), writer, "replaced"))
     _together(world, commit if is_main(world) else None, "completing")
     return final
 
 
-def _prepare(root: Path, tmp: Path) -> None:
+def _prepare(run_dir: Path, root: Path, final: Path, writer: str) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
-        for leftover in root.glob(f"*{_TMP_SUFFIX}"):
-            # Only one save runs at a time, so any .tmp here is from a crashed save.
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp.mkdir()
+        run = run_id(run_dir)
+        # Only this run directory's own: one save runs at a time (the run directory is
+        # locked), so those are from a crashed save.
+        remove_own_leftovers(root, run)
+        temp_path(final, run, writer).mkdir()
     except OSError as exc:
         raise UserError(f"cannot write checkpoints under {root}: {exc}") from exc
 
 
-def _commit(tmp: Path, final: Path, step: int, world_size: int, keep_last: int | None) -> None:
-    marker = {"step": step, "world_size": world_size, "time": time.time()}
-    _write_durably(tmp / MARKER, json.dumps(marker).encode())
-    if final.exists():
+def _write_own(tmp: Path, rank: int, payload: bytes, saved: Metadata | None,
+               digests: dict[str, FileDigest]) -> None:
+    """This rank's state file, and the digests of the files this rank wrote."""
+    name = _rank_file(rank)
+    _write_durably(tmp / name, payload)
+    digests[name] = digest_bytes(payload)
+    written = {info.relative_path for info in getattr(saved, "storage_data", {}).values()}
+    for data_file in sorted(written):
+        if data_file.startswith(f"__{rank}_"):  # FileSystemWriter's name for rank's files
+            digests[data_file] = digest_file(tmp / data_file)
+
+
+def _commit(tmp: Path, final: Path, step: int, world_size: int, keep_last: int | None,
+            digests: dict[str, FileDigest], aside: Path) -> None:
+    # What no rank digested (.metadata, rank 0 wrote it) is digested here.
+    for child in sorted(tmp.iterdir()):
+        if child.name not in digests and child.name != MARKER and child.is_file():
+            digests[child.name] = digest_file(child)
+    _write_durably(tmp / MARKER, marker_bytes(step, world_size, digests))
+    if final.exists() or final.is_symlink():
         # Saving the same step again (e.g. after resuming from it): move the old copy
         # aside under a .tmp name, so it is ignored and cleaned up if we crash here.
-        aside = final.with_name(final.name + ".replaced" + _TMP_SUFFIX)
         os.replace(final, aside)
         os.replace(tmp, final)
-        shutil.rmtree(aside, ignore_errors=True)
+        remove_tree(aside)
     else:
         os.replace(tmp, final)
     fsync_dir(final.parent)
-    if keep_last is not None:
-        older = [p for _, p in _complete_checkpoints(final.parent) if p != final]
-        for stale in older[: max(0, len(older) - (keep_last - 1))]:
-            shutil.rmtree(stale, ignore_errors=True)
+    prune(final.parent, final, keep_last)
 
 
 def _together(world: World, action: Callable[[], None] | None, what: str) -> None:
@@ -167,12 +204,13 @@ def _together(world: World, action: Callable[[], None] | None, what: str) -> Non
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The complete checkpoint with the highest step under ``run_dir``, if any.
+    """The complete checkpoint with the highest step under ``run_dir``, or None.
 
-    Directories without a readable ``COMPLETE`` marker (a save in progress or one that
-    crashed, ``*.tmp``) are not checkpoints.
+    Directories without a ``COMPLETE`` marker (a save in progress or one that crashed,
+    ``*.tmp``) are not checkpoints. A ``checkpoints`` that is a symlink or not a
+    directory is refused (``UserError``).
     """
-    found = _complete_checkpoints(Path(run_dir) / CHECKPOINTS)
+    found = complete_checkpoints(checkpoints_root(run_dir))
     return found[-1][1] if found else None
 
 
@@ -189,13 +227,12 @@ def load_checkpoint(
     DCP could reshard model and optimizer, but each rank's data position and RNG state
     cannot be mapped onto a different number of ranks without silently changing what
     the run sees, so a mismatch raises ``UserError`` naming both sizes. A missing,
-    incomplete or corrupt checkpoint raises ``UserError`` naming ``path``, on every rank.
+    incomplete, corrupt or crafted checkpoint, or one whose tensors are not the model's
+    and optimizer's, raises ``UserError`` naming ``path`` (and the file), on every rank.
     """
     path = Path(path)
-    marker = _read_marker(path)
-    if marker is None:
-        raise UserError(f"{path} is not a complete checkpoint (no readable {MARKER} marker)")
-    saved_world = int(marker.get("world_size", -1))
+    marker = read_marker(path)
+    saved_world = marker.world_size
     if saved_world != world.world_size:
         raise UserError(
             f"checkpoint {path} was written by {saved_world} processes but this run has "
@@ -203,10 +240,13 @@ def load_checkpoint(
             "position and RNG state cannot be redistributed)"
         )
     # Every rank checks every file, so all ranks reach the same verdict without talking.
-    needed = [".metadata", *(_rank_file(r) for r in range(world.world_size))]
-    missing = [name for name in needed if not (path / name).is_file()]
+    rank_files = [_rank_file(r) for r in range(world.world_size)]
+    missing = [name for name in [METADATA_FILE, *rank_files] if not (path / name).is_file()]
     if missing:
         raise UserError(f"checkpoint {path} is damaged: missing {', '.join(missing)}")
+    opened = open_checkpoint(path, marker, world, also=rank_files)
+    if opened.note and is_main(world):
+        print(f"note: {opened.note}", file=sys.stderr, flush=True)
 
     problem = None
     try:
@@ -219,12 +259,7 @@ def load_checkpoint(
         raise UserError(f"checkpoint {path} is damaged: {detail}")
 
     state = _dcp_state(model, optimizer)
-    try:
-        dcp.load(state, checkpoint_id=path)
-    except (Exception, dcp.CheckpointException) as exc:
-        # DCP gathers every rank's read errors and raises them on all ranks at once, as a
-        # CheckpointException (a BaseException, hence named here).
-        raise UserError(f"checkpoint {path} could not be read: {_dcp_error(exc)}") from exc
+    load_state(opened, state)
     if optimizer is None:
         set_model_state_dict(model, state["model"])
     else:
@@ -304,25 +339,6 @@ def _encode_rank_state(state: dict[str, Any]) -> bytes:
     return data
 
 
-def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and child.is_dir() and _read_marker(child) is not None:
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def _read_marker(path: Path) -> dict[str, Any] | None:
-    try:
-        marker = json.loads((path / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) else None
-
-
 def _rank_file(rank: int) -> str:
     return f"rank{rank}.pt"
 
@@ -341,17 +357,6 @@ def _write_durably(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _dcp_error(exc: BaseException) -> str:
-    # A CheckpointException's own text is a list of ranks plus tracebacks; the
-    # underlying per-rank exceptions say what is actually wrong.
-    failures = getattr(exc, "failures", None)
-    if isinstance(failures, dict) and failures:
-        # Each value is (exception, traceback summary).
-        errors = [f[0] if isinstance(f, tuple) else f for f in failures.values()]
-        return "; ".join(sorted({f"{type(e).__name__}: {_first_line(e)}" for e in errors}))
-    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
 def _first_line(exc: BaseException) -> str:

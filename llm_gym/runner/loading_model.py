@@ -10,13 +10,11 @@ another machine needs nothing that built its tokenizer (a corpus, a vocabulary p
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 import yaml
 from torch import nn
 
@@ -29,6 +27,9 @@ from llm_gym.recipes.resolved import RESOLVED_FILE
 from llm_gym.registry import ComponentChoice, ResolverRegistry
 from llm_gym.registry.component import spec_of
 from llm_gym.runner.checkpoint import CHECKPOINTS, MARKER, latest_checkpoint
+from llm_gym.runner.checkpoint_dirs import checkpoints_root
+from llm_gym.runner.checkpoint_marker import read_marker
+from llm_gym.runner.checkpoint_reading import load_state, open_checkpoint
 from llm_gym.runner.distributed import World
 
 
@@ -53,6 +54,7 @@ def locate(path: Path) -> tuple[Path, Path | None]:
         if path.name.endswith(".tmp"):
             raise UserError(f"{path}: an unfinished checkpoint; use a complete one")
         run_dir = path.parent.parent
+        checkpoints_root(run_dir)  # refused when a symlink, as everywhere
         if not (run_dir / RESOLVED_FILE).is_file():
             raise UserError(f"{path}: its run directory {run_dir} has no {RESOLVED_FILE}")
         return run_dir, path
@@ -92,7 +94,7 @@ def load_run_model(
     with torch.device("cpu"):
         model = _build(registry, entry, recipe, cpu)
     if checkpoint is not None:
-        _load_weights(model, checkpoint)
+        notes.extend(_load_weights(model, checkpoint, cpu))
     else:
         notes.append(f"{run_dir} has no checkpoint: using the weights its model component "
                      "loads (an imported model, not yet trained here)")
@@ -143,21 +145,10 @@ def _build(registry: ResolverRegistry, entry: ComponentChoice, recipe: RecipeBas
     )
 
 
-def _load_weights(model: nn.Module, checkpoint: Path) -> None:
-    # The checkpoint holds {"model": ..., "optim": ...}; asking for "model" alone makes DCP
-    # read only those entries. Tensors are filled in place, so tied weights stay tied.
-    state = {"model": model.state_dict()}
-    try:
-        with warnings.catch_warnings():
-            # "torch.distributed is ... uninitialized, assuming ... a single process": yes.
-            warnings.filterwarnings("ignore", message=".*single process.*")
-            dcp.load(state, checkpoint_id=checkpoint, no_dist=True)
-    except (Exception, dcp.CheckpointException) as exc:
-        raise UserError(f"checkpoint {checkpoint}: cannot load the model's weights "
-                        f"({type(exc).__name__}: {_first_line(exc)}); was it written by "
-                        "this recipe's model?") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _load_weights(model: nn.Module, checkpoint: Path, world: World) -> list[str]:
+    """Fill the model's tensors in place (tied weights stay tied) from ``checkpoint``'s
+    ``model.*`` entries, verified first (see runner/checkpoint_reading.py); DCP reads
+    only those, not the optimizer state. Returns notes for the user."""
+    opened = open_checkpoint(checkpoint, read_marker(checkpoint), world, scopes={"model"})
+    load_state(opened, {"model": model.state_dict()}, no_dist=True)
+    return [opened.note] if opened.note else []

@@ -21,6 +21,7 @@ from llm_gym.runner.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from llm_gym.runner.checkpoint_dirs import run_id, temp_path
 from llm_gym.runner.distributed import distributed_world
 from llm_gym.runner.launcher import launch_local
 
@@ -143,18 +144,24 @@ def test_keep_last_none_keeps_everything_and_resaving_a_step_replaces_it(tmp_pat
     assert _steps_on_disk(tmp_path) == ["step_00000001", "step_00000002"]
 
 
-def test_incomplete_checkpoints_are_ignored_and_cleaned_up(tmp_path: Path) -> None:
+def test_incomplete_checkpoints_are_ignored_and_only_this_runs_are_cleaned_up(
+    tmp_path: Path,
+) -> None:
     _save_steps(tmp_path, [1])
     root = tmp_path / ckpt.CHECKPOINTS
-    crashed = root / "step_00000009.tmp"
+    final = checkpoint_path(tmp_path, 9)
+    crashed = temp_path(final, run_id(tmp_path), "123-0000abcd")  # this run's crashed save
     shutil.copytree(checkpoint_path(tmp_path, 1), crashed)  # even with a marker inside
+    foreign = [root / "step_00000009.tmp",  # whose? (an older llm_gym, another run)
+               temp_path(final, run_id(tmp_path / ckpt.CHECKPOINTS), "123-0000abcd")]
+    for other in foreign:
+        shutil.copytree(checkpoint_path(tmp_path, 1), other)
     (root / "step_00000008").mkdir()  # no marker: not complete
-    (root / "step_00000007").mkdir()
-    (root / "step_00000007" / ckpt.MARKER).write_text("{trunc")
     assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 1)
 
     _save_steps(tmp_path, [2])
     assert not crashed.exists()
+    assert all(other.is_dir() for other in foreign)
     assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 2)
 
 
