@@ -110,13 +110,21 @@ def schema(out_path: Path | None) -> None:
         from llm_gym.errors import UserError
         from llm_gym.fileio import atomic_output
 
+        data = (text + "\n").encode("utf-8")
+        where = f"--out {out_path}: cannot write it"
+        parent = out_path.parent
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"{where} ({parent} is a file, not a directory)")
         try:
-            if not out_path.parent.exists():
-                out_path.parent.mkdir(parents=True)
-            with atomic_output(out_path, "w", encoding="utf-8") as handle:
-                handle.write(text + "\n")
+            parent.mkdir(parents=True, exist_ok=True)
+            with atomic_output(out_path, "wb") as handle:
+                handle.write(data)
         except OSError as exc:
-            raise UserError(f"--out {out_path}: cannot write it ({exc.strerror})") from None
+            raise UserError(f"{where} ({exc.strerror or exc})") from None
+        except UserError as exc:
+            raise UserError(f"{where}: {exc.message}") from None
+        out.print(f"wrote the recipe JSON Schema to {out_path} ({len(data):,} bytes)",
+                  markup=False, highlight=False)
 
 
 @recipe.command(context_settings={"ignore_unknown_options": False})
@@ -128,14 +136,21 @@ def schema(out_path: Path | None) -> None:
               help="Where checkpoints and metrics go (default: runs/<recipe>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint.")
 @click.option("--allow-drift", is_flag=True, help="Run although pins drifted (with a warning).")
+@click.option("--allow-change", "allow_changes", multiple=True, metavar="KEY",
+              help="On resume, train with a changed value of recipe KEY (or every key under "
+              "it), e.g. optimizer.config.lr; repeatable. Keys the checkpoint cannot honour "
+              "(the model's shape, the data) are refused anyway: docs/resuming.md.")
 @recipe_dir_option
 def run(spec: str, overrides: tuple[str, ...], nproc: int, run_dir: Path | None, resume: bool,
-        allow_drift: bool, recipe_dirs: tuple[Path, ...]) -> None:
-    """Train with a recipe, on one process or N local workers (also under torchrun)."""
+        allow_drift: bool, allow_changes: tuple[str, ...], recipe_dirs: tuple[Path, ...]) -> None:
+    """Train with a recipe, on one process or N local workers (also under torchrun).
+
+    Resuming (--resume, or a --run-dir with checkpoints) compares the recipe with the
+    one that wrote the checkpoint and refuses changes the checkpoint cannot honour."""
     from llm_gym.runner.entry import run_recipe
 
     run_recipe(spec, overrides, nproc=nproc, run_dir=run_dir, resume=resume,
-               allow_drift=allow_drift, recipe_dirs=recipe_dirs)
+               allow_drift=allow_drift, recipe_dirs=recipe_dirs, allow_changes=allow_changes)
 
 
 @recipe.command()

@@ -1,15 +1,60 @@
-"""The resolved recipe as YAML: every value after interpolation and overrides, and the pins."""
+"""The resolved recipe as YAML: every value after interpolation and overrides, and the pins.
+
+A run keeps one resolved recipe per segment (docs/resuming.md): ``recipe.resolved.yaml``
+for the segment that started at step 0, ``recipe.resolved.step_00000100.yaml`` for one
+that resumed from step 100 with a changed recipe. The recipe that wrote a checkpoint is
+the segment file with the highest start below the checkpoint's step.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from llm_gym.errors import UserError
+
 # Where a run keeps the recipe it ran, written by rank 0 before training starts.
 RESOLVED_FILE = "recipe.resolved.yaml"
+_SEGMENT_FILE = re.compile(r"^recipe\.resolved\.step_(\d{8,})\.yaml$")
 
 
 def resolved_yaml(loaded: Any) -> str:
     data = loaded.recipe.model_dump(mode="json", exclude_none=True)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def resolved_data(loaded: Any) -> dict[str, Any]:
+    """The resolved recipe as it reads back from its YAML (for comparing with a file)."""
+    return yaml.safe_load(resolved_yaml(loaded))
+
+
+def segment_file_name(start_step: int) -> str:
+    """The resolved recipe of the segment that starts at ``start_step``."""
+    return RESOLVED_FILE if start_step == 0 else f"recipe.resolved.step_{start_step:08d}.yaml"
+
+
+def segment_files(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(start step, path)`` of every segment's resolved recipe in ``run_dir``, by step."""
+    found = []
+    if (run_dir / RESOLVED_FILE).exists():
+        found.append((0, run_dir / RESOLVED_FILE))
+    if run_dir.is_dir():
+        for child in run_dir.iterdir():
+            match = _SEGMENT_FILE.match(child.name)
+            if match:
+                found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def read_resolved(path: Path) -> dict[str, Any]:
+    """A resolved recipe file's data; a file that is not one is named."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: cannot read the recipe this run used ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a resolved recipe (a mapping of sections)")
+    return data

@@ -6,8 +6,8 @@ Under ``torchrun`` (or ``srun torchrun``) every worker runs this same command wi
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,10 @@ class RunJob:
     resume: bool = False
     allow_drift: bool = False
     recipe_dirs: tuple[Path, ...] = field(default_factory=tuple)
+    # Recipe keys a resume may change deliberately (``--allow-change``).
+    allow_changes: tuple[str, ...] = ()
+    # The launcher created run_dir for this run: a refused run removes it again.
+    created_run_dir: bool = False
 
 
 def run_recipe(
@@ -36,6 +40,7 @@ def run_recipe(
     resume: bool = False,
     allow_drift: bool = False,
     recipe_dirs: Sequence[Path] = (),
+    allow_changes: Sequence[str] = (),
 ) -> dict:
     from llm_gym.cli.output import err
     from llm_gym.recipes.loading import load_recipe
@@ -53,26 +58,30 @@ def run_recipe(
             "--nproc starts local workers; under torchrun/srun leave it out "
             "(torchrun's --nproc-per-node decides)"
         )
-    run_dir = run_dir or _default_run_dir(loaded.ref.name, loaded.ref.version, resume)
-    job = RunJob(spec, tuple(overrides), Path(run_dir), resume, allow_drift, tuple(recipe_dirs))
+    created = False
+    if run_dir is None:
+        from llm_gym.runner.run_dir import claim_default_run_dir, newest_run_dir
+
+        name, version = loaded.ref.name, loaded.ref.version
+        if resume:
+            run_dir = newest_run_dir(name, version)
+        elif under_launcher and os.environ["RANK"] != "0":
+            run_dir = Path("runs") / f"{name}-v{version}-(rank 0 picks)"  # replaced by rank 0's
+        else:
+            run_dir, created = claim_default_run_dir(name, version), True
+    job = RunJob(spec, tuple(overrides), Path(run_dir), resume, allow_drift, tuple(recipe_dirs),
+                 tuple(allow_changes), created)
 
     from llm_gym.runner.trainer import train_worker
 
-    if nproc == 1:
-        return train_worker(job, loaded, registry)
-    from llm_gym.runner.launcher import launch_local
+    try:
+        if nproc == 1:
+            return train_worker(job, loaded, registry)
+        from llm_gym.runner.launcher import launch_local
 
-    return launch_local(nproc, train_worker, (job,))[0]
-
-
-def _default_run_dir(name: str, version: int, resume: bool) -> Path:
-    """``runs/<name>-v<V>-<time>``; with --resume, the newest such directory."""
-    root = Path("runs")
-    if resume:
-        existing = sorted(root.glob(f"{name}-v{version}-*"))
-        if not existing:
-            raise UserError(
-                f"--resume: no earlier run of {name}@{version} under {root}/; pass --run-dir"
-            )
-        return existing[-1]
-    return root / f"{name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return launch_local(nproc, train_worker, (job,))[0]
+    except BaseException:
+        if created:  # a run that never started leaves no empty directory behind
+            with contextlib.suppress(OSError):
+                job.run_dir.rmdir()
+        raise

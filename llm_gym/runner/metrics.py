@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +36,11 @@ class MetricsSubscriber(Protocol):
 class MetricsLog:
     """Appends records; written by rank 0 only, flushed per record so a crash loses nothing.
 
-    ``resume_step``: records after that step came from a run that stopped before its next
-    checkpoint; they are dropped, since the resumed run writes those steps again.
+    ``resume_step``: the step the run starts from (0 for a fresh start). Records after it
+    came from a run that stopped before its next checkpoint (or never wrote one); they
+    are dropped, since this run writes those steps again. A torn last line (a full disk,
+    a crash mid-write) is dropped too, with a warning. The file is opened without
+    following a symbolic link.
     """
 
     def __init__(self, path: Path, enabled: bool, resume_step: int = 0) -> None:
@@ -44,11 +48,19 @@ class MetricsLog:
         self._file: TextIO | None = None
         if not enabled:
             return
-        if resume_step and path.exists():
-            kept = [r for r in read_metrics(path) if r["step"] <= resume_step]
-            with atomic_output(path, "w", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(r) + "\n" for r in kept)
-        self._file = path.open("a", encoding="utf-8")
+        if path.exists():
+            lines, records, torn = _read_lines(path)
+            kept = [line for line, record in zip(lines, records, strict=True)
+                    if record["step"] <= resume_step]
+            if torn or len(kept) < len(lines) or not _ends_with_newline(path):
+                with atomic_output(path, "w", encoding="utf-8") as handle:
+                    handle.writelines(kept)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot write the run's metrics ({exc.strerror})") from None
+        self._file = os.fdopen(fd, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is None:
@@ -68,9 +80,42 @@ class MetricsLog:
             self._file = None
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return True
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """The records of a metrics.jsonl. A torn last line (the run stopped while writing
+    it) is left out with a warning; a bad line elsewhere is an error naming it."""
+    return _read_lines(path)[1]
+
+
+def _read_lines(path: Path) -> tuple[list[str], list[dict[str, Any]], bool]:
+    """Each complete line (with its newline), its record, and whether a torn last line
+    was left out."""
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        numbered = [(n, line) for n, line in enumerate(handle, 1) if line.strip()]
+    lines, records = [], []
+    for i, (number, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            lines.append(line if line.endswith("\n") else line + "\n")
+            records.append(record)
+        elif i == len(numbered) - 1:
+            print(f"warning: {path}:{number}: the last line is incomplete (the run stopped "
+                  "while writing it); it is left out", file=sys.stderr, flush=True)
+            return lines, records, True
+        else:
+            raise UserError(f"{path}:{number}: not a metrics record (a JSON object with "
+                            "an integer step); fix or remove the line")
+    return lines, records, False
 
 
 class Subscribers:

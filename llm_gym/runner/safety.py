@@ -3,14 +3,15 @@ to write checkpoints, a clean stop on Ctrl-C, and no training on a diverged loss
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
 import signal
+import stat
 import time
 from pathlib import Path
 from types import FrameType
-from typing import IO
 
 import torch
 
@@ -30,42 +31,93 @@ class RunDirLock:
     """An exclusive lock on a run directory, held for the whole run.
 
     ``flock`` is released by the kernel when the process dies, even by SIGKILL, so a
-    crashed run never leaves a stale lock behind.
+    crashed run never leaves a stale lock behind. A run that ends removes ``.lock``
+    while still holding it; a run that locked the file just as it was removed notices
+    (the path no longer names the file it locked) and locks the new one instead.
+
+    ``.lock`` is opened without following a symbolic link and must be a regular file:
+    a planted link would otherwise have the run truncate and write whatever it names.
+    ``created``: this lock created the directory (it did not exist before).
     """
+
+    _OPEN_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self._handle: IO[str] | None = None
+        self.path = run_dir / LOCK_FILE
+        self.created = False
+        self._fd: int | None = None
 
     def __enter__(self) -> RunDirLock:
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            handle = open(self.run_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held until exit
+            self.run_dir.mkdir(parents=True)
+            self.created = True
+        except FileExistsError:
+            pass
         except OSError as exc:
             raise UserError(
                 f"run directory {self.run_dir} is not writable: {exc.strerror}"
             ) from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise UserError(
-                f"run directory {self.run_dir} is in use by another run (pid {holder}); "
-                "wait for it to end or choose another --run-dir"
-            ) from None
-        handle.truncate(0)
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._handle = handle
+        for _ in range(100):  # another run ending as we start: at most a few rounds
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise UserError(
+                    f"run directory {self.run_dir} is in use by another run (pid {holder}); "
+                    "wait for it to end or choose another --run-dir"
+                ) from None
+            if self._names(fd):
+                break
+            os.close(fd)  # the previous run removed the file we locked: lock the new one
+        else:
+            raise UserError(f"{self.path}: could not be locked; try again")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        if self._fd is None:
+            return
+        try:
+            if self._names(self._fd):
+                self.path.unlink()
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def _open(self) -> int:
+        try:
+            fd = os.open(self.path, self._OPEN_FLAGS, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                target = os.readlink(self.path) if self.path.is_symlink() else "?"
+                raise UserError(f"{self.path} is a symbolic link (to {target}); a run's "
+                                "lock file must be a regular file: remove it") from None
+            if exc.errno in (errno.EISDIR, errno.ENXIO, errno.ENODEV):
+                raise UserError(f"{self.path} is not a regular file; a run's lock file "
+                                "must be one: remove it") from None
+            raise UserError(
+                f"run directory {self.run_dir} is not writable: {exc.strerror}"
+            ) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UserError(f"{self.path} is not a regular file; a run's lock file must be "
+                            "one: remove it")
+        return fd
+
+    def _names(self, fd: int) -> bool:
+        """Whether ``.lock`` is still the file open as ``fd``."""
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
 def human_size(n: float) -> str:

@@ -13,17 +13,16 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.distributed.tensor import DTensor
 
 from llm_gym.errors import ReportedError, UserError
-from llm_gym.fileio import atomic_output
 from llm_gym.hf.tokenizer_files import RUN_TOKENIZER_DIR, write_tokenizer_files
 from llm_gym.recipes.loading import LoadedRecipe, load_recipe
 from llm_gym.recipes.pins import current_pins
-from llm_gym.recipes.resolved import RESOLVED_FILE, resolved_yaml
+from llm_gym.recipes.resolved import resolved_yaml
 from llm_gym.registry import ResolverRegistry
 from llm_gym.runner.checkpoint import (
     CheckpointWriteError,
@@ -41,9 +40,19 @@ from llm_gym.runner.distributed import (
 )
 from llm_gym.runner.entry import RunJob
 from llm_gym.runner.flops import peak_flops
-from llm_gym.runner.metrics import MetricsLog, Subscribers, build_loggers, resolve_loggers
+from llm_gym.runner.metrics import (
+    MetricsLog,
+    Subscribers,
+    build_loggers,
+    read_metrics,
+    resolve_loggers,
+)
 from llm_gym.runner.nonfinite import NonfiniteGuard
 from llm_gym.runner.parallelize import clip_grad_norm_, parallelize_as_configured
+from llm_gym.runner.resume_check import ResumePlan
+from llm_gym.runner.resuming import honour_changes, hyperparameters, plan_run
+from llm_gym.runner.run_dir import METRICS_FILE, remove_unused_run_dir, write_segment_recipe
+from llm_gym.runner.run_messages import end_message, nothing_left_message, start_message
 from llm_gym.runner.safety import (
     Interrupted,
     RunDirLock,
@@ -53,6 +62,8 @@ from llm_gym.runner.safety import (
     human_size,
 )
 from llm_gym.runner.stop_agreement import StopAgreement
+
+T = TypeVar("T")
 
 
 def train_worker(
@@ -78,8 +89,24 @@ def train_worker(
         on_main(lock.__enter__, world)  # one run per directory, or every rank refuses
         trainer = None
         try:
-            trainer = Trainer(loaded, registry, world, run_dir, job.resume)
-            return trainer.fit()
+            try:
+                # Checked on rank 0 before anything is built or written.
+                plan = from_main(
+                    lambda: plan_run(run_dir, loaded, job.resume, job.allow_changes), world)
+                if plan.nothing_left:
+                    Subscribers([], main=world.rank == 0).message(
+                        nothing_left_message(run_dir, plan, job, world.world_size))
+                    return {"run_dir": str(run_dir), "step": plan.step,
+                            "loss": _last_loss(run_dir / METRICS_FILE, plan.step)}
+                trainer = Trainer(loaded, registry, world, run_dir, plan)
+            except BaseException:
+                # A refused run leaves no directory it created behind (its lock is held).
+                if world.rank == 0 and (job.created_run_dir or lock.created):
+                    remove_unused_run_dir(run_dir)
+                raise
+            result = trainer.fit()
+            trainer.metrics.message(end_message(run_dir, trainer.step, job, world.world_size))
+            return result
         finally:
             if trainer is not None:
                 trainer.close()
@@ -89,15 +116,30 @@ def train_worker(
 
 def on_main(check: Callable[[], Any], world: World) -> None:
     """Run ``check`` on rank 0; if it raises a UserError, every rank raises it."""
-    problem = None
+    from_main(check, world)
+
+
+def from_main(compute: Callable[[], T], world: World) -> T:
+    """``compute()`` on rank 0, its result on every rank; a UserError it raises is raised
+    on every rank (with its list of problems)."""
+    outcome: tuple[Any, tuple[str, list[str]] | None] = (None, None)
     if world.rank == 0:
         try:
-            check()
+            outcome = (compute(), None)
         except UserError as exc:
-            problem = exc.message
-    problem = broadcast_from_main(problem, world)
+            outcome = (None, (exc.message, exc.problems))
+    value, problem = broadcast_from_main(outcome, world)
     if problem is not None:
-        raise UserError(problem)
+        raise UserError(*problem)
+    return value
+
+
+def _last_loss(metrics: Path, step: int) -> float:
+    """The last training loss recorded up to ``step``, for a run with nothing left."""
+    if not metrics.is_file():
+        return math.nan
+    losses = [r["loss"] for r in read_metrics(metrics) if r["step"] <= step and "loss" in r]
+    return losses[-1] if losses and losses[-1] is not None else math.nan
 
 
 class Trainer:
@@ -107,9 +149,9 @@ class Trainer:
         registry: ResolverRegistry,
         world: World,
         run_dir: Path,
-        resume: bool,
+        plan: ResumePlan,
     ) -> None:
-        self.loaded, self.world, self.run_dir = loaded, world, run_dir
+        self.loaded, self.world, self.run_dir, self.plan = loaded, world, run_dir, plan
         self.settings = settings = loaded.recipe.trainer
         self.main = world.rank == 0
         self.stop_agreement = StopAgreement(world)  # collective: before any rank can fail
@@ -152,15 +194,15 @@ class Trainer:
         on_main(lambda: check_room(run_dir, needed, settings.keep_last), world)
 
         self.step = 0
-        found = latest_checkpoint(run_dir)
-        if resume and found is None:
-            raise UserError(f"--resume: no complete checkpoint under {run_dir}")
-        if found is not None:
-            self._restore(found)
+        self.resume_warning: str | None = None
+        if plan.resumed:
+            fresh = hyperparameters(self.optimizer)  # as this run's recipe builds them
+            self._restore(plan.checkpoint)
+            self.resume_warning = honour_changes(plan, self.optimizer, self.scheduler, fresh)
+        self.start_step = self.step
         if self.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_output(run_dir / RESOLVED_FILE, "w", encoding="utf-8") as out:
-                out.write(self._resolved_text())
+            write_segment_recipe(run_dir, self.step, self._resolved_text(),
+                                 changed=bool(plan.applied))
             self._save_tokenizer()
         self.tokens_per_step = (
             settings.micro_batch_size
@@ -181,7 +223,7 @@ class Trainer:
         on_main(lambda: loggers.extend(build_loggers(chosen_loggers, registry, provided)),
                 world)
         self.metrics = Subscribers(
-            [MetricsLog(run_dir / "metrics.jsonl", enabled=self.main, resume_step=self.step)],
+            [MetricsLog(run_dir / METRICS_FILE, enabled=self.main, resume_step=self.step)],
             loggers,
             main=self.main,
         )
@@ -190,14 +232,15 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         s = self.settings
-        if self.step:
-            self.metrics.message(f"resumed at step {self.step} from {self.run_dir}")
+        self.metrics.message(start_message(self.run_dir, self.plan))
+        if self.resume_warning:
+            self.metrics.message(self.resume_warning)
         # Throughput counts training time only: evaluation and checkpoint time is excluded.
         interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
         last_loss = math.nan
-        with StopRequest() as stop:
+        with StopRequest() as self._stop:
             while self.step < s.max_steps:
-                if self.stop_agreement.agreed(stop.requested):
+                if self.stop_agreement.agreed(self._stop.requested):
                     self._stop_on_request()
                 loss = self._train_step()
                 self.step += 1
@@ -210,8 +253,12 @@ class Trainer:
                     self.metrics.log_train(record)
                     interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
                 paused = time.perf_counter()
-                if s.eval_every and self.step % s.eval_every == 0:
-                    self.metrics.log_eval(self.evaluate())
+                # A run shorter than eval_every (or not a multiple) evaluates at its end too.
+                if s.eval_every and (self.step % s.eval_every == 0 or self.step == s.max_steps):
+                    record = self.evaluate()
+                    if record is None:  # a stop was requested mid-evaluation
+                        self._stop_on_request()
+                    self.metrics.log_eval(record)
                 if s.checkpoint_every and self.step % s.checkpoint_every == 0:
                     self.save()
                 excluded += time.perf_counter() - paused
@@ -245,6 +292,8 @@ class Trainer:
             total += loss.detach()
         # The same global norm on every rank, so every rank skips the same steps.
         grad_norm = clip_grad_norm_(model.parameters(), s.grad_clip or math.inf)
+        # The rate this step trains with: the scheduler moves it on for the next step.
+        self._step_lr = self.optimizer.param_groups[0]["lr"]
         self.guard.step(grad_norm, self.step + 1)
         if self.scheduler is not None:
             self.scheduler.step()
@@ -259,7 +308,7 @@ class Trainer:
         return {
             "step": self.step,
             "loss": all_reduce_mean(loss, self.world).item(),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self._step_lr,
             "grad_norm": self.guard.last_norm,
             "tokens_per_s": tokens_per_s,
             "mfu": mfu,
@@ -268,12 +317,18 @@ class Trainer:
         }
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self) -> dict[str, Any] | None:
+        """The eval loss over ``eval_batches``; None when a stop (Ctrl-C, SIGTERM) was
+        requested meanwhile: the ranks agree between batches, so a stop waits for one
+        eval batch, never for a whole evaluation."""
         s, data = self.settings, self.eval_data
         data.load_state_dict(self._eval_start)  # the same batches at every evaluation
         self.model.eval()
         total = torch.zeros((), device=self.world.device)
+        stop = getattr(self, "_stop", None)
         for _ in range(s.eval_batches):
+            if stop is not None and self.stop_agreement.agreed(stop.requested):
+                return None
             batch = data.next_batch(s.micro_batch_size).to(self.world.device)
             total += self.loss_fn(self.model(batch[:, :-1]), batch[:, 1:])
         loss = all_reduce_mean(total / s.eval_batches, self.world).item()
@@ -299,7 +354,11 @@ class Trainer:
     def _stop_on_request(self) -> None:
         self.stop_agreement.finish()
         where = "no checkpoint written (trainer.checkpoint_on_interrupt is off)"
-        if self.settings.checkpoint_on_interrupt and self.step:
+        if self.step == self.start_step and self.plan.resumed:
+            # Nothing trained since the resume: that checkpoint is this state, and a
+            # segment writes checkpoints only past its start (run_dir.checkpoint_recipe).
+            where = f"nothing trained since {self.plan.checkpoint}"
+        elif self.settings.checkpoint_on_interrupt and self.step:
             where = f"checkpoint saved to {self.save()}"
         raise Interrupted(
             f"interrupted at step {self.step}; {where}; continue with the same command "
@@ -373,9 +432,11 @@ class Trainer:
                               max_length=self.settings.seq_len)
 
     def _resolved_text(self) -> str:
-        header = (
-            f"# {self.loaded.ref.label} from {self.loaded.ref.path}\n"
-            f"# pins of the installed components this run used:\n"
-        )
+        header = f"# {self.loaded.ref.label} from {self.loaded.ref.path}\n"
+        if self.plan.resumed:
+            header += (f"# the segment resumed from {self.plan.checkpoint} (written under "
+                       f"{self.plan.checkpoint_recipe.name}), changing:\n")
+            header += "".join(f"#   {change}\n" for change in self.plan.applied)
+        header += "# pins of the installed components this run used:\n"
         pins = "".join(f"#   {k}: {v}\n" for k, v in current_pins(self.loaded.recipe).items())
         return header + pins + resolved_yaml(self.loaded)

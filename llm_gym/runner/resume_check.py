@@ -1,0 +1,201 @@
+"""What a resume may change: the recipe now against the recipe that wrote the checkpoint.
+
+Both recipes are compared as resolved data (every value after interpolation), flattened
+to dotted keys (``model.config.n_layer``). Each changed key is classified by one table,
+``RULES``, first match wins:
+
+- ``safe``: applied and recorded (more steps, how often to log, evaluate or save, the
+  loggers, the sample);
+- ``allowed``: honoured only when named with ``--allow-change KEY`` (the learning rate
+  and other optimizer hyperparameters, the loss, the evaluation data, precision);
+- ``never``: refused even with ``--allow-change``, because the checkpoint cannot honour
+  it (the model's shape, the tokenizer, the training data and batch shape, the seed).
+
+A key no rule names is refused: a change is only accepted once someone has said why it
+is safe.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_gym.errors import UserError
+
+SAFE, ALLOWED, NEVER = "safe", "allowed", "never"
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str  # a dotted key, ``*`` matching any part
+    verdict: str  # SAFE, ALLOWED or NEVER
+    why: str
+
+
+# Keys whose new value goes into the optimizer's parameter groups after its state is
+# loaded (load_state_dict would otherwise put the checkpoint's values back).
+OPTIMIZER_HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "momentum",
+                             "implementation")
+
+RULES: tuple[Rule, ...] = (
+    Rule("recipe.*", SAFE, "a description"),
+    Rule("pins.*", SAFE, "the pin check compares pins with the installed components"),
+    Rule("trainer.max_steps", SAFE, "where the run ends"),
+    *(Rule(f"trainer.{key}", SAFE, "how the run is watched, saved or stopped")
+      for key in ("log_every", "eval_every", "checkpoint_every", "keep_last", "loggers",
+                  "sample_prompt", "sample_tokens", "checkpoint_on_interrupt",
+                  "on_nonfinite", "prefetch")),
+    *(Rule(f"trainer.{key}", SAFE, "how the same step is computed")
+      for key in ("compile", "activation_checkpointing")),
+    Rule("scheduler.type_hint", NEVER, "the checkpoint's scheduler state belongs to the old "
+         "scheduler"),
+    Rule("scheduler.*", SAFE, "the new schedule applies from the resumed step (with a "
+         "warning giving the learning rate before and after)"),
+    *(Rule(f"optimizer.config.{key}", ALLOWED, "the checkpoint's optimizer state carries "
+           "the old value") for key in OPTIMIZER_HYPERPARAMETERS),
+    Rule("optimizer.*", NEVER, "the checkpoint's optimizer state belongs to the old optimizer"),
+    Rule("trainer.grad_clip", ALLOWED, "the updates change from the resumed step"),
+    Rule("trainer.param_dtype", ALLOWED, "the numerics change from the resumed step"),
+    Rule("trainer.reduce_dtype", ALLOWED, "the numerics change from the resumed step"),
+    Rule("loss.*", ALLOWED, "the objective changes from the resumed step"),
+    Rule("eval_dataset.*", ALLOWED, "eval losses before and after are not comparable"),
+    Rule("trainer.eval_batches", ALLOWED, "eval losses before and after are not comparable"),
+    Rule("model.*", NEVER, "the checkpoint's weights belong to the old model"),
+    Rule("tokenizer.*", NEVER, "the trained embeddings belong to the old token ids"),
+    Rule("train_dataset.*", NEVER, "the checkpoint's data position belongs to the old data"),
+    *(Rule(f"trainer.{key}", NEVER, "the checkpoint's data position and batches belong to "
+           "the old batch shape") for key in ("seq_len", "micro_batch_size",
+                                               "grad_accumulation")),
+    Rule("trainer.seed", NEVER, "the random states come from the checkpoint, so a new seed "
+         "would not take effect"),
+    Rule("*", NEVER, "not known to be safe to change on resume"),
+)
+
+
+def rule_for(key: str) -> Rule:
+    """The first rule whose pattern matches ``key`` (the last rule matches everything)."""
+    parts = key.split(".")
+    for rule in RULES:
+        pattern = rule.pattern.split(".")
+        if pattern == ["*"] or (
+            len(pattern) <= len(parts)
+            and all(fnmatch.fnmatchcase(p, q) for p, q in zip(parts, pattern, strict=False))
+            and (len(pattern) == len(parts) or pattern[-1] == "*")
+        ):
+            return rule
+    raise AssertionError("RULES ends with a catch-all")
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.key}: {_show(self.old)} -> {_show(self.new)}"
+
+
+_UNSET = object()
+
+
+def _show(value: Any) -> str:
+    if value is _UNSET:
+        return "(unset)"
+    return json.dumps(value, separators=(", ", ": ")) if not isinstance(value, str) else value
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys; lists and scalars are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    before, after = flatten(old), flatten(new)
+    keys = sorted(set(before) | set(after))
+    return [Change(k, before.get(k, _UNSET), after.get(k, _UNSET)) for k in keys
+            if before.get(k, _UNSET) != after.get(k, _UNSET)]
+
+
+def _named(key: str, allowed: Sequence[str]) -> bool:
+    """``--allow-change optimizer.config`` names every key under it."""
+    return any(key == a or key.startswith(a.rstrip(".") + ".") for a in allowed)
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """What a run starting at ``step`` does with the recipe it was given."""
+
+    step: int = 0
+    checkpoint: Path | None = None
+    checkpoint_recipe: Path | None = None  # the resolved recipe that wrote the checkpoint
+    applied: tuple[Change, ...] = ()  # safe changes, and allowed ones named by the user
+    nothing_left: bool = False
+    max_steps: int = 0
+
+    @property
+    def resumed(self) -> bool:
+        return self.checkpoint is not None
+
+    def changed(self, prefix: str) -> list[Change]:
+        return [c for c in self.applied if c.key == prefix or c.key.startswith(prefix + ".")]
+
+
+@dataclass
+class _Verdicts:
+    applied: list[Change] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def check_resume(
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    *,
+    step: int,
+    checkpoint: Path,
+    checkpoint_recipe: Path,
+    allow_changes: Sequence[str] = (),
+) -> ResumePlan:
+    """Compare the recipe that wrote ``checkpoint`` (``old``) with this run's (``new``);
+    raise one UserError listing every change that cannot be applied."""
+    verdicts = _Verdicts()
+    for change in diff(old, new):
+        rule = rule_for(change.key)
+        if rule.verdict == SAFE or (rule.verdict == ALLOWED and _named(change.key,
+                                                                       allow_changes)):
+            verdicts.applied.append(change)
+        elif rule.verdict == ALLOWED:
+            verdicts.problems.append(
+                f"{change} ({rule.why}; not applied unless asked: pass --allow-change "
+                f"{change.key} to train with the new value from step {step + 1})")
+        else:
+            verdicts.problems.append(
+                f"{change} ({rule.why}: cannot be changed on resume, even with "
+                "--allow-change)")
+    max_steps = int(flatten(new).get("trainer.max_steps", 0))
+    if max_steps < step:
+        verdicts.problems.append(
+            f"trainer.max_steps={max_steps} is below the checkpoint's step {step}: nothing "
+            f"would be trained; pass trainer.max_steps greater than {step} to continue")
+    if verdicts.problems:
+        count = len(verdicts.problems)
+        raise UserError(
+            f"resuming from {checkpoint} would change the run it continues (the recipe "
+            f"that wrote it: {checkpoint_recipe}); {count} "
+            f"{'change' if count == 1 else 'changes'} refused, nothing was written. Resume "
+            "with the recipe and overrides the run used, or start a new --run-dir",
+            verdicts.problems)
+    return ResumePlan(step=step, checkpoint=checkpoint, checkpoint_recipe=checkpoint_recipe,
+                      applied=tuple(verdicts.applied), nothing_left=max_steps == step,
+                      max_steps=max_steps)
