@@ -9,6 +9,13 @@ hanging in a collective.
 Output: workers inherit this process's stdout/stderr unchanged (no redirection, no
 prefixes), so rank 0's rich progress bar still sees a terminal. The agent's own INFO
 chatter is silenced; failures are reported once, by the exception raised here.
+
+Stopping: SIGINT/SIGTERM to the launcher is forwarded by the agent to every worker, which
+stops at a step boundary and saves; a worker that stops on request (``Interrupted``,
+exit code 130) keeps its exit code and label on the way back, so the job ends with
+"stopped:" and the resume command whichever process got the signal. A worker whose
+launcher dies (even by SIGKILL) gets SIGINT from the kernel (torch's spawn sets the
+parent-death signal), which stops it the same way: no worker outlives its launcher.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -28,8 +37,9 @@ from typing import Any
 
 from llm_gym.errors import ReportedError, UserError
 
-# Written by a failing worker next to its error.json: when it failed (time.time()).
-_FAILED_AT_FILE = "failed_at"
+# Written by a failing worker next to its error.json: when it failed (time.time()) and,
+# for a UserError, its exit code and label (a stop on request is 130, "stopped").
+_FAILURE_FILE = "failure.json"
 
 # What torch reports for a worker that wrote no error file.
 _NO_MESSAGE = "<NONE>"
@@ -47,7 +57,8 @@ class WorkerFailure:
     """What one failed worker left behind: exit code, message and traceback if recorded.
 
     ``user_error`` is true when the worker raised ``UserError`` (then ``message`` is that
-    error's text alone).
+    error's text alone, and ``user_exit_code``/``label`` are that error's: 130 and
+    "stopped" for a run stopped on request).
     """
 
     rank: int
@@ -55,6 +66,8 @@ class WorkerFailure:
     message: str
     traceback: str
     user_error: bool = False
+    user_exit_code: int = UserError.exit_code
+    label: str = UserError.label
 
 
 class LaunchError(ReportedError):
@@ -84,15 +97,18 @@ def launch_local(
     its worker returned.
 
     Raises ``UserError`` if every failed worker failed with a ``UserError`` (a bad recipe,
-    checkpoint, ... is reported as the user's mistake, without traceback), else
-    ``LaunchError`` naming each failed rank and its error. ``verbose`` lets the elastic
-    agent log at INFO.
+    checkpoint, ... is reported as the user's mistake, without traceback; with the
+    workers' exit code and label, so a stop on request stays ``Interrupted``), else
+    ``LaunchError`` naming each failed rank and its error. A signal to this process
+    raises ``Interrupted``. ``verbose`` lets the elastic agent log at INFO.
 
     Unless ``OMP_NUM_THREADS`` is set, each worker gets ``cpu_count // nproc`` threads so
-    N workers do not oversubscribe the CPU cores.
+    N workers do not oversubscribe the CPU cores. More workers than GPUs is refused;
+    more than CPU cores (without CUDA) is warned about.
     """
     if nproc < 1:
-        raise UserError(f"nproc must be at least 1, got {nproc}")
+        raise UserError(f"--nproc must be at least 1, got {nproc}")
+    _check_workers_fit(nproc)
     # Imported here: `llm_gym --help` must not pay for importing torch.
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -112,7 +128,11 @@ def launch_local(
         monitor_interval=0.1,
         start_method="spawn",
     )
-    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    threads = str(max(1, _cpu_cores() // nproc))
+    # Spawning N interpreters, importing torch and the rendezvous take seconds before
+    # any worker prints: say that something is happening.
+    print(f"starting {nproc} workers (the rendezvous can take a while)", file=sys.stderr,
+          flush=True)
     with (
         tempfile.TemporaryDirectory(prefix="llm_gym_launch_") as log_dir,
         _quiet_agent(verbose),
@@ -126,20 +146,79 @@ def launch_local(
         except ChildFailedError as exc:
             failures = _collect_failures(exc.failures, Path(log_dir))
         except SignalException as exc:
-            from llm_gym.runner.safety import Interrupted
-
-            # The agent got SIGINT/SIGTERM and asked the workers to stop; they finish
-            # their step and save a checkpoint before they exit (see StopRequest).
-            raise Interrupted(
-                f"interrupted by signal {exc.sigval.name}; the workers stopped at a step "
-                "boundary and saved a checkpoint; continue with the same command and "
-                "--resume"
-            ) from None
+            # The agent got SIGINT/SIGTERM, forwarded it to the workers and waited for
+            # them (30 s, then SIGKILL); each one that stopped at a step boundary and
+            # saved recorded its Interrupted, which names the checkpoint and --run-dir.
+            stopped = _collect_failures({}, Path(log_dir))
+            raise _signal_stop(exc.sigval, nproc, stopped) from None
     if all(f.user_error for f in failures.values()):
-        messages = {f.message for f in failures.values()}
-        # Usually every rank found the same mistake: say it once, as the user's error.
-        raise UserError(messages.pop() if len(messages) == 1 else _describe(failures))
+        raise _as_user_error(failures)
     raise LaunchError(failures)
+
+
+def _as_user_error(failures: dict[int, WorkerFailure]) -> UserError:
+    """The workers' UserErrors as one, with their exit code and label when they agree."""
+    messages = {f.message for f in failures.values()}
+    kinds = {(f.user_exit_code, f.label) for f in failures.values()}
+    # Usually every rank found the same mistake: say it once, as the user's error.
+    message = messages.pop() if len(messages) == 1 else _describe(failures)
+    exit_code, label = kinds.pop() if len(kinds) == 1 else (UserError.exit_code,
+                                                             UserError.label)
+    from llm_gym.runner.safety import Interrupted
+
+    if (exit_code, label) == (Interrupted.exit_code, Interrupted.label):
+        return Interrupted(message)
+    error = UserError(message)
+    error.exit_code, error.label = exit_code, label
+    return error
+
+
+def _signal_stop(sig: signal.Signals, nproc: int,
+                 recorded: dict[int, WorkerFailure]) -> UserError:
+    from llm_gym.runner.safety import Interrupted
+
+    stops = {r: f for r, f in recorded.items() if f.user_exit_code == Interrupted.exit_code}
+    if len(stops) == nproc:
+        return _as_user_error(stops)  # every worker saved: their words, with --run-dir
+    missing = sorted(set(range(nproc)) - set(stops))
+    who = f"rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"
+    return Interrupted(
+        f"interrupted by signal {sig.name} before {who} could stop at a step boundary and "
+        "save (still starting, or killed after the grace period); the run directory keeps "
+        "its newest complete checkpoint, if any; continue with the same command and "
+        "--run-dir and --resume"
+    )
+
+
+def _check_workers_fit(nproc: int) -> None:
+    """Refuse more workers than GPUs (each binds cuda:LOCAL_RANK); warn when CPU workers
+    outnumber the cores they may run on, as they would contend for them."""
+    import torch
+
+    if torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if nproc > gpus:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            where = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+            raise UserError(
+                f"--nproc {nproc}: found {gpus} visible GPU{'s' if gpus != 1 else ''}"
+                f"{where}; each worker needs a GPU of its own; use --nproc {gpus} or fewer"
+            )
+        return
+    cores = _cpu_cores()
+    if nproc > cores:
+        print(f"warning: --nproc {nproc} exceeds the {cores} CPU core"
+              f"{'s' if cores != 1 else ''} found; the workers will contend for them, and "
+              f"every step will wait for the slowest (--nproc {cores} or fewer runs "
+              "without contention)", file=sys.stderr, flush=True)
+
+
+def _cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask, as under taskset or SLURM)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _worker_main(entrypoint: Callable[..., Any], *args: Any) -> Any:
@@ -148,7 +227,7 @@ def _worker_main(entrypoint: Callable[..., Any], *args: Any) -> Any:
     try:
         return entrypoint(*args)
     except BaseException as exc:
-        _write_failure_time(exc)
+        _write_failure_record(exc)
         if isinstance(exc, UserError) and not isinstance(exc, _WorkerUserError):
             raise _WorkerUserError(str(exc)) from exc
         if not isinstance(exc, (Exception, KeyboardInterrupt, SystemExit)):
@@ -158,13 +237,16 @@ def _worker_main(entrypoint: Callable[..., Any], *args: Any) -> Any:
         raise
 
 
-def _write_failure_time(exc: BaseException) -> None:
+def _write_failure_record(exc: BaseException) -> None:
     from llm_gym.runner.distributed import FAILED_AT_ATTR
 
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if error_file:
-        failed_at = getattr(exc, FAILED_AT_ATTR, time.time())
-        Path(error_file).with_name(_FAILED_AT_FILE).write_text(repr(failed_at))
+    if not error_file:
+        return
+    record: dict[str, Any] = {"failed_at": getattr(exc, FAILED_AT_ATTR, time.time())}
+    if isinstance(exc, UserError):
+        record.update(exit_code=exc.exit_code, label=exc.label)
+    Path(error_file).with_name(_FAILURE_FILE).write_text(json.dumps(record))
 
 
 def _collect_failures(reported: dict[int, Any], log_dir: Path) -> dict[int, WorkerFailure]:
@@ -187,7 +269,7 @@ def _collect_failures(reported: dict[int, Any], log_dir: Path) -> dict[int, Work
             # the consequence, so a killed worker comes first.
             when = float("-inf")
         traceback = _error_traceback(failure.error_file_data)
-        found[rank] = (when, _failure(rank, failure.exitcode, message, traceback))
+        found[rank] = (when, _failure(rank, failure.exitcode, message, traceback, {}))
     # One node, so the local rank in the path is the global rank.
     for path in log_dir.glob("*/attempt_*/*/error.json"):
         try:
@@ -198,24 +280,33 @@ def _collect_failures(reported: dict[int, Any], log_dir: Path) -> dict[int, Work
         exitcode = found[rank][1].exitcode if rank in found else 1
         if exitcode < 0:
             continue  # killed by a signal: what it recorded before is not why it died
-        failure = _failure(rank, exitcode, _error_message(data), _error_traceback(data))
-        found[rank] = (_failed_at(path), failure)
+        record = _failure_record(path)
+        failure = _failure(rank, exitcode, _error_message(data), _error_traceback(data), record)
+        found[rank] = (float(record.get("failed_at", path.stat().st_mtime)), failure)
     ordered = sorted(found.items(), key=lambda item: (item[1][0], item[0]))
     return {rank: failure for rank, (_, failure) in ordered}
 
 
-def _failure(rank: int, exitcode: int, message: str, traceback: str) -> WorkerFailure:
+def _failure(rank: int, exitcode: int, message: str, traceback: str,
+             record: dict[str, Any]) -> WorkerFailure:
     # The marker class name in the recorded message says the worker raised a UserError.
     marker = f"{_WorkerUserError.__name__}: "
-    user_error = message.startswith(marker)
-    return WorkerFailure(rank, exitcode, message.removeprefix(marker), traceback, user_error)
+    if not message.startswith(marker):
+        return WorkerFailure(rank, exitcode, message, traceback)
+    return WorkerFailure(
+        rank, exitcode, message.removeprefix(marker), traceback, user_error=True,
+        user_exit_code=int(record.get("exit_code", UserError.exit_code)),
+        label=str(record.get("label", UserError.label)),
+    )
 
 
-def _failed_at(error_file: Path) -> float:
+def _failure_record(error_file: Path) -> dict[str, Any]:
+    """What the worker wrote beside its error.json; {} if it wrote nothing readable."""
     try:
-        return float(error_file.with_name(_FAILED_AT_FILE).read_text())
+        record = json.loads(error_file.with_name(_FAILURE_FILE).read_text())
     except (OSError, ValueError):
-        return error_file.stat().st_mtime
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _error_message(data: Any) -> str:
