@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from llm_gym.cli.params import BoundedInt, FiniteFloat, Seed, bad_parameter
+
 source_argument = click.argument(
     "source", metavar="RUN_DIR|CHECKPOINT", type=click.Path(path_type=Path)
 )
@@ -83,16 +85,26 @@ def import_hf_cmd(directory: Path, overrides: tuple[str, ...], run_dir: Path, ba
     )
 
 
+# Generation has no KV cache: each token is a forward pass over the context. A million
+# is far past any useful sample and still bounds the loop and the growing id tensor.
+MAX_NEW_TOKENS = 1_000_000
+# Below this (but above 0, which is greedy) logits / temperature overflow float32 to inf,
+# and sampling from inf - inf = NaN probabilities fails inside torch.
+MIN_TEMPERATURE = 1e-4
+DEVICE_TYPES = ("cpu", "cuda")
+
+
 @click.command()
 @source_argument
 @click.option("--prompt", default="", help="Text to continue (default: a new document).")
-@click.option("--max-new-tokens", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True,
-              help="0 is greedy decoding.")
-@click.option("--top-k", type=click.IntRange(min=1), default=None,
-              help="Sample only among the K likeliest tokens.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="The same seed gives the same text (on the same device).")
+@click.option("--max-new-tokens", type=BoundedInt(0, MAX_NEW_TOKENS), default=100,
+              show_default=True)
+@click.option("--temperature", type=FiniteFloat(0, 100), default=0.8, show_default=True,
+              help=f"0 is greedy decoding; otherwise at least {MIN_TEMPERATURE:g}.")
+@click.option("--top-k", type=BoundedInt(1, 2**31 - 1), default=None,
+              help="Sample only among the K likeliest tokens (at most the vocabulary).")
+@click.option("--seed", type=Seed(), default=0, show_default=True,
+              help="The same seed gives the same text (on the same device); 0..2**64-1.")
 @click.option("--device", default="cpu", show_default=True, help="e.g. cpu, cuda, cuda:1.")
 @click.option("--stop-at-eod/--no-stop-at-eod", default=True, show_default=True,
               help="Stop when the model ends the document.")
@@ -104,9 +116,21 @@ def generate(source: Path, prompt: str, max_new_tokens: int, temperature: float,
     from llm_gym.runner.generation import stream_text, stream_tokens
     from llm_gym.runner.loading_model import load_run_model
 
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise bad_parameter("--temperature", f"{temperature:g} is below {MIN_TEMPERATURE:g}; "
+                            "use 0 for greedy decoding")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:  # bytes that are not UTF-8 arrive as lone surrogates
+        raise bad_parameter("--prompt", f"is not valid UTF-8 text ({exc.reason} at "
+                            f"character {exc.start})") from None
     run = load_run_model(source, device=_device(device))
     for note in run.notes:
         err.print(f"[yellow]note:[/] {note}", markup=True)
+    vocab_size = getattr(run.model, "vocab_size", None)
+    if top_k is not None and vocab_size is not None and top_k > vocab_size:
+        raise bad_parameter("--top-k", f"{top_k} exceeds the model's vocabulary of "
+                            f"{vocab_size} tokens")
     tokenizer = run.tokenizer
     if tokenizer is None:
         raise UserError(f"{run.run_dir}: the recipe has no tokenizer, so text cannot be "
@@ -131,12 +155,17 @@ def generate(source: Path, prompt: str, max_new_tokens: int, temperature: float,
 def _device(name: str):
     import torch
 
-    from llm_gym.errors import UserError
-
     try:
         device = torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"--device {name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here")
+    except (RuntimeError, ValueError) as exc:
+        raise bad_parameter("--device", f"{name!r} is not a device: {exc}") from None
+    if device.type not in DEVICE_TYPES:
+        raise bad_parameter("--device", f"{name!r}: generation runs on "
+                            f"{' or '.join(DEVICE_TYPES)}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise bad_parameter("--device", f"{name}: CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise bad_parameter("--device", f"{name}: this machine has "
+                                f"{torch.cuda.device_count()} CUDA device(s)")
     return device

@@ -13,6 +13,22 @@ SIZES = dict(vocab_size=67, n_positions=16, n_embd=32, n_layer=2, n_head=4)
 
 
 @pytest.fixture(scope="session")
+def shared_registry():
+    from llm_gym.registry import ResolverRegistry
+
+    return ResolverRegistry.from_installed_plugins()
+
+
+@pytest.fixture
+def one_registry(monkeypatch: pytest.MonkeyPatch, shared_registry) -> None:
+    """Commands in this process share one registry: collecting plugins costs ~1 s a time."""
+    from llm_gym.registry import ResolverRegistry
+
+    monkeypatch.setattr(ResolverRegistry, "from_installed_plugins",
+                        classmethod(lambda cls: shared_registry))
+
+
+@pytest.fixture(scope="session")
 def debug_run(tmp_path_factory: pytest.TempPathFactory, demo_cache: Path) -> Path:
     """gpt2-debug trained for 2 steps (byte-level tokens)."""
     from llm_gym.runner.entry import run_recipe

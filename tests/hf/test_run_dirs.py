@@ -13,7 +13,6 @@ from llm_gym.cli.main import cli
 from llm_gym.errors import UserError
 from llm_gym.hf.export import export_hf
 from llm_gym.hf.importing import import_hf
-from llm_gym.registry import ResolverRegistry
 from llm_gym.runner.generation import stream_text, stream_tokens
 from llm_gym.runner.loading_model import load_run_model
 from llm_gym_components.tokenizers import ByteLevelTokenizer
@@ -109,14 +108,6 @@ def test_stream_text_waits_for_whole_characters() -> None:
     pieces = list(stream_text(tok, tok.encode("x"), ids))
     assert "".join(pieces) == "é€ ok"
     assert all("\ufffd" not in p for p in pieces) and len(pieces) == 5
-
-
-@pytest.fixture
-def one_registry(monkeypatch) -> None:
-    """Commands in this process share one registry: collecting plugins costs ~1 s a time."""
-    registry = ResolverRegistry.from_installed_plugins()
-    monkeypatch.setattr(ResolverRegistry, "from_installed_plugins",
-                        classmethod(lambda cls: registry))
 
 
 def _generate(source: Path, *args: str) -> str:
