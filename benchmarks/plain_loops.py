@@ -65,8 +65,11 @@ def plain_fsdp_worker(prefix: str, batch: int, steps: int, log_every: int) -> fl
     rank, world = dist.get_rank(), dist.get_world_size()
     model, _ = _model_and_optimizer()
     mesh = init_device_mesh("cpu", (world,))
-    for block in model.transformer.h:
-        fully_shard(block, mesh=mesh)
+    blocks = list(model.transformer.h)
+    for block in blocks:
+        # The runner's reshard policy (runner/parallelize.py): the last block stays
+        # gathered after forward, as backward needs it first.
+        fully_shard(block, mesh=mesh, reshard_after_forward=block is not blocks[-1])
     fully_shard(model, mesh=mesh)
     data = PackedMemMapDataset(prefix, SEQ, split="train", val_fraction=0.1, rank=rank,
                                world_size=world)

@@ -135,7 +135,7 @@ def test_peak_rss_growth(corpus: Path, tmp_path: Path, name: str, call: str) -> 
         assert PEAK_RSS_GROWTH[name] < 4 * DEFAULT_CHUNK_SIZE + (16 << 20)
 
 
-def test_summary(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_summary(corpus: Path, capsys: pytest.CaptureFixture[str], bench_targets) -> None:
     if not BEST_SECONDS:
         pytest.skip("no timings ran")
     size = corpus.stat().st_size
@@ -158,3 +158,9 @@ def test_summary(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
         )
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+    if ours:
+        bench_targets.add("line index build, GB/s (warm cache)", ours, at_least=2.0, digits=2)
+    if "build_line_index" in PEAK_RSS_GROWTH:
+        bench_targets.add("line index peak RSS growth, MiB",
+                          PEAK_RSS_GROWTH["build_line_index"] / 2**20,
+                          at_most=(4 * DEFAULT_CHUNK_SIZE + (16 << 20)) / 2**20, digits=1)

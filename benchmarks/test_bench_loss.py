@@ -31,7 +31,7 @@ def _median_ms(loss_fn, logits: torch.Tensor, targets: torch.Tensor, calls: int 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_compiled_loss_vs_eager(benchmark, dtype):
+def test_compiled_loss_vs_eager(benchmark, bench_targets, dtype):
     torch.manual_seed(0)
     logits = torch.randn(*SHAPE, dtype=dtype, requires_grad=True)
     targets = torch.randint(0, SHAPE[-1], SHAPE[:2])
@@ -43,3 +43,5 @@ def test_compiled_loss_vs_eager(benchmark, dtype):
     print(f"\ncross-entropy fwd+bwd over {'x'.join(map(str, SHAPE))} {str(dtype)[6:]} logits: "
           f"eager {eager_ms:.1f} ms | compiled {compiled_ms:.1f} ms | "
           f"speed-up {eager_ms / compiled_ms:.2f}x")
+    bench_targets.add(f"compiled / eager cross-entropy speed-up, {str(dtype)[6:]} logits",
+                      eager_ms / compiled_ms, unit="x", digits=2)

@@ -63,7 +63,7 @@ def _mib(rss: dict[str, int]) -> str:
     return f"{total:.1f} (anon {anon:.1f}, file {file:.1f})"
 
 
-def test_random_block_reads(benchmark, dataset) -> None:
+def test_random_block_reads(benchmark, bench_targets, dataset) -> None:
     rng = np.random.default_rng(1)
     # Drawn as a list before measuring, so its own million ints are not counted as growth.
     blocks = rng.integers(0, dataset.n_blocks, READS).tolist()
@@ -92,10 +92,13 @@ def test_random_block_reads(benchmark, dataset) -> None:
     # (a leaked 2 KiB tensor per read would be ~2 GB).
     assert end["RssAnon"] - start["RssAnon"] < 16 * 1024
     benchmark.extra_info.update(reads_per_second=rate, rss_start=start, rss_end=end)
+    bench_targets.add("random 256-token block reads, k/s", rate / 1e3, at_least=500, digits=0)
+    bench_targets.add("anonymous memory growth over 1M reads, MiB",
+                      (end["RssAnon"] - start["RssAnon"]) / 1024, at_most=16, digits=1)
     benchmark.pedantic(_read_loop, args=(dataset, blocks[:100_000]), rounds=3, iterations=1)
 
 
-def test_random_batched_reads(benchmark, dataset) -> None:
+def test_random_batched_reads(benchmark, bench_targets, dataset) -> None:
     """The training path: next_batch gathers a whole batch of shuffled blocks at once."""
     batch_size, batches = 64, 2000
     dataset.next_batch(batch_size)
@@ -105,4 +108,5 @@ def test_random_batched_reads(benchmark, dataset) -> None:
     rate = batch_size * batches / (time.perf_counter() - started)
     print(f"\nbatched reads (next_batch({batch_size})): {rate / 1e3:.0f}k blocks/s")
     benchmark.extra_info["blocks_per_second"] = rate
+    bench_targets.add(f"batched reads, next_batch({batch_size}), k blocks/s", rate / 1e3, digits=0)
     benchmark.pedantic(dataset.next_batch, args=(batch_size,), rounds=200, iterations=1)
