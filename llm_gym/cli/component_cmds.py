@@ -41,7 +41,7 @@ def show(kind: str, name: str) -> None:
     from llm_gym.registry.fields import describe_fields
 
     spec = ResolverRegistry.from_installed_plugins().spec(kind, name)
-    out.print(f"[bold]{spec.key}[/] version {spec.version}, fingerprint {spec.fingerprint}")
+    out.print(f"{spec.key} version {spec.version}, fingerprint {spec.fingerprint}")
     if spec.doc:
         out.print(spec.doc, markup=False)
     deps = ", ".join(d.name + ("" if d.required else " (optional)") for d in spec.dependencies)

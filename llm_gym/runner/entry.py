@@ -42,7 +42,7 @@ def run_recipe(
     recipe_dirs: Sequence[Path] = (),
     allow_changes: Sequence[str] = (),
 ) -> dict:
-    from llm_gym.cli.output import err
+    from llm_gym.cli.output import warn
     from llm_gym.recipes.loading import load_recipe
     from llm_gym.registry import ResolverRegistry
 
@@ -51,7 +51,7 @@ def run_recipe(
     loaded = load_recipe(spec, overrides, registry=registry, recipe_dirs=recipe_dirs,
                          allow_drift=allow_drift)
     for drift in loaded.drift:
-        err.print(f"[yellow]warning:[/] running with a drifted pin: {drift}")
+        warn(f"running with a drifted pin: {drift}")
     under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if under_launcher and nproc > 1:
         raise UserError(
