@@ -1,8 +1,12 @@
-"""Sessions: lint, tests and dist (the default, what CI runs), bench, gpu.
+"""Sessions: lint and tests (the default, what CI runs), dist, bench, gpu.
 
 torch is installed first, pinned, because a bare requirement on a machine without torch
 pulls a multi-GB CUDA build: here ``torch==2.13.0`` is a CPU wheel on local disk. On a
 CUDA machine set LLM_GYM_TORCH (e.g. ``LLM_GYM_TORCH="torch==2.13.0"`` with a CUDA index).
+
+``tests`` runs the default suite and then the multi-process ``dist`` tests in one
+virtualenv: installing torch and the test extras twice cost CI minutes and a gigabyte of
+``.nox`` for the same packages. ``nox -s dist`` still runs the dist tests alone.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ import os
 
 import nox
 
-# CI runs these (the README's test command is plain `nox`): dist holds the kill tests.
-nox.options.sessions = ["lint", "tests", "dist"]
+# CI runs these (the README's test command is plain `nox`).
+nox.options.sessions = ["lint", "tests"]
 nox.options.default_venv_backend = "venv"
 
 TORCH = os.environ.get("LLM_GYM_TORCH", "torch==2.13.0")
+# The slowest tests close each pytest run, so a test that grows slow is seen at once.
+DURATIONS = "--durations=15"
 
 
 def install(session: nox.Session, extras: str = "test,plot,tensorboard") -> None:
@@ -25,9 +31,11 @@ def install(session: nox.Session, extras: str = "test,plot,tensorboard") -> None
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The default CPU suite (also what .ci/run runs)."""
+    """The default CPU suite, then the dist tests, in one environment (what CI runs)."""
     install(session)
-    session.run("pytest", "-q", "-m", "not gpu and not dist", *session.posargs)
+    session.run("pytest", "-q", "-m", "not gpu and not dist", DURATIONS, *session.posargs)
+    if not session.posargs:  # posargs narrow the run to what was asked for
+        session.run("pytest", "-q", "-m", "dist", DURATIONS)
 
 
 @nox.session
@@ -36,21 +44,21 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
 
 
-@nox.session
+@nox.session(default=False)
 def dist(session: nox.Session) -> None:
-    """Longer multi-process tests (kill/resume, larger worlds)."""
+    """The longer multi-process tests alone (kill/resume, larger worlds)."""
     install(session)
-    session.run("pytest", "-q", "-m", "dist", *session.posargs)
+    session.run("pytest", "-q", "-m", "dist", DURATIONS, *session.posargs)
 
 
-@nox.session
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Benchmarks measured side by side; ratios printed, figures in docs/benchmarks.md."""
     install(session)
     session.run("pytest", "benchmarks", "-q", "-s", "--benchmark-enable", *session.posargs)
 
 
-@nox.session
+@nox.session(default=False)
 def gpu(session: nox.Session) -> None:
     """On a CUDA machine: GPU tests (nccl, bf16, compile), then GPT-2 124M throughput/MFU."""
     install(session)
