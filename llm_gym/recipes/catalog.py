@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from llm_gym.config.yaml_files import read_yaml_file
 from llm_gym.errors import UserError
 from llm_gym.registry.kinds import closest_name
 
@@ -38,9 +37,9 @@ class RecipeRef:
     def description(self) -> str:
         """The recipe's one-line description, read without validating the recipe."""
         try:
-            data = yaml.safe_load(self.path.read_text(encoding="utf-8"))
+            data = read_yaml_file(self.path, what="recipe file")
             return str(((data or {}).get("recipe") or {}).get("description", "")).strip()
-        except (OSError, yaml.YAMLError, AttributeError):
+        except (UserError, AttributeError):
             return "(unreadable)"
 
 

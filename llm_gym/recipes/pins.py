@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from llm_gym.config.yaml_files import parse_yaml
 from llm_gym.errors import UserError
 from llm_gym.fileio import atomic_output
 from llm_gym.registry import ResolverRegistry
@@ -88,7 +87,7 @@ def write_pins(path: Path, pins: dict[str, dict[str, Any]]) -> None:
         trailing_blank = [ln for ln in lines[start + 1:end] if not ln.strip()]
         new_lines = [*lines[:start], block, *trailing_blank[-1:], *lines[end:]]
     text = "".join(new_lines)
-    if (yaml.safe_load(text) or {}).get("pins") != (pins or None):
+    if (parse_yaml(text, str(path)) or {}).get("pins") != (pins or None):
         raise UserError(f"{path}: could not rewrite its pins block safely; edit it by hand")
     with atomic_output(path, "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -52,6 +52,14 @@ OVERRIDE_CASES = {
     "a logger as a slot": (["logger=Console"], ["logger", "unexpected key"]),
     "bad list length": (["optimizer.type_hint=AdamW", "optimizer.config.betas=[0.9]"],
                         ["optimizer.config.betas", "too few items"]),
+    "override value not YAML": (["trainer.max_steps=["],
+                                ["override 'trainer.max_steps=['", "not valid YAML", "quote it"]),
+    "override value unclosed mapping": (["optimizer.config={lr: 1"],
+                                        ["override 'optimizer.config={lr: 1'", "not valid YAML"]),
+    "override alias bomb": ([
+        "trainer.seed=[&a0 [1,1,1,1,1,1,1,1,1,1], "
+        + ", ".join(f"&a{i} [{','.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)) + "]"],
+        ["override 'trainer.seed=", "expands to more than"]),
 }
 
 
@@ -122,7 +130,12 @@ def test_broken_names(capsys, args, expected):
 @pytest.mark.parametrize(
     ("content", "expected"),
     [(b"", "a recipe is a YAML mapping"), (b"- a\n- b\n", "a recipe is a YAML mapping"),
-     (b"trainer:\n  max_steps: \xff\xfe\n", "cannot load")],
+     (b"trainer:\n  max_steps: \xff\xfe\n", "cannot load"),
+     (b"42\n", "not a number (42)"), (b"true\n", "not a boolean (true)"),
+     (b"hello\n", "not a string ('hello')"), (b"3.5\n", "not a number (3.5)"),
+     (b"a: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nests deeper than"),
+     (b"a: &a [1, *a]\n", "recursive alias"),
+     (b"a: 1\na: 2\n", "duplicate key")],
 )
 def test_unreadable_recipe_files(capsys, tmp_path, content, expected):
     path = tmp_path / "odd.yaml"
@@ -145,5 +158,7 @@ def test_schema_out_into_a_file_is_refused_by_name(capsys, tmp_path):
     code, output = _cli(capsys, "recipe", "schema", "--out", str(blocker / "schema.json"))
     assert code == 2 and f"--out {blocker}/schema.json: cannot write it" in output
     assert blocker.read_text() == "not a folder"
-    code, _ = _cli(capsys, "recipe", "schema", "--out", str(tmp_path / "new" / "schema.json"))
-    assert code == 0 and (tmp_path / "new" / "schema.json").stat().st_size > 1000
+    written = tmp_path / "new" / "schema.json"
+    code, output = _cli(capsys, "recipe", "schema", "--out", str(written))
+    assert code == 0 and written.stat().st_size > 1000
+    assert f"wrote the recipe JSON Schema to {written} ({written.stat().st_size:,} bytes)" in output
