@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, create_model
 
 from llm_gym.config.validation_errors import describe_errors
 from llm_gym.errors import UserError
-from llm_gym.registry import ComponentChoice, ResolverRegistry
+from llm_gym.registry import STRICT_MODEL_CONFIG, ComponentChoice, ResolverRegistry
 
 
 class RecipeMeta(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_MODEL_CONFIG
     description: str = Field("", description="one line shown by `recipe list`")
     name: str | None = Field(None, description="only for a recipe file outside a recipe dir")
     version: PositiveInt | None = Field(None, description="only for a recipe file outside a dir")
@@ -26,13 +26,13 @@ class RecipeMeta(BaseModel):
 class Pin(BaseModel):
     """The component a recipe was written against."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_MODEL_CONFIG
     version: PositiveInt
     fingerprint: str = Field(pattern=r"^[0-9a-f]{12}$")
 
 
 class RecipeBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_MODEL_CONFIG
     recipe: RecipeMeta = Field(default_factory=RecipeMeta)
     pins: dict[str, Pin] = Field(default_factory=dict, description="kind/name -> pin")
 

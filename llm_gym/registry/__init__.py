@@ -1,12 +1,19 @@
 """Components declare themselves once; the registry derives enums, unions and resolvers."""
 
-from llm_gym.registry.component import ComponentConfig, ComponentSpec, collect_components, component
+from llm_gym.registry.component import (
+    STRICT_MODEL_CONFIG,
+    ComponentConfig,
+    ComponentSpec,
+    collect_components,
+    component,
+)
 from llm_gym.registry.hookspecs import Slot, hookimpl
 from llm_gym.registry.kinds import ComponentChoice, UnknownComponentError
 from llm_gym.registry.lookup import LookupEnum
 from llm_gym.registry.registry import ResolverRegistry
 
 __all__ = [
+    "STRICT_MODEL_CONFIG",
     "ComponentChoice",
     "ComponentConfig",
     "ComponentSpec",

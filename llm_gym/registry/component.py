@@ -38,10 +38,19 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 _COSMETIC_SCHEMA_KEYS = {"description", "title", "examples"}
 
 
-class ComponentConfig(BaseModel):
-    """Base class of every component's config. Unknown keys are errors, not silently ignored."""
+# The pydantic settings of every model a recipe is validated into (component configs, the
+# trainer section, recipe metadata): an unknown key is an error, not silently ignored, and
+# so is a non-finite float (`lr: inf`, `.nan`, `1e400`), which would otherwise pass
+# validation and end the run later as "loss is nan" without naming the setting. A config
+# whose field means something by infinity may set ``allow_inf_nan=True`` in its own
+# model_config (or on that field).
+STRICT_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+class ComponentConfig(BaseModel):
+    """Base class of every component's config: unknown keys and non-finite floats are errors."""
+
+    model_config = ConfigDict(**STRICT_MODEL_CONFIG, protected_namespaces=())
 
     def build(self, **dependencies: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define build()")

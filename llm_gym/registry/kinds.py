@@ -17,7 +17,6 @@ from class_resolver.utils import normalize_string
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     PlainSerializer,
@@ -28,14 +27,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from llm_gym.errors import UserError
-from llm_gym.registry.component import ComponentConfig, ComponentSpec
+from llm_gym.registry.component import STRICT_MODEL_CONFIG, ComponentConfig, ComponentSpec
 from llm_gym.registry.lookup import LookupEnum, build_lookup_enum
 
 
 class ComponentChoice(BaseModel):
     """A validated recipe entry: which component (``type_hint``) and its ``config``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_MODEL_CONFIG
     type_hint: Any
     config: Any
 

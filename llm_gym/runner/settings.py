@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, Field, PositiveInt, model_validator
+
+from llm_gym.registry.component import STRICT_MODEL_CONFIG
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -16,7 +18,7 @@ class LoggerEntry(BaseModel):
     is defined before any plugin loads, so it cannot know the registered names).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_MODEL_CONFIG
 
     type_hint: str = Field(description="a registered component of kind 'logger'")
     config: dict[str, Any] = Field(default_factory=dict, description="its config fields")
@@ -31,7 +33,7 @@ class LoggerEntry(BaseModel):
 class TrainerSettings(BaseModel):
     """Settings of the training loop (not a component: there is one runner)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_MODEL_CONFIG
 
     max_steps: PositiveInt = Field(description="optimizer steps to train for")
     seq_len: PositiveInt = Field(description="tokens per training sequence")
