@@ -188,3 +188,23 @@ def test_export_into_the_directory_an_import_came_from_loses_nothing(
         assert max_diff(original(ids), load_run_model(again.run_dir).model(ids)) == 0.0
     # The imported run reads its own copy, which the export did not touch.
     assert load_run_model(imported.run_dir, registry=shared_registry).checkpoint is None
+
+
+def test_a_disk_full_during_an_import_leaves_no_run_directory(
+    debug_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_registry
+) -> None:
+    import llm_gym.hf.importing as importing
+
+    source = export_hf(debug_run, tmp_path / "source", registry=shared_registry).out_dir
+    before = tree(source)
+
+    def full_disk(*args, **kwargs):  # the last file, after the model and the tokenizer
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(importing, "atomic_output", full_disk)
+    with pytest.raises(UserError, match=f"{tmp_path / 'runs' / 'new'}: cannot write the "
+                       "output: No space left on device"):
+        import_hf(source, tmp_path / "runs" / "new", base="gpt2-debug",
+                  registry=shared_registry)
+    assert sorted(os.listdir(tmp_path)) == ["source"]  # not even the parent it made
+    assert tree(source) == before
