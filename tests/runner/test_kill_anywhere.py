@@ -3,6 +3,7 @@ always ends where an uninterrupted run ends, loss for loss (nox -s dist)."""
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -18,7 +19,8 @@ from llm_gym.runner.entry import run_recipe
 from llm_gym.runner.metrics import read_metrics
 
 # A checkpoint every step, so that a random kill often lands inside a save.
-ARGS = ["trainer.max_steps=40", "trainer.checkpoint_every=1", "trainer.keep_last=2",
+MAX_STEPS = 40
+ARGS = [f"trainer.max_steps={MAX_STEPS}", "trainer.checkpoint_every=1", "trainer.keep_last=2",
         "trainer.eval_every=null", "trainer.log_every=1", "model.config.n_embd=64"]
 TRIALS = 4
 
@@ -36,6 +38,8 @@ def test_kill_anywhere_then_resume(tmp_path, nproc):
     args = [*ARGS, f"trainer.micro_batch_size={4 // nproc}"]
     run_recipe("gpt2-debug", args, run_dir=tmp_path / "whole", nproc=nproc)
     expected = _losses(tmp_path / "whole")
+    # Real numbers, one per step: lists of nulls (non-finite losses) would compare equal.
+    assert len(expected) == MAX_STEPS and all(math.isfinite(x) for x in expected)
     rng = random.Random(1234 + nproc)
     outcomes = []
     for trial in range(TRIALS):
@@ -49,9 +53,12 @@ def test_kill_anywhere_then_resume(tmp_path, nproc):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 1.5))
+        alive = proc.poll() is None
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every worker at once
-        proc.wait()
+        # A run that finished before the kill would make the resume below trivial.
+        assert alive and proc.wait() == -signal.SIGKILL, f"trial {trial}: not killed mid-run"
         killed_at = latest_checkpoint(run_dir)
+        assert int(killed_at.name.split("_")[1]) < MAX_STEPS, f"trial {trial}: the run had finished"
         leftovers = [p.name for p in (run_dir / "checkpoints").iterdir()
                      if p.name.endswith(".tmp")]
         run_recipe("gpt2-debug", args, run_dir=run_dir, nproc=nproc, resume=True)

@@ -3,6 +3,8 @@ back per step (no host-device sync), which a dispatch-mode counter proves on the
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -71,7 +73,7 @@ def test_the_device_path_reads_nothing_back_until_the_check(capfd):
     err = capfd.readouterr().err
     assert "step 2: gradient norm inf; step skipped" in err
     assert "step 4: gradient norm nan; step skipped" in err
-    assert guard.last_norm != guard.last_norm  # nan: the newest norm, for the metrics
+    assert math.isnan(guard.last_norm)  # the newest norm, for the metrics
 
 
 def test_the_host_path_reads_every_step():
@@ -136,17 +138,34 @@ def test_a_run_reads_the_device_once_per_logging_interval_not_once_per_step(tmp_
 
 
 @pytest.mark.usefixtures("use_demo_cache")
-def test_skipped_steps_still_advance_the_learning_rate_schedule(tmp_path, faults):
+def test_skipped_steps_still_advance_the_learning_rate_schedule(tmp_path, faults, capfd,
+                                                               monkeypatch):
+    import llm_gym.runner.trainer as trainer_module
+
+    paths = []  # which way each run's guard skips: it must be the one the run is named for
+
+    class RecordingGuard(NonfiniteGuard):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            paths.append("device" if self.on_device else "host")
+
+    monkeypatch.setattr(trainer_module, "NonfiniteGuard", RecordingGuard)
     common = ["trainer.eval_every=null", "scheduler.type_hint=WarmupLinear",
               "scheduler.config.warmup_steps=2", "scheduler.config.decay_steps=8"]
     faulty = common + ["loss.type_hint=FaultyCrossEntropy", "loss.config.nan_at_calls=[3]",
                        "trainer.on_nonfinite=skip"]
-    runs = {"clean": common, "skip on the host": faulty,
+    # AdamW's default is the fused kernel (which skips on the device) on the CPU too, so
+    # the host path needs a kernel that is not fused.
+    runs = {"clean": common,
+            "skip on the host": [*faulty, "optimizer.config.implementation=foreach"],
             "skip on the device": [*faulty, "optimizer.config.implementation=fused"]}
-    lrs = {}
+    lrs, skipped = {}, {}
     for name, args in runs.items():
         run_recipe("gpt2-debug", args, run_dir=tmp_path / name)
         lrs[name] = [r["lr"] for r in read_metrics(tmp_path / name / "metrics.jsonl")
                      if "lr" in r]
+        skipped[name] = "step 3: gradient norm nan; step skipped" in capfd.readouterr().err
+    assert paths == ["device", "host", "device"]
+    assert skipped == {"clean": False, "skip on the host": True, "skip on the device": True}
     assert len(set(lrs["clean"])) > 2  # the schedule does move over these steps
     assert lrs["skip on the host"] == lrs["clean"] == lrs["skip on the device"]
