@@ -7,6 +7,11 @@ base recipe whose ``model`` entry is replaced by the architecture's pretrained c
 those tokenizer files. The run directory has no checkpoint yet: ``generate`` and ``export``
 use the imported weights, and ``llm_gym recipe run RUN_DIR/recipe.resolved.yaml --run-dir
 RUN_DIR`` trains from them, at any number of processes.
+
+``RUN_DIR`` must be absent or empty; it is written under a temporary name beside it and
+renamed into place at the end (``llm_gym.hf.directory_output``), so a failed import leaves
+nothing behind. The model component checks ``config.json``'s sizes against the weights'
+headers before it allocates anything.
 """
 
 from __future__ import annotations
