@@ -102,6 +102,7 @@ class GPT2BPETokenizer(HFTokenizer):
             hf.add_special_tokens([AddedToken(eod_token, special=True)])
         fp = fingerprint_of("gpt2-bpe/1", vocab, merges, eod_token)
         super().__init__(hf, eod_token, fp, origin)
+        self.files = (encoder_json, vocab_bpe)
 
 
 @component("tokenizer", "GPT2BPE", version=1)

@@ -28,8 +28,11 @@ class HFTokenizer:
 
     ``fingerprint`` is computed by the subclass from its source files, not from the
     library's re-serialisation, so a new ``tokenizers`` release that spells its JSON
-    differently does not orphan every packed file.
+    differently does not orphan every packed file. ``files`` are those it was read from,
+    so a writer can refuse to replace them.
     """
+
+    files: tuple[Path, ...] = ()
 
     def __init__(self, hf: _HF, eod_token: str, fingerprint: str, origin: str) -> None:
         eod_id = hf.token_to_id(eod_token)
@@ -110,6 +113,7 @@ class HFJsonTokenizer(HFTokenizer):
             raise UserError(f"{path}: not a valid Hugging Face tokenizer.json: {e}") from None
         fp = fingerprint_of("hf-json/1", spec, eod_token)
         super().__init__(hf, eod_token, fp, str(path))
+        self.files = (path,)
 
 
 @component("tokenizer", "HFJson", version=1)

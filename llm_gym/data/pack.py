@@ -155,7 +155,8 @@ def pack_jsonl(
     check_on_bad_line(on_bad_line)
     check_input_file(source, "the JSONL file")
     bin_path, idx_path = pack_paths(out_prefix)
-    check_outputs({bin_path: PACKED_BIN, idx_path: PACKED_IDX}, [source])
+    inputs = [source, *getattr(tokenizer, "files", ())]  # a tokenizer read from files
+    check_outputs({bin_path: PACKED_BIN, idx_path: PACKED_IDX}, inputs)
     started = time.perf_counter()
     dtype = token_dtype(tokenizer.vocab_size)
     make_parent_dirs(bin_path)
