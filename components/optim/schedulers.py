@@ -6,6 +6,7 @@ import math
 
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic_core import PydanticCustomError
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from llm_gym.registry import ComponentConfig, component
@@ -53,8 +54,17 @@ class _WarmupThenDecay(ComponentConfig):
 
     @model_validator(mode="after")
     def _decay_after_warmup(self) -> _WarmupThenDecay:
-        if self.decay_steps <= self.warmup_steps:
-            raise ValueError("decay_steps must be greater than warmup_steps")
+        warmup, decay = self.warmup_steps, self.decay_steps
+        if decay <= warmup:
+            # Say which values work: a shorter warmup (a tenth of the decay is usual) or a
+            # later end of the decay.
+            raise PydanticCustomError(
+                "decay_before_warmup",
+                "decay_steps ({decay}) must be greater than warmup_steps ({warmup}): set "
+                "warmup_steps below {decay} (e.g. warmup_steps={suggested}) or decay_steps "
+                "above {warmup}",
+                {"decay": decay, "warmup": warmup, "suggested": decay // 10},
+            )
         return self
 
     @staticmethod

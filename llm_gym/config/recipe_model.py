@@ -7,6 +7,7 @@ and version), one key per slot (``model: {type_hint, config}``), one per plain s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field, PositiveInt, ValidationError, create_model
@@ -68,14 +69,21 @@ def build_recipe_model(registry: ResolverRegistry) -> type[RecipeBase]:
 
 
 def validate_recipe(
-    data: dict[str, Any], registry: ResolverRegistry, source: str
+    data: dict[str, Any],
+    registry: ResolverRegistry,
+    source: str,
+    interpolations: Mapping[str, str] | None = None,
 ) -> RecipeBase:
-    """Validate a resolved recipe dict, reporting every problem with its YAML path."""
+    """Validate a resolved recipe dict, reporting every problem with its YAML path.
+
+    ``interpolations`` (YAML path -> ``${...}`` before resolution) lets a problem with an
+    interpolated value name the key it came from.
+    """
     model = build_recipe_model(registry)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = describe_errors(exc, data)
+        problems = describe_errors(exc, data, model, interpolations)
         noun = "problem" if len(problems) == 1 else "problems"
         raise UserError(f"{source}: {len(problems)} {noun} in the recipe", problems) from None
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_gym.config.loading import load_config
+from llm_gym.config.loading import load_config_with_sources
 from llm_gym.config.recipe_model import RecipeBase, validate_recipe
 from llm_gym.errors import UserError
 from llm_gym.recipes.catalog import RecipeCatalog, RecipeRef
@@ -42,8 +42,10 @@ def load_recipe(
 ) -> LoadedRecipe:
     registry = registry or ResolverRegistry.from_installed_plugins()
     ref = RecipeCatalog.from_registry(registry, recipe_dirs).resolve(spec)
-    data = load_config(ref.path, overrides)
-    recipe = validate_recipe(data, registry, source=str(ref.path))
+    loaded = load_config_with_sources(ref.path, overrides)
+    data = loaded.data
+    recipe = validate_recipe(data, registry, source=str(ref.path),
+                             interpolations=loaded.interpolations)
     check_dependencies(recipe, registry, str(ref.path))
     drift = find_drift(recipe, registry)
     # Overrides may swap a component in or out on purpose; a changed component may not.

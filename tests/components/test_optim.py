@@ -42,7 +42,8 @@ def test_warmup_linear_and_constant():
 
 
 def test_decay_must_end_after_warmup():
-    with pytest.raises(ValueError, match="decay_steps must be greater than warmup_steps"):
+    with pytest.raises(ValueError, match=r"decay_steps \(10\) must be greater than "
+                       r"warmup_steps \(10\): set warmup_steps below 10 \(e.g. warmup_steps=1\)"):
         WarmupCosineConfig(warmup_steps=10, decay_steps=10)
 
 

@@ -34,8 +34,23 @@ OVERRIDE_CASES = {
                                   ["optimizer", "no optimizer named 'StepLR'", "SGD"]),
     "wrong type": (["trainer.max_steps=lots"], ["trainer.max_steps", "integer", "'lots'"]),
     "out of range": (["optimizer.config.lr=-0.1"], ["optimizer.config.lr", "greater than 0"]),
-    "unexpected key": (["optimizer.config.lrr=0.1"], ["optimizer.config.lrr", "unexpected key"]),
-    "unknown top-level key": (["traner.max_steps=3"], ["traner", "unexpected key"]),
+    "unexpected key": (["optimizer.config.lrr=0.1"],
+                       ["optimizer.config.lrr: unexpected key; did you mean 'lr'?"]),
+    "misspelt trainer key": (["trainer.max_step=5"],
+                             ["trainer.max_step: unexpected key; did you mean 'max_steps'?"]),
+    "misspelt key in a component config": (
+        ["model.config.n_embdd=3"],
+        ["model.config.n_embdd: unexpected key; did you mean 'n_embd'?"]),
+    "misspelt key beside type_hint": (["optimizer.confg={lr: 1}"],
+                                      ["optimizer.confg: unexpected key; did you mean 'config'?"]),
+    "misspelt recipe metadata": (
+        ["recipe.descripton=x"],
+        ["recipe.descripton: unexpected key; did you mean 'description'?"]),
+    "key unlike any valid one": (["optimizer.config.zzzz=1"],
+                                 ["optimizer.config.zzzz: unexpected key; valid keys here: betas, "
+                                  "eps, implementation, lr, weight_decay"]),
+    "unknown top-level key": (["traner.max_steps=3"],
+                              ["traner: unexpected key; did you mean 'trainer'?"]),
     "bad interpolation": (["model.config.n_embd=${trainer.width}"],
                           ["model.config.n_embd", "trainer.width"]),
     "missing environment variable": (["train_dataset.config.split=${oc.env:LLM_GYM_NO_SUCH}"],
@@ -174,3 +189,32 @@ def test_schema_out_into_a_file_is_refused_by_name(capsys, tmp_path):
     code, output = _cli(capsys, "recipe", "schema", "--out", str(written))
     assert code == 0 and written.stat().st_size > 1000
     assert f"wrote the recipe JSON Schema to {written} ({written.stat().st_size:,} bytes)" in output
+
+
+def test_a_value_from_an_interpolation_names_the_key_to_change(capsys):
+    # gpt2-tiny's decay_steps is ${trainer.max_steps}: the user never wrote decay_steps.
+    code, output = _cli(capsys, "recipe", "validate", "gpt2-tiny", "trainer.max_steps=20")
+    assert code == 2 and "Traceback" not in output
+    assert "decay_steps (20) must be greater than warmup_steps (50)" in output
+    assert "e.g. scheduler.config.warmup_steps=2" in output
+    assert "scheduler.config.decay_steps comes from ${trainer.max_steps}: change " \
+           "trainer.max_steps" in output
+    code, _ = _cli(capsys, "recipe", "validate", "gpt2-tiny", "trainer.max_steps=20",
+                   "scheduler.config.warmup_steps=2")
+    assert code == 0  # the value the message suggests works
+
+
+def test_an_interpolated_leaf_names_its_source(capsys):
+    code, output = _cli(capsys, "recipe", "validate", "gpt2-tiny", "tokenizer.config.corpus_mb=100")
+    assert code == 2
+    assert ("train_dataset.config.corpus_mb: input should be less than or equal to 64 (got 100);"
+            " train_dataset.config.corpus_mb comes from ${tokenizer.config.corpus_mb}: change "
+            "tokenizer.config.corpus_mb") in output
+
+
+def test_an_environment_interpolation_names_the_variable(capsys, monkeypatch):
+    monkeypatch.setenv("LLM_GYM_TEST_LR", "-1")
+    code, output = _cli(capsys, "recipe", "validate", "gpt2-debug",
+                        "optimizer.config.lr=${oc.env:LLM_GYM_TEST_LR}")
+    assert code == 2
+    assert "change the environment variable LLM_GYM_TEST_LR" in output
