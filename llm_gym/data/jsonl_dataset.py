@@ -185,17 +185,19 @@ def _open_or_build(source: Path, index_path: Path, on_stale: str) -> LineIndex:
         index, reason, corrupt = None, e.message, e
     if reason is None:
         return index
-    if on_stale == "refuse":
-        raise UserError(
-            f"{index_path}: the index is stale: {reason}. "
-            f"Rebuild it with `llm_gym tools index {source}`, or allow rebuilding."
-        )
-    log.warning("rebuilding the index of %s: %s", source, reason)
     # Keep how it was built: a validated, bad-line-skipping index stays one.
     options: dict[str, Any] = corrupt.build_options if corrupt is not None else {}
     if index is not None:
         options = {"validate": index.validated, "on_bad_line": index.on_bad_line}
         index.close()
+    if on_stale == "refuse":
+        flags = " --validate" * bool(options.get("validate"))
+        flags += " --on-bad-line skip" * (options.get("on_bad_line") == "skip")
+        raise UserError(
+            f"{index_path}: the index is stale: {reason}. "
+            f"Rebuild it with `llm_gym tools index {source}{flags}`, or allow rebuilding."
+        )
+    log.warning("rebuilding the index of %s: %s", source, reason)
     build_line_index(source, index_path, **options)
     return LineIndex.open(index_path, source)
 

@@ -144,6 +144,47 @@ def test_stale_index_refused_says_why(tmp_path: Path, docs: list[dict]) -> None:
     assert index_path.read_bytes() == before
 
 
+def test_same_size_edit_past_the_fingerprint_with_mtime_kept_is_stale(tmp_path: Path) -> None:
+    # What `cp -p` or `rsync -t` of an edited file does: same size, same mtime, and the
+    # edit beyond the first and last 64 KiB that the cheap fingerprint covers.
+    texts = [f"document {i:05d} " + "x" * 40 for i in range(6000)]  # ~360 kB
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in texts])
+    build_line_index(path)
+    st = path.stat()
+    edited = list(texts)
+    edited[3000], edited[3001] = edited[3000][:-10], edited[3001] + "y" * 10  # boundary moves
+    write_jsonl(path, [{"text": t} for t in edited])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(UserError, match=r"stale: .*content differs .*llm_gym tools index"):
+        MemMapDataset(path, on_stale="refuse")
+    ds = MemMapDataset(path)  # rebuilt: the edited text, every line whole
+    assert [ds[i] for i in (2999, 3000, 3001, 3002)] == edited[2999:3003]
+
+
+def test_an_index_of_format_1_is_rebuilt_as_it_was_built(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b'{"text": "a"}\nbroken\n{"text": "c"}\n')
+    index_path = build_line_index(path, validate=True, on_bad_line="skip").path
+    v2 = index_path.read_bytes()
+    # Version 1: the same first 72 header bytes, no CRC, offsets right after.
+    index_path.write_bytes(v2[:8] + (1).to_bytes(4, "little") + v2[12:72] + v2[80:])
+    with pytest.raises(UserError, match=r"version 1 .*--validate --on-bad-line skip"):
+        MemMapDataset(path, on_stale="refuse")
+    ds = MemMapDataset(path)
+    assert [ds[i] for i in range(len(ds))] == ["a", "c"]
+    assert index_path.read_bytes() == v2
+
+
+def test_a_lone_surrogate_is_named_at_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b'{"text": "fine \\ud83d\\ude00"}\n{"text": "lone \\udc00"}\n')
+    ds = MemMapDataset(path)
+    assert ds[0] == "fine \U0001f600"  # a pair is one character
+    with pytest.raises(UserError, match=r"docs\.jsonl line 2: invalid Unicode: .*U\+DC00"):
+        ds[1]
+
+
 def test_corrupt_index_rebuilt_or_refused(tmp_path: Path, docs: list[dict]) -> None:
     path = write_jsonl(tmp_path / "docs.jsonl", docs[:10])
     index_path = build_line_index(path).path
