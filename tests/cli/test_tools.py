@@ -71,3 +71,26 @@ def test_pack_errors_name_the_file_line_or_tokenizer(capsys, jsonl, tmp_path):
     code, out = _cli(capsys, "tools", "pack", jsonl, "--tokenizer", "Bytelevl",
                      "--out", tmp_path / "x")
     assert code == 2 and "did you mean 'ByteLevel'" in out
+
+
+def test_pack_and_train_skip_bad_lines_when_asked(capsys, jsonl, tmp_path):
+    code, out = _cli(capsys, "tools", "pack", jsonl, "--tokenizer", "ByteLevel",
+                     "--out", tmp_path / "x", "--on-bad-line", "skip", "--workers", 2)
+    assert code == 0 and "skipped " in out and "d.jsonl:4: invalid JSON" in out, out
+    assert "1 bad lines skipped" in out and PackedTokens.open(tmp_path / "x").n_docs == 3
+    code, out = _cli(capsys, "tools", "tokenizer", "train", jsonl, "--vocab-size", 260,
+                     "--out", tmp_path / "t.json", "--on-bad-line", "skip")
+    assert code == 0 and "d.jsonl:4: invalid JSON" in out and (tmp_path / "t.json").is_file()
+    code, out = _cli(capsys, "tools", "tokenizer", "train", jsonl, "--vocab-size", 260,
+                     "--out", tmp_path / "u.json")
+    assert code == 2 and "d.jsonl:4" in out and "--on-bad-line skip" in out
+    assert not (tmp_path / "u.json").exists()
+
+
+def test_demo_corpus_replaces_a_file_only_with_force(capsys, tmp_path):
+    out_path = tmp_path / "c.jsonl"
+    out_path.write_text('{"text": "mine"}\n')
+    code, out = _cli(capsys, "tools", "demo-corpus", out_path, "--target-mb", "0.01")
+    assert code == 2 and "--force" in out and out_path.read_text() == '{"text": "mine"}\n'
+    code, out = _cli(capsys, "tools", "demo-corpus", out_path, "--target-mb", "0.01", "--force")
+    assert code == 0 and out_path.stat().st_size > 10_000

