@@ -3,6 +3,7 @@
 Two rows, the same three panels against optimizer steps and against tokens seen: loss
 with eval loss, learning rate, throughput. One colour per run, so several runs compare
 side by side. matplotlib is an optional extra (``llm_gym[plot]``), imported here only.
+``plot_runs`` is the one drawing function: the Curves logger and ``llm_gym plot`` share it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any
 from llm_gym.errors import UserError
 
 EXTRA_HINT = "pip install 'llm_gym[plot]' (or matplotlib)"
+
+# Ticks per token axis: token counts are long numbers, even in engineering notation.
+_TOKEN_TICKS = 5
 
 
 def matplotlib_missing() -> str | None:
@@ -73,17 +77,57 @@ def read_run(run_dir: Path, label: str | None = None) -> RunCurves:
     return run
 
 
-def plot_runs(run_dirs: Sequence[Path], out: Path, title: str | None = None) -> Path:
-    """Write the curves of ``run_dirs`` to ``out`` (PNG, or any format matplotlib knows
-    by the suffix); returns ``out``."""
+def engineering(x: float) -> str:
+    """A tick label in engineering notation: 0, 950, 100k, 1M, 1.5G."""
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def image_format(out: Path, what: str = "the image") -> str:
+    """The format matplotlib writes for ``out``'s suffix; a UserError listing the
+    supported suffixes when it has none or one matplotlib does not know."""
     missing = matplotlib_missing()
     if missing:
         raise UserError(f"plotting needs matplotlib: {missing}")
-    # The object API with the Agg canvas: no pyplot, no GUI backend, no global state.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    known = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    suffix = Path(out).suffix.lower().removeprefix(".")
+    if suffix not in known:
+        problem = (f".{suffix} is not an image format matplotlib writes" if suffix
+                   else "no suffix to pick the image format by")
+        raise UserError(f"{what} {out}: {problem}; supported: "
+                        + ", ".join(f".{s}" for s in sorted(known)))
+    return suffix
+
+
+def plot_runs(run_dirs: Sequence[Path], out: Path, title: str | None = None) -> Path:
+    """Write the curves of ``run_dirs`` to ``out`` (PNG, or any format matplotlib knows
+    by the suffix), atomically; returns ``out``. A bad suffix is refused before any run
+    is read; a write that fails (full disk, unwritable directory) is a UserError
+    naming ``out`` and leaves whatever was there."""
+    from llm_gym.fileio import atomic_output, make_parent_dirs
+
+    fmt = image_format(out)
     runs = [read_run(Path(d), label) for d, label in zip(run_dirs, _labels(run_dirs), strict=True)]
+    figure = draw_curves(runs, title)
+    out = Path(out)
+    make_parent_dirs(out)
+    with atomic_output(out) as handle:
+        figure.savefig(handle, format=fmt, dpi=100)
+    return out
+
+
+def draw_curves(runs: Sequence[RunCurves], title: str | None = None) -> Any:
+    """The figure of ``runs``' curves (a matplotlib ``Figure`` on the Agg canvas)."""
+    # The object API with the Agg canvas: no pyplot, no GUI backend, no global state.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     figure = Figure(figsize=(15, 8.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, 3)
@@ -107,14 +151,14 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, title: str | None = None) -> 
             ax.set_title(f"{name} vs {'tokens' if by_tokens else 'steps'}", fontsize=11)
             ax.set_xlabel(xlabel)
             ax.grid(True, alpha=0.3)
+            if by_tokens:  # 100000200000300000... otherwise: 100k 200k 300k
+                ax.xaxis.set_major_locator(MaxNLocator(_TOKEN_TICKS))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: engineering(x)))
         lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     axes[0][0].set_ylabel("cross-entropy")
     axes[0][0].legend(fontsize=9)
     figure.suptitle(title or ", ".join(r.label for r in runs), fontsize=13)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    return out
+    return figure
 
 
 def _line(ax: Any, xs: Sequence[float], ys: Sequence[float | None], colour: str, label: str,

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llm_gym.registry import ComponentConfig, component
 
@@ -20,6 +20,20 @@ class CurvesConfig(ComponentConfig):
     """
 
     file: str = Field("curves.png", min_length=1, description="file name under RUN_DIR")
+
+    @field_validator("file")
+    @classmethod
+    def _known_image_format(cls, file: str) -> str:
+        # Refused when the recipe is validated, not in a warning at the end of the run.
+        from llm_gym.errors import UserError
+        from llm_gym.plotting import image_format, matplotlib_missing
+
+        if matplotlib_missing() is None:  # without matplotlib, close() says so anyway
+            try:
+                image_format(Path(file), "file")
+            except UserError as exc:
+                raise ValueError(exc.message) from None
+        return file
 
     def build(self, run_dir: Path) -> CurvesAtEnd:
         return CurvesAtEnd(Path(run_dir), self.file)
@@ -44,7 +58,9 @@ class CurvesAtEnd:
         try:
             out = plot_runs([self.run_dir], self.run_dir / self.file)
         except Exception as exc:  # a plot is a convenience: the run itself succeeded
-            print(f"warning: could not plot the curves: {type(exc).__name__}: {exc}",
-                  file=sys.stderr, flush=True)
+            from llm_gym.errors import UserError
+
+            why = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            print(f"warning: could not plot the curves: {why}", file=sys.stderr, flush=True)
             return
         print(f"curves: {out}", flush=True)

@@ -217,3 +217,17 @@ def test_loggers_shorthand_and_default():
     assert TrainerSettings(max_steps=1, seq_len=1).loggers == [LoggerEntry(type_hint="Console")]
     entry = TrainerSettings(max_steps=1, seq_len=1, loggers=["Curves"]).loggers[0]
     assert entry == LoggerEntry(type_hint="Curves", config={})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                    reason="matplotlib is not installed (pip install 'llm_gym[plot]')")
+def test_curves_file_of_an_unknown_format_is_refused_when_the_recipe_is_checked(capsys):
+    from llm_gym.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["recipe", "validate", "gpt2-debug",
+              "trainer.loggers=[{type_hint: Curves, config: {file: curves.bmp}}]"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "trainer.loggers[0].config.file" in err and ".bmp is not an image format" in err
+    assert ".png" in err and ".svg" in err
