@@ -81,11 +81,15 @@ def lock(spec: str, recipe_dirs: tuple[Path, ...]) -> None:
     """Re-pin a recipe to the installed components, after a deliberate change."""
     from llm_gym.cli.output import out
     from llm_gym.recipes.loading import load_recipe
-    from llm_gym.recipes.pins import current_pins, write_pins
+    from llm_gym.recipes.pins import NOT_PINNED, current_pins, write_pins
 
     loaded = load_recipe(spec, recipe_dirs=recipe_dirs, allow_drift=True)
-    write_pins(loaded.ref.path, current_pins(loaded.recipe))
-    if loaded.drift:
+    pins = current_pins(loaded.recipe)
+    write_pins(loaded.ref.path, pins)
+    if loaded.drift == [NOT_PINNED]:
+        out.print(f"{loaded.ref.label}: pinned {len(pins)} components: {', '.join(pins)}",
+                  markup=False)
+    elif loaded.drift:
         for drift in loaded.drift:
             out.print(f"re-pinned {drift}", markup=False)
     else:

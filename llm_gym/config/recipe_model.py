@@ -20,8 +20,13 @@ from llm_gym.registry import STRICT_MODEL_CONFIG, ComponentChoice, ResolverRegis
 class RecipeMeta(BaseModel):
     model_config = STRICT_MODEL_CONFIG
     description: str = Field("", description="one line shown by `recipe list`")
-    name: str | None = Field(None, description="only for a recipe file outside a recipe dir")
-    version: PositiveInt | None = Field(None, description="only for a recipe file outside a dir")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="a file outside a recipe dir: its name (default: the file's stem), "
+        "shown as NAME@VERSION and in the default run directory; in <name>/v<N>.yaml the "
+        "directory's name wins")
+    version: PositiveInt | None = Field(
+        None, description="a file outside a recipe dir: its version (default 1)")
 
 
 class Pin(BaseModel):

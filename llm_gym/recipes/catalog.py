@@ -101,5 +101,13 @@ def ref_for_path(path: Path) -> RecipeRef:
     return RecipeRef(path.stem, 1, path)
 
 
+def named_by_metadata(ref: RecipeRef, name: str | None, version: int | None) -> RecipeRef:
+    """A file outside a recipe directory takes ``recipe.name`` and ``recipe.version``
+    (the run's label and default run directory); in ``<name>/v<N>.yaml`` the place wins."""
+    if _VERSION_FILE.match(ref.path.name):
+        return ref
+    return RecipeRef(name or ref.name, version or ref.version, ref.path)
+
+
 def _looks_like_path(spec: str) -> bool:
     return spec.endswith((".yaml", ".yml")) or os.sep in spec or "/" in spec

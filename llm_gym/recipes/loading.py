@@ -10,8 +10,8 @@ from typing import Any
 from llm_gym.config.loading import load_config_with_sources
 from llm_gym.config.recipe_model import RecipeBase, validate_recipe
 from llm_gym.errors import UserError
-from llm_gym.recipes.catalog import RecipeCatalog, RecipeRef
-from llm_gym.recipes.pins import Drift, find_drift
+from llm_gym.recipes.catalog import RecipeCatalog, RecipeRef, named_by_metadata
+from llm_gym.recipes.pins import NOT_PINNED, Drift, find_drift
 from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.building import build_order
 from llm_gym.registry.component import spec_of
@@ -47,9 +47,15 @@ def load_recipe(
     recipe = validate_recipe(data, registry, source=str(ref.path),
                              interpolations=loaded.interpolations)
     check_dependencies(recipe, registry, str(ref.path))
+    ref = named_by_metadata(ref, recipe.recipe.name, recipe.recipe.version)
     drift = find_drift(recipe, registry)
     # Overrides may swap a component in or out on purpose; a changed component may not.
     fatal = [d for d in drift if d.component_changed or not overrides]
+    if fatal == [NOT_PINNED] and not allow_drift:
+        raise DriftError(
+            f"{ref.path}: the recipe is not pinned yet: run `llm_gym recipe lock {spec}` to "
+            "pin the components it uses to the installed ones (or pass --allow-drift)"
+        )
     if fatal and not allow_drift:
         raise DriftError(
             f"{ref.path}: the recipe's pins do not match the installed components "

@@ -30,7 +30,11 @@ class Drift:
     component_changed: bool = False
 
     def __str__(self) -> str:
-        return f"{self.key}: {self.change}"
+        return f"{self.key}: {self.change}" if self.key else self.change
+
+
+# The one drift of a recipe that has no pins at all: said once, not once per component.
+NOT_PINNED = Drift("", "the recipe is not pinned yet; pin it with `llm_gym recipe lock`")
 
 
 def current_pins(recipe: Any) -> dict[str, dict[str, Any]]:
@@ -44,6 +48,8 @@ def current_pins(recipe: Any) -> dict[str, dict[str, Any]]:
 
 def find_drift(recipe: Any, registry: ResolverRegistry) -> list[Drift]:
     now = current_pins(recipe)
+    if not recipe.pins and now:
+        return [NOT_PINNED]
     pinned = {key: pin.model_dump() for key, pin in recipe.pins.items()}
     drift = []
     for key, pin in now.items():

@@ -85,8 +85,13 @@ def test_lock_adds_pins_to_a_recipe_without_them(capsys, tmp_path):
     path = tmp_path / "new.yaml"
     path.write_text(DEBUG.read_text().split("\n# Written by")[0].split("\npins:")[0] + "\n")
     code, out = _cli(capsys, "recipe", "validate", str(path))
-    assert code == 2 and "used but not pinned" in out
-    assert _cli(capsys, "recipe", "lock", str(path))[0] == 0
+    assert code == 2 and "used but not pinned" not in out  # said once, not per component
+    assert out.count("not pinned yet") == 1
+    assert f"run `llm_gym recipe lock {path}`" in out
+    code, out = _cli(capsys, "recipe", "validate", str(path), "--allow-drift")
+    assert code == 0 and out.count("not pinned yet") == 1
+    code, out = _cli(capsys, "recipe", "lock", str(path))
+    assert code == 0 and "pinned 6 components: dataset/DemoCorpus, " in out
     pins = yaml.safe_load(path.read_text())["pins"]
     assert set(pins) == {"dataset/DemoCorpus", "loss/CrossEntropy", "model/GPT2",
                          "optimizer/AdamW", "scheduler/Constant", "tokenizer/ByteLevel"}
