@@ -45,13 +45,22 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+# The MLP's activation: "gelu_tanh" is GPT-2's (the default), "gelu" the exact one.
+GELU_APPROXIMATION = {"gelu_tanh": "tanh", "gelu": "none"}
+
+
 class MLP(nn.Module):
-    def __init__(self, n_embd: int, dropout: float, bias: bool) -> None:
+    def __init__(self, n_embd: int, dropout: float, bias: bool,
+                 activation: str = "gelu_tanh") -> None:
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
         # GPT-2 was trained with the tanh approximation ("gelu_new" in HF); using it keeps
-        # pretrained GPT-2 weights exact here.
-        self.act = nn.GELU(approximate="tanh")
+        # pretrained GPT-2 weights exact here. It is dearer than the exact (erf) GELU that
+        # nanoGPT uses: on a CPU about 10 ms of a 300 ms gpt2-tiny step on one thread
+        # (docs/benchmarks.md, 2026-12-02), the whole of the runner's gap to nanoGPT; it
+        # stays the default: switching changes every recipe's losses and imported weights;
+        # activation="gelu" is the opt-in.
+        self.act = nn.GELU(approximate=GELU_APPROXIMATION[activation])
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
@@ -62,12 +71,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """A pre-LayerNorm transformer block: the unit FSDP shards and checkpointing recomputes."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool,
+                 activation: str = "gelu_tanh") -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
-        self.mlp = MLP(n_embd, dropout, bias)
+        self.mlp = MLP(n_embd, dropout, bias, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalising only the branch input leaves the residual stream an identity path,
@@ -89,8 +99,12 @@ class GPT2(nn.Module):
         n_head: int,
         dropout: float = 0.0,
         bias: bool = True,
+        activation: str = "gelu_tanh",
     ) -> None:
         super().__init__()
+        if activation not in GELU_APPROXIMATION:
+            raise ValueError(f"activation must be one of {sorted(GELU_APPROXIMATION)}, "
+                             f"got {activation!r}")
         self.vocab_size = vocab_size
         self.n_positions = n_positions
         self.n_embd = n_embd
@@ -101,7 +115,8 @@ class GPT2(nn.Module):
                 wte=nn.Embedding(vocab_size, n_embd),
                 wpe=nn.Embedding(n_positions, n_embd),
                 drop=nn.Dropout(dropout),
-                h=nn.ModuleList(Block(n_embd, n_head, dropout, bias) for _ in range(n_layer)),
+                h=nn.ModuleList(Block(n_embd, n_head, dropout, bias, activation)
+                                for _ in range(n_layer)),
                 ln_f=nn.LayerNorm(n_embd, bias=bias),
             )
         )

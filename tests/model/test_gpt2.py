@@ -242,3 +242,16 @@ def test_logits_match_hugging_face_gpt2() -> None:
         expected = hf(ids).logits
         actual = model(ids)
     assert (actual - expected).abs().max().item() < 1e-4
+
+
+def test_gelu_tanh_is_the_default_and_exact_gelu_an_opt_in() -> None:
+    ids = random_ids()
+    default, exact = tiny(), tiny(activation="gelu")
+    assert all(b.mlp.act.approximate == "tanh" for b in default.transformer.h)
+    # Same weights (same seed), different activation: the logits must differ, and the
+    # exact model's MLP must be the erf GELU.
+    assert not torch.equal(default(ids), exact(ids))
+    h = torch.randn(3, TINY["n_embd"] * 4)
+    torch.testing.assert_close(exact.transformer.h[0].mlp.act(h), F.gelu(h), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        tiny(activation="relu")
