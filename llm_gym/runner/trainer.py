@@ -116,7 +116,11 @@ def train_worker(
 
 def on_main(check: Callable[[], Any], world: World) -> None:
     """Run ``check`` on rank 0; if it raises a UserError, every rank raises it."""
-    from_main(check, world)
+
+    def checked() -> None:
+        check()  # its result stays on rank 0
+
+    from_main(checked, world)
 
 
 def from_main(compute: Callable[[], T], world: World) -> T:

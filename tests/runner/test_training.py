@@ -37,6 +37,7 @@ def test_run_writes_metrics_resolved_recipe_and_checkpoint(tmp_path):
     resolved = (tmp_path / "run" / "recipe.resolved.yaml").read_text()
     assert "model/GPT2" in resolved and "max_steps: 8" in resolved
     assert (tmp_path / "run" / "checkpoints" / "step_00000008" / "COMPLETE").exists()
+    assert not (tmp_path / "run" / ".lock").exists()  # a finished run leaves no lock
 
 
 def test_stop_and_resume_gives_the_same_losses_bitwise(tmp_path):
@@ -152,3 +153,55 @@ def test_compiled_training_steps_never_recompile(tmp_path, monkeypatch):
         torch._dynamo.reset()
     assert result["step"] == 4 and math.isfinite(result["loss"])
     assert compiled.count("Block.forward") == 2 and "CrossEntropyLoss" in compiled
+
+
+def test_the_logged_lr_is_the_one_the_step_trained_with(tmp_path):
+    """gpt2-debug warms up over 2 steps: step 1 trains at 1/3 of the peak, step 2 at 2/3.
+    The optimizer's own rate at each step() is what metrics.jsonl must say."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    used: list[float] = []
+    handle = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: used.append(optimizer.param_groups[0]["lr"]))
+    try:
+        _run(tmp_path / "run", "trainer.max_steps=4", "trainer.eval_every=null")
+    finally:
+        handle.remove()
+    logged = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lr" in r]
+    assert used == logged
+    assert logged[0] == pytest.approx(1e-3 / 3) and logged[1] == pytest.approx(2e-3 / 3)
+
+
+def test_a_run_shorter_than_eval_every_evaluates_at_its_end(tmp_path):
+    _run(tmp_path / "short", "trainer.max_steps=3", "trainer.eval_every=4")
+    _run(tmp_path / "odd", "trainer.max_steps=6", "trainer.eval_every=4")
+    for name, steps in (("short", [3]), ("odd", [4, 6])):
+        records = read_metrics(tmp_path / name / "metrics.jsonl")
+        assert [r["step"] for r in records if "eval_loss" in r] == steps
+
+
+def test_a_stop_during_evaluation_waits_for_one_eval_batch_not_all(tmp_path, monkeypatch):
+    """SIGTERM arrives while step 2's evaluation (50 batches) runs: the run stops after
+    the batch in progress, saves step 2 and exits as interrupted."""
+    import os
+    import signal
+
+    from llm_gym.runner.safety import Interrupted
+    from llm_gym.runner.stop_agreement import StopAgreement
+
+    calls = []
+    real = StopAgreement.agreed
+
+    def agreed(self, requested):  # noqa: ANN001, ANN202
+        calls.append(requested)
+        if len(calls) == 4:  # steps 1, 2, then before each eval batch: during the 2nd
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, requested)
+
+    monkeypatch.setattr(StopAgreement, "agreed", agreed)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Interrupted, match="interrupted at step 2; checkpoint saved"):
+        _run(run_dir, "trainer.max_steps=8", "trainer.eval_every=2", "trainer.eval_batches=50")
+    assert len(calls) == 5  # one more check, before the next eval batch, and it stopped
+    assert not [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval_loss" in r]
+    assert (run_dir / "checkpoints" / "step_00000002" / "COMPLETE").exists()
