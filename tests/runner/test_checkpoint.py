@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -69,9 +70,19 @@ def _damage(path: Path, how: str) -> None:
         (path / "__0_0.distcp").write_bytes(b"not a shard")
     elif how == "corrupt rank file":
         (path / "rank1.pt").write_bytes(b"garbage")
+    elif how == "flipped bytes":  # same size: only the digest can tell
+        data = bytearray((path / "__1_0.distcp").read_bytes())
+        data[-100:-96] = bytes(b ^ 0xFF for b in data[-100:-96])
+        (path / "__1_0.distcp").write_bytes(bytes(data))
 
 
-DAMAGES = ["missing shard", "truncated metadata", "corrupt shard", "corrupt rank file"]
+DAMAGES = ["missing shard", "truncated metadata", "corrupt shard", "corrupt rank file",
+           "flipped bytes"]
+# The file each damage must be named by, on every rank (each rank digests only some of
+# the files: the names reach the others through the reduction).
+DAMAGED_FILE = {"missing shard": "__1_0.distcp", "truncated metadata": ".metadata",
+                "corrupt shard": "__0_0.distcp", "corrupt rank file": "rank1.pt",
+                "flipped bytes": "__1_0.distcp"}
 
 
 def test_resume_in_two_processes_and_damage_is_reported_on_every_rank(tmp_path: Path) -> None:
@@ -91,12 +102,20 @@ def test_resume_in_two_processes_and_damage_is_reported_on_every_rank(tmp_path: 
     )
     for rank in (0, 1):
         _assert_same_run(full[rank], resumed[rank])
-        for path, probe in zip(damaged, resumed[rank]["probes"], strict=True):
+        for how, path, probe in zip(DAMAGES, damaged, resumed[rank]["probes"], strict=True):
             assert probe["error"] == "UserError", (path, probe)
             assert path in probe["message"]
+            assert f"{path}/{DAMAGED_FILE[how]}" in probe["message"], (rank, probe)
     _assert_same_state(full[0], resumed[0])
     # Ranks see different data: the per-rank position really is per rank.
     assert full[0]["data_position"] != full[1]["data_position"]
+    # Each rank's files are recorded, with their digests.
+    saved = checkpoint_path(full_dir, K)
+    files = json.loads((saved / ckpt.MARKER).read_text())["files"]
+    assert set(files) == {p.name for p in saved.iterdir()} - {ckpt.MARKER}
+    assert {"__0_0.distcp", "__1_0.distcp", "rank0.pt", "rank1.pt", ".metadata"} <= set(files)
+    for name, digest in files.items():
+        assert digest["sha256"] == hashlib.sha256((saved / name).read_bytes()).hexdigest()
 
     # The 2-process checkpoint cannot be resumed by 1 process.
     with distributed_world() as world, pytest.raises(UserError) as info:
