@@ -230,12 +230,12 @@ class LineIndex:
     @classmethod
     def open(cls, path: Path, source: Path) -> LineIndex:
         path, source = Path(path), Path(source)
+        if not path.exists():
+            raise UserError(f"{path}: no such index; build it with `llm_gym tools index`")
         try:
-            with open(path, "rb") as f:
+            with open_input(path, "a line index") as f:  # a FIFO would block open()
                 size = os.fstat(f.fileno()).st_size
                 head = f.read(HEADER_SIZE)
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such index; build it with `llm_gym tools index`") from None
         except OSError as e:
             raise UserError(f"{path}: cannot read the index: {e.strerror}") from None
         if head[: len(MAGIC)] != MAGIC[: len(head)]:

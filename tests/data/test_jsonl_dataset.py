@@ -7,6 +7,7 @@ import logging
 import os
 import pickle
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,23 @@ def test_a_lone_surrogate_is_named_at_its_line(tmp_path: Path) -> None:
     assert ds[0] == "fine \U0001f600"  # a pair is one character
     with pytest.raises(UserError, match=r"docs\.jsonl line 2: invalid Unicode: .*U\+DC00"):
         ds[1]
+
+
+def test_an_index_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"text": "a"}])
+    os.mkfifo(tmp_path / "docs.jsonl.idx")
+    previous = signal.signal(signal.SIGALRM, _blocked)
+    signal.alarm(20)
+    try:
+        with pytest.raises(UserError, match=r"docs\.jsonl\.idx: is a FIFO"):
+            MemMapDataset(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _blocked(signum, frame):  # noqa: ANN001
+    raise TimeoutError("opening the index blocked")
 
 
 def test_corrupt_index_rebuilt_or_refused(tmp_path: Path, docs: list[dict]) -> None:
