@@ -195,6 +195,8 @@ def _module_name(relative: Path, prefix: str) -> str:
 
 
 def _file_documents(file: Path, module: str) -> Iterator[tuple[str, str]]:
+    if not file.is_file():  # a FIFO named *.py would block the read
+        return
     try:
         source = file.read_bytes()
     except OSError:
