@@ -16,6 +16,23 @@ from llm_gym.runner.distributed import distributed_world
 from . import dist_helpers as h
 
 
+def _tree_sha256(data: bytes) -> str:
+    """SHA-256 of the SHA-256 digests of the 8 MiB chunks, computed independently."""
+    chunks = range(0, len(data), 8 << 20)
+    return hashlib.sha256(b"".join(hashlib.sha256(data[i:i + (8 << 20)]).digest()
+                                   for i in chunks)).hexdigest()
+
+
+def test_the_digest_is_sha256_over_the_chunks_digests(tmp_path: Path) -> None:
+    from llm_gym.runner.checkpoint_digests import digest_bytes, digest_file
+
+    for size in (0, 5, 8 << 20, (8 << 20) + 1, 3 * (8 << 20) + 7):
+        data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        (tmp_path / "f").write_bytes(data)
+        expected = {"bytes": size, "sha256_tree": _tree_sha256(data)}
+        assert digest_file(tmp_path / "f") == expected == digest_bytes(data), size
+
+
 def _save(run_dir: Path, step: int = 1) -> Path:
     with distributed_world() as world:
         model = h.build(world)
@@ -44,13 +61,13 @@ def _copy(saved: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def test_the_marker_records_every_file_with_its_sha256(saved: Path) -> None:
+def test_the_marker_records_every_file_with_its_digest(saved: Path) -> None:
     files = json.loads((saved / ckpt.MARKER).read_text())["files"]
     on_disk = {p.name for p in saved.iterdir()} - {ckpt.MARKER}
     assert set(files) == on_disk == {".metadata", "__0_0.distcp", "rank0.pt"}
     for name, digest in files.items():
         data = (saved / name).read_bytes()
-        assert digest == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        assert digest == {"bytes": len(data), "sha256_tree": _tree_sha256(data)}
 
 
 @pytest.mark.parametrize("name", [".metadata", "__0_0.distcp", "rank0.pt"])

@@ -5,7 +5,6 @@ one whose tensors are not the model's is refused with the names."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import shutil
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from llm_gym.cli.main import main
+from llm_gym.runner.checkpoint_digests import digest_file
 from llm_gym.runner.checkpoint_metadata import read_metadata
 
 TRAIN = ["trainer.max_steps=2", "trainer.eval_every=null"]
@@ -86,9 +86,8 @@ def _rewrite_marker(checkpoint: Path, change: Callable[[dict], object]) -> None:
 
 def _record_digest(checkpoint: Path, name: str) -> None:
     """What an attacker who rewrites a file would do to the marker too."""
-    data = (checkpoint / name).read_bytes()
-    _rewrite_marker(checkpoint, lambda m: m["files"].__setitem__(
-        name, {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
+    digest = digest_file(checkpoint / name)
+    _rewrite_marker(checkpoint, lambda m: m["files"].__setitem__(name, digest))
 
 
 class _Payload:
@@ -149,7 +148,7 @@ MARKERS = {
     "world_size a bool": (_set("world_size", True), "world_size must be"),
     "step of another directory": (_set("step", 4), "records step 4"),
     "files not an object": (_set("files", ["x"]), "files must be"),
-    "a digest not hex": (lambda m: m["files"]["rank0.pt"].__setitem__("sha256", "zz"),
+    "a digest not hex": (lambda m: m["files"]["rank0.pt"].__setitem__("sha256_tree", "zz"),
                          "files.rank0.pt"),
 }
 
