@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -97,6 +98,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def _read_lines(path: Path) -> tuple[list[str], list[dict[str, Any]], bool]:
     """Each complete line (with its newline), its record, and whether a torn last line
     was left out."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the run's metrics ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):  # reading a FIFO would wait forever
+        raise UserError(f"{path}: not a regular file; cannot read the run's metrics from it")
     with path.open(encoding="utf-8", errors="replace", newline="") as handle:
         numbered = [(n, line) for n, line in enumerate(handle, 1) if line.strip()]
     lines, records = [], []

@@ -16,7 +16,6 @@ from llm_gym.runner.entry import run_recipe
 from llm_gym.runner.metrics import read_metrics
 from llm_gym.runner.run_dir import claim_default_run_dir, newest_run_dir
 from llm_gym.runner.safety import RunDirLock
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("use_demo_cache")
 
@@ -73,18 +72,23 @@ def test_a_finished_run_leaves_no_lock_and_a_refused_one_no_directory(tmp_path, 
     assert run_recipe("gpt2-debug", SHORT, run_dir=tmp_path / "done")["step"] == 2
     assert not (tmp_path / "done" / ".lock").exists()
 
-    # A recipe the trainer refuses (eval_every without an eval_dataset), with the
-    # directory given and with the default one.
-    recipe = (REPO / "recipes" / "gpt2-debug" / "v1.yaml").read_text()
-    bad = tmp_path / "no-eval.yaml"
-    bad.write_text(recipe[:recipe.index("eval_dataset:")] + recipe[recipe.index("loss:"):])
-    with pytest.raises(UserError, match="eval_every is set but the recipe has no eval_dataset"):
-        run_recipe(str(bad), ["trainer.eval_every=2"], run_dir=tmp_path / "refused")
+    # Refused once the trainer is built (no room for a checkpoint), with the directory
+    # given and with the default one; and refused on resume.
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(UserError, match="GiB free, but one checkpoint needs"):
+        run_recipe("gpt2-debug", SHORT, run_dir=tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match="eval_every is set"):
-        run_recipe(str(bad), ["trainer.eval_every=2"])
+    with pytest.raises(UserError, match="GiB free, but one checkpoint needs"):
+        run_recipe("gpt2-debug", SHORT)
     assert list((tmp_path / "runs").iterdir()) == []
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    with pytest.raises(UserError, match="--resume: no complete checkpoint"):
+        run_recipe("gpt2-debug", SHORT, run_dir=tmp_path / "new", resume=True)
+    assert not (tmp_path / "new").exists()
 
 
 def test_default_run_directories_started_in_the_same_second_differ(tmp_path, monkeypatch):
@@ -126,3 +130,6 @@ def test_a_bad_line_before_the_last_is_an_error_naming_it(tmp_path):
     path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(UserError, match=r"metrics.jsonl:2: not a metrics record"):
         read_metrics(path)
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    with pytest.raises(UserError, match=r"pipe.jsonl: not a regular file"):  # no hang
+        read_metrics(tmp_path / "pipe.jsonl")
