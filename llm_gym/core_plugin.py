@@ -6,6 +6,7 @@ come from plugins, the built-in set included.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from llm_gym.registry import Slot, hookimpl
@@ -36,3 +37,18 @@ def llm_gym_recipe_sections() -> dict[str, Any]:
     from llm_gym.runner.settings import TrainerSettings
 
     return {"trainer": TrainerSettings}
+
+
+@hookimpl
+def llm_gym_recipe_checks() -> tuple[Callable[[Any], Iterable[str]], ...]:
+    return (eval_needs_an_eval_dataset,)
+
+
+def eval_needs_an_eval_dataset(recipe: Any) -> Iterator[str]:
+    """``trainer.eval_every`` evaluates on the ``eval_dataset`` slot: it must be filled.
+    (runner/trainer.py refuses it too, as a backstop for code that skips the checks.)"""
+    trainer = getattr(recipe, "trainer", None)
+    every = getattr(trainer, "eval_every", None)
+    if every and getattr(recipe, "eval_dataset", None) is None:
+        yield (f"trainer.eval_every: {every}, but the recipe has no eval_dataset to evaluate "
+               "on: add an eval_dataset entry, or pass trainer.eval_every=null")

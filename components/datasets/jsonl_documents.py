@@ -6,6 +6,8 @@ declare one under the key ``documents`` and a component may ask for it by that n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -23,6 +25,14 @@ class JSONLDocumentsConfig(ComponentConfig):
     on_stale: Literal["rebuild", "refuse"] = Field(
         "rebuild", description="what to do when the file changed since it was indexed"
     )
+
+    def preflight(self) -> Iterator[str]:
+        """The JSONL file is there and is a regular file (its index may be built later)."""
+        path = Path(self.path)
+        if not path.exists():
+            yield f"path: {path} does not exist"
+        elif not path.is_file():
+            yield f"path: {path} is not a regular file (a JSONL file of documents)"
 
     def build(self, tokenizer: Any = None) -> MemMapDataset:
         return MemMapDataset(self.path, tokenizer, self.field, on_stale=self.on_stale)

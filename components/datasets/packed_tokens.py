@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
+from llm_gym.data.packed import PackedTokens, pack_paths
 from llm_gym.data.packed_dataset import PackedMemMapDataset
+from llm_gym.errors import UserError
 from llm_gym.registry import ComponentConfig, component
 
 
@@ -18,6 +23,11 @@ class PackedTokensConfig(ComponentConfig):
     split: Literal["train", "val"] = Field("train", description="which part of the blocks")
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0,
                                 description="last fraction of blocks kept for validation")
+
+    def preflight(self, trainer: Any = None, model: Any = None) -> Iterator[str]:
+        """The pack's two files are there, their headers agree, the split has a block of
+        trainer.seq_len + 1 tokens, and the model embeds every id the pack holds."""
+        yield from check_pack(self.path, self.split, self.val_fraction, trainer, model)
 
     def build(self, world: Any, trainer: Any, tokenizer: Any = None) -> PackedMemMapDataset:
         return open_packed(self.path, self.split, self.val_fraction, world, trainer, tokenizer)
@@ -31,3 +41,39 @@ def open_packed(path: str, split: str, val_fraction: float, world: Any, trainer:
         rank=world.rank, world_size=world.world_size,
         tokenizer_fingerprint=tokenizer.fingerprint() if tokenizer is not None else None,
     )
+
+
+def check_pack(path: str, split: str, val_fraction: float, trainer: Any,
+               model: Any) -> Iterator[str]:
+    """Problems with the pack at ``path``, from its headers and sizes alone."""
+    for file in pack_paths(path):
+        if file.exists() and not file.is_file():
+            yield f"path: {file} is not a regular file"
+            return
+    if path.endswith((".bin", ".idx")):
+        hint = f"; path is the prefix, without .bin/.idx: path: {path[:-4]}"
+    elif Path(path).is_dir():
+        hint = f"; {path} is a directory: path is the PREFIX of PREFIX.bin and PREFIX.idx"
+    else:
+        hint = ""
+    if not hint and not pack_paths(path)[0].exists():
+        hint = f" (make it with `llm_gym tools pack CORPUS.jsonl --out {path} ...`)"
+    try:
+        packed = PackedTokens.open(path)
+    except UserError as exc:
+        yield f"path: {exc.message}{hint}"
+        return
+    seq_len = getattr(trainer, "seq_len", None)
+    if seq_len is not None:
+        total = max(packed.n_tokens - 1, 0) // seq_len
+        n_val = math.ceil(total * val_fraction)
+        count = total - n_val if split == "train" else n_val
+        if count < 1:
+            yield (f"path: {path} holds {packed.n_tokens} tokens: its {split} split (val_fraction"
+                   f" {val_fraction}) has no block of trainer.seq_len + 1 = {seq_len + 1} tokens;"
+                   " pack more text, or lower trainer.seq_len")
+    model_vocab = getattr(model, "vocab_size", None)
+    if isinstance(model_vocab, int) and model_vocab < packed.vocab_size:
+        yield (f"path: {path} was packed with a {packed.vocab_size}-id tokenizer, more than "
+               f"model.config.vocab_size ({model_vocab}) embeds; set "
+               f"model.config.vocab_size={packed.vocab_size} (or more)")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from pydantic import Field, PositiveInt, model_validator
 
+from llm_gym.recipes.preflight import tokenizer_vocab_size
 from llm_gym.registry import ComponentConfig, component
 
 from .gpt2 import GPT2
@@ -26,6 +30,19 @@ class GPT2Config(ComponentConfig):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         return self
+
+    def preflight(self, trainer: Any = None, tokenizer: Any = None) -> Iterator[str]:
+        """Sequences fit the position embeddings; every token id has an embedding row."""
+        seq_len = getattr(trainer, "seq_len", None)
+        if seq_len is not None and seq_len > self.n_positions:
+            yield (f"n_positions: {self.n_positions}, shorter than trainer.seq_len ({seq_len}):"
+                   f" positions past {self.n_positions} have no embedding; set "
+                   f"model.config.n_positions={seq_len} or trainer.seq_len={self.n_positions}")
+        vocab = tokenizer_vocab_size(tokenizer)
+        if vocab is not None and self.vocab_size < vocab:
+            yield (f"vocab_size: {self.vocab_size}, below the tokenizer's {vocab} ids: token ids"
+                   f" {self.vocab_size}..{vocab - 1} would index past the embedding; set "
+                   f"model.config.vocab_size={vocab} (or more)")
 
     def build(self) -> GPT2:
         return GPT2(**self.model_dump())

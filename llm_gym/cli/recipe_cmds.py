@@ -62,11 +62,13 @@ def show(spec: str, overrides: tuple[str, ...], recipe_dirs: tuple[Path, ...],
 @click.option("--allow-drift", is_flag=True, help="Warn about drifted pins instead of failing.")
 def validate(spec: str, overrides: tuple[str, ...], recipe_dirs: tuple[Path, ...],
              allow_drift: bool) -> None:
-    """Check a recipe: YAML, interpolation, every value, and its pins."""
+    """Check a recipe without training: YAML, interpolation, every value, its pins, and
+    what the run would refuse (data files, vocabulary and sequence length, evaluation)."""
     from llm_gym.cli.output import err, out
     from llm_gym.recipes.loading import load_recipe
 
-    loaded = load_recipe(spec, overrides, recipe_dirs=recipe_dirs, allow_drift=allow_drift)
+    loaded = load_recipe(spec, overrides, recipe_dirs=recipe_dirs, allow_drift=allow_drift,
+                         preflight=True)
     for drift in loaded.drift:
         err.print(f"[yellow]warning:[/] pin drifted: {drift}", markup=True)
     count = len(loaded.recipe.components())

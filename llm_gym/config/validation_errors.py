@@ -70,7 +70,7 @@ def describe_errors(
             line = f"{path}: {_qualify(_lower_first(error['msg']), path, error['input'])}"
         else:
             line = f"{path}: {_lower_first(error['msg'])} (got {_show(error.get('input'))})"
-        lines.append(line + _origin_hint(path, interpolations or {}))
+        lines.append(line + origin_hint(path, interpolations or {}))
     return list(dict.fromkeys(lines))  # unions can repeat a finding
 
 
@@ -119,7 +119,7 @@ def _qualify(message: str, path: str, mapping: dict[Any, Any]) -> str:
     return re.sub(r"(?<![\w.$])([A-Za-z_]\w*)=", qualified, message)
 
 
-def _origin_hint(path: str, interpolations: Mapping[str, str]) -> str:
+def origin_hint(path: str, interpolations: Mapping[str, str]) -> str:
     """Where the values at ``path`` (or inside it) came from, when interpolated."""
     hints = []
     for key, expression in interpolations.items():

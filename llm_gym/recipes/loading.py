@@ -9,9 +9,11 @@ from typing import Any
 
 from llm_gym.config.loading import load_config_with_sources
 from llm_gym.config.recipe_model import RecipeBase, validate_recipe
+from llm_gym.config.validation_errors import origin_hint
 from llm_gym.errors import UserError
 from llm_gym.recipes.catalog import RecipeCatalog, RecipeRef, named_by_metadata
 from llm_gym.recipes.pins import NOT_PINNED, Drift, find_drift
+from llm_gym.recipes.preflight import check_recipe
 from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.building import build_order
 from llm_gym.registry.component import spec_of
@@ -39,7 +41,12 @@ def load_recipe(
     registry: ResolverRegistry | None = None,
     recipe_dirs: Sequence[Path] = (),
     allow_drift: bool = False,
+    preflight: bool = False,
 ) -> LoadedRecipe:
+    """Find, load and validate a recipe. ``preflight=True`` also runs the static checks
+    of ``recipes/preflight.py`` (data files there, vocabulary and sequence length fit),
+    which ``recipe validate`` and ``recipe run`` want; ``show``, ``lock``, ``plan`` and
+    library callers (a plan before the data exists) do not."""
     registry = registry or ResolverRegistry.from_installed_plugins()
     ref = RecipeCatalog.from_registry(registry, recipe_dirs).resolve(spec)
     loaded = load_config_with_sources(ref.path, overrides)
@@ -48,6 +55,13 @@ def load_recipe(
                              interpolations=loaded.interpolations)
     check_dependencies(recipe, registry, str(ref.path))
     ref = named_by_metadata(ref, recipe.recipe.name, recipe.recipe.version)
+    if preflight:
+        problems = [line + origin_hint(line.partition(":")[0], loaded.interpolations)
+                    for line in check_recipe(recipe, registry)]
+        if problems:
+            noun = "problem" if len(problems) == 1 else "problems"
+            raise UserError(f"{ref.path}: {len(problems)} {noun} found before training",
+                            problems)
     drift = find_drift(recipe, registry)
     # Overrides may swap a component in or out on purpose; a changed component may not.
     fatal = [d for d in drift if d.component_changed or not overrides]

@@ -25,7 +25,7 @@ import inspect
 import json
 import pkgutil
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
@@ -54,6 +54,18 @@ class ComponentConfig(BaseModel):
 
     def build(self, **dependencies: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define build()")
+
+    def preflight(self, **dependencies: Any) -> Iterable[str]:
+        """Cheap checks before anything is built: files exist, headers fit, sizes agree.
+
+        Run by ``recipe validate`` and before ``recipe run`` creates a run directory.
+        Parameters name what the check needs, as ``build``'s do, but receive the other
+        slots' *configs* (``tokenizer`` is the tokenizer's config) and the recipe's sections
+        (``trainer``); a check whose required parameter the recipe lacks is skipped. Yields
+        problems as ``"field: message"`` about this config (the slot's path is prepended).
+        Stat files and read headers only: never tokenize or read a corpus.
+        """
+        return ()
 
 
 @dataclass(frozen=True)
@@ -94,13 +106,21 @@ class ComponentSpec:
     @cached_property
     def dependencies(self) -> tuple[Dependency, ...]:
         """The named parameters of ``build`` after ``self``."""
-        params = inspect.signature(self.config_cls.build).parameters.values()
-        return tuple(
-            Dependency(p.name, p.default is inspect.Parameter.empty)
-            for p in params
-            if p.name != "self"
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        )
+        return _named_parameters(self.config_cls.build)
+
+    @cached_property
+    def preflight_dependencies(self) -> tuple[Dependency, ...]:
+        """The named parameters of ``preflight`` after ``self``."""
+        return _named_parameters(self.config_cls.preflight)
+
+
+def _named_parameters(method: Callable[..., Any]) -> tuple[Dependency, ...]:
+    params = inspect.signature(method).parameters.values()
+    return tuple(
+        Dependency(p.name, p.default is inspect.Parameter.empty)
+        for p in params
+        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
 
 
 ConfigT = TypeVar("ConfigT", bound=type[ComponentConfig])

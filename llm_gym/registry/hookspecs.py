@@ -7,7 +7,7 @@ these hooks with ``@hookimpl``. The built-in component set is such a plugin.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,3 +61,11 @@ def llm_gym_unslotted_kinds() -> Iterable[str]:
 @hookspec
 def llm_gym_recipe_sections() -> Mapping[str, Any]:
     """Return plain (non-component) recipe sections as ``{key: pydantic model class}``."""
+
+
+@hookspec
+def llm_gym_recipe_checks() -> Iterable[Callable[[Any], Iterable[str]]]:
+    """Return checks across slots and sections, run with the components' own ``preflight``
+    checks before anything is built: each takes the validated recipe and yields problems
+    as ``"yaml.path: message"`` (the runner's: ``trainer.eval_every`` needs an
+    ``eval_dataset``). Cheap checks only: no building, no reading of data."""

@@ -103,6 +103,11 @@ class ResolverRegistry:
             sections.update(contributed)
         return sections
 
+    def recipe_checks(self) -> list[tuple[str, Any]]:
+        """``(plugin name, check)`` for every cross-slot recipe check plugins declare."""
+        return [(plugin, check) for plugin, checks in self._call("llm_gym_recipe_checks")
+                for check in checks]
+
     def recipe_dirs(self) -> list[Any]:
         return [d for _, dirs in self._call("llm_gym_recipe_dirs") for d in dirs]
 

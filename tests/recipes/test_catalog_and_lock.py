@@ -108,7 +108,14 @@ def test_a_pin_no_longer_used_is_drift(capsys, tmp_path):
     assert "scheduler/Constant: pinned but no longer used" in out
 
 
-def test_builtin_recipes_validate_with_matching_pins(capsys):
+def test_builtin_recipes_validate_with_matching_pins(capsys, tmp_path, monkeypatch):
+    from llm_gym.data.packed import PackedWriter
+
+    # gpt2-124m trains on $LLM_GYM_DATA/corpus, which validate checks is a pack.
+    with PackedWriter(tmp_path / "corpus", vocab_size=50257, eod_id=50256,
+                      fingerprint="test") as pack:
+        pack.add_document(list(range(5000)))
+    monkeypatch.setenv("LLM_GYM_DATA", str(tmp_path))
     for name in ("gpt2-debug", "gpt2-tiny", "gpt2-124m"):
         code, out = _cli(capsys, "recipe", "validate", name)
         assert code == 0 and "pins match" in out, out
