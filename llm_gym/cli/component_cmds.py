@@ -37,7 +37,7 @@ def show(kind: str, name: str) -> None:
     from rich.table import Table
 
     from llm_gym.cli.output import out
-    from llm_gym.registry import ResolverRegistry
+    from llm_gym.registry import ComponentConfig, ResolverRegistry
     from llm_gym.registry.fields import describe_fields
 
     spec = ResolverRegistry.from_installed_plugins().spec(kind, name)
@@ -46,6 +46,11 @@ def show(kind: str, name: str) -> None:
         out.print(spec.doc, markup=False)
     deps = ", ".join(d.name + ("" if d.required else " (optional)") for d in spec.dependencies)
     out.print(f"built from: {deps or 'nothing'}", markup=False)
+    if spec.config_cls.preflight is not ComponentConfig.preflight:
+        checked = ", ".join(d.name + ("" if d.required else " (optional)")
+                            for d in spec.preflight_dependencies)
+        out.print(f"checked before a run (preflight) against: {checked or 'its own config'}",
+                  markup=False)
     table = Table("field", "type", "default", "constraints", "description", box=None,
                   pad_edge=False)
     for row in describe_fields(spec.config_cls):

@@ -197,3 +197,12 @@ def test_a_plugin_declares_its_own_checks_with_injected_dependencies():
     problems = check_recipe(loaded.recipe, registry)
     assert "widget.config.limit: 10 is below trainer.max_steps (20)" in problems
     assert "widget: the plugin's own cross-slot check ran" in problems
+
+
+def test_a_documents_file_must_be_a_regular_file(tmp_path):
+    config_cls = ResolverRegistry.from_installed_plugins().spec("documents", "JSONL").config_cls
+    assert list(config_cls(path=str(tmp_path / "none.jsonl")).preflight()) == [
+        f"path: {tmp_path}/none.jsonl does not exist"]
+    assert "is not a regular file" in list(config_cls(path=str(tmp_path)).preflight())[0]
+    (tmp_path / "docs.jsonl").write_text('{"text": "x"}\n')
+    assert list(config_cls(path=str(tmp_path / "docs.jsonl")).preflight()) == []
