@@ -39,7 +39,7 @@ from llm_gym.runner.distributed import (
     seed_everything,
 )
 from llm_gym.runner.entry import RunJob
-from llm_gym.runner.flops import peak_flops
+from llm_gym.runner.flops import MfuMeter
 from llm_gym.runner.metrics import (
     MetricsLog,
     Subscribers,
@@ -216,7 +216,9 @@ class Trainer:
         )
         flops_per_token = getattr(model, "flops_per_token", None)
         self.flops_per_token = flops_per_token(settings.seq_len) if flops_per_token else None
-        self.peak, self.peak_source = peak_flops(world.device) if self.main else (None, "")
+        # Only rank 0 reports MFU; the meter raises a peak that a step beats, so no
+        # figure above 100% is ever logged (runner/flops.py says why).
+        self.mfu_meter = MfuMeter(world.device, world.world_size) if self.main else None
 
         # Last, so nothing after it can fail with a live display running. Rank 0 builds
         # the loggers; a logger that cannot start (a missing extra) stops every rank.
@@ -306,9 +308,12 @@ class Trainer:
     def _train_record(self, loss: torch.Tensor, steps: int, elapsed: float) -> dict[str, Any]:
         tokens_per_s = self.tokens_per_step * steps / elapsed if elapsed > 0 else None
         waited, self.train_feed.wait_seconds = self.train_feed.wait_seconds, 0.0
-        mfu = None
-        if tokens_per_s and self.flops_per_token and self.peak:
-            mfu = tokens_per_s * self.flops_per_token / (self.peak * self.world.world_size)
+        mfu = peak_note = None
+        if self.mfu_meter is not None:
+            mfu = self.mfu_meter.mfu(tokens_per_s, self.flops_per_token)
+            peak_note = self.mfu_meter.take_note()
+            if peak_note:
+                self.metrics.message(f"note: {peak_note}")
         return {
             "step": self.step,
             "loss": all_reduce_mean(loss, self.world).item(),
@@ -318,6 +323,7 @@ class Trainer:
             "mfu": mfu,
             "data_wait_pct": 100 * waited / elapsed if elapsed > 0 else None,
             "tokens": self.step * self.tokens_per_step,
+            **({"peak_raised": peak_note} if peak_note else {}),
         }
 
     @torch.no_grad()
