@@ -273,6 +273,8 @@ def read_json_object(path: Path, *, what: str) -> dict[str, Any]:
             data = json.loads(f.read().decode("utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    except RecursionError:  # json.loads of thousands of nested brackets
+        raise UserError(f"{path}: JSON nested too deeply ({what})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read: {e}") from None
     if not isinstance(data, dict):

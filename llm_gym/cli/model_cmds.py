@@ -33,12 +33,13 @@ def export_hf_cmd(source: Path, out_dir: Path, force: bool) -> None:
     directory. transformers loads the result with GPT2LMHeadModel.from_pretrained(OUT_DIR).
     The files appear together or, if the export fails, not at all.
     """
-    from llm_gym.cli.output import err, out
+    from llm_gym.cli.output import note as print_note
+    from llm_gym.cli.output import out
     from llm_gym.hf.export import export_hf
 
     result = export_hf(source, out_dir, force=force)
     for note in result.notes:
-        err.print(f"[yellow]note:[/] {note}", markup=True)
+        print_note(note)
     origin = result.checkpoint or f"{source} (imported weights)"
     out.print(f"exported {origin} -> {result.out_dir}: {', '.join(result.files)}",
               markup=False, highlight=False)
@@ -69,13 +70,14 @@ def import_hf_cmd(directory: Path, overrides: tuple[str, ...], run_dir: Path, ba
     Nothing in DIRECTORY is executed: weights are read as safetensors or with
     torch.load(weights_only=True).
     """
-    from llm_gym.cli.output import err, out
+    from llm_gym.cli.output import note as print_note
+    from llm_gym.cli.output import out
     from llm_gym.hf.importing import import_hf
 
     result = import_hf(directory, run_dir, base=base, overrides=overrides,
                        recipe_dirs=recipe_dirs, allow_drift=allow_drift)
     for note in result.notes:
-        err.print(f"[yellow]note:[/] {note}", markup=True)
+        print_note(note)
     out.print(
         f"imported {result.model_type} ({result.num_params / 1e6:.1f}M parameters) from "
         f"{directory} into {result.run_dir}\n"
@@ -111,7 +113,7 @@ DEVICE_TYPES = ("cpu", "cuda")
 def generate(source: Path, prompt: str, max_new_tokens: int, temperature: float,
              top_k: int | None, seed: int, device: str, stop_at_eod: bool) -> None:
     """Continue --prompt with a trained model, printing text as it is generated."""
-    from llm_gym.cli.output import err
+    from llm_gym.cli.output import note as print_note
     from llm_gym.errors import UserError
     from llm_gym.runner.generation import stream_text, stream_tokens
     from llm_gym.runner.loading_model import load_run_model
@@ -126,7 +128,7 @@ def generate(source: Path, prompt: str, max_new_tokens: int, temperature: float,
                             f"character {exc.start})") from None
     run = load_run_model(source, device=_device(device))
     for note in run.notes:
-        err.print(f"[yellow]note:[/] {note}", markup=True)
+        print_note(note)
     vocab_size = getattr(run.model, "vocab_size", None)
     if top_k is not None and vocab_size is not None and top_k > vocab_size:
         raise bad_parameter("--top-k", f"{top_k} exceeds the model's vocabulary of "

@@ -64,13 +64,13 @@ def validate(spec: str, overrides: tuple[str, ...], recipe_dirs: tuple[Path, ...
              allow_drift: bool) -> None:
     """Check a recipe without training: YAML, interpolation, every value, its pins, and
     what the run would refuse (data files, vocabulary and sequence length, evaluation)."""
-    from llm_gym.cli.output import err, out
+    from llm_gym.cli.output import out, warn
     from llm_gym.recipes.loading import load_recipe
 
     loaded = load_recipe(spec, overrides, recipe_dirs=recipe_dirs, allow_drift=allow_drift,
                          preflight=True)
     for drift in loaded.drift:
-        err.print(f"[yellow]warning:[/] pin drifted: {drift}", markup=True)
+        warn(f"pin drifted: {drift}")
     count = len(loaded.recipe.components())
     out.print(f"{loaded.ref.label} ({loaded.ref.path}) is valid: {count} components, pins "
               + ("drifted (allowed)" if loaded.drift else "match"), markup=False)
@@ -179,7 +179,7 @@ def plan(spec: str, overrides: tuple[str, ...], nodes: int, gpus_per_node: int, 
     """Will it fit, how fast will it run: memory per GPU, FLOPs, step time and
     communication at NODES x GPUS-PER-NODE, then a dry run of the sharded model on this
     CPU. Exits with code 2 if it will not fit or the dry run fails."""
-    from llm_gym.cli.output import err, out
+    from llm_gym.cli.output import markup_out, out, warn
     from llm_gym.errors import UserError
     from llm_gym.planning.dry_run import dry_run
     from llm_gym.planning.plan import make_plan
@@ -191,10 +191,10 @@ def plan(spec: str, overrides: tuple[str, ...], nodes: int, gpus_per_node: int, 
     loaded = load_recipe(spec, overrides, registry=registry, recipe_dirs=recipe_dirs,
                          allow_drift=allow_drift)
     for drift in loaded.drift:
-        err.print(f"[yellow]warning:[/] pin drifted: {drift}", markup=True)
+        warn(f"pin drifted: {drift}")
     the_plan = make_plan(loaded.recipe, label=loaded.ref.label, nodes=nodes,
                          gpus_per_node=gpus_per_node, gpu=gpu, mfu=mfu, registry=registry)
-    result = render(the_plan, out)
+    result = render(the_plan, markup_out)  # the report's own styling
     if not no_dry_run:
         traced = dry_run(loaded, ranks=nodes * gpus_per_node, gpus_per_node=gpus_per_node,
                          registry=registry)
@@ -202,8 +202,8 @@ def plan(spec: str, overrides: tuple[str, ...], nodes: int, gpus_per_node: int, 
         if loaded.recipe.trainer.compile:
             out.print("  torch.compile was not traced: the blocks ran eagerly", markup=False)
         if traced.no_grad:
-            err.print(f"[yellow]warning:[/] backward left {len(traced.no_grad)} parameters "
-                      f"without a gradient: {', '.join(traced.no_grad[:5])}", markup=True)
+            warn(f"backward left {len(traced.no_grad)} parameters "
+                 f"without a gradient: {', '.join(traced.no_grad[:5])}")
     if not result.fits:
         raise UserError(f"{loaded.ref.label} will not fit on {nodes} x {gpus_per_node} "
                         f"{the_plan.gpu}: peak {gib(result.peak)} per GPU of "

@@ -20,7 +20,8 @@ class Progress:
 
     def __init__(self, total_steps: int, start_step: int, title: str) -> None:
         self.total, self.start, self.title = total_steps, start_step, title
-        self.console = Console(file=sys.stdout, soft_wrap=True)
+        # User text (prompts, run titles, paths) is printed as typed: no markup, no emoji.
+        self.console = Console(file=sys.stdout, soft_wrap=True, markup=False, emoji=False)
         self.live_mode = self.console.is_terminal
         self._started = time.perf_counter()
         self._live: Live | None = None

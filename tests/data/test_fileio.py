@@ -198,3 +198,12 @@ def test_check_outputs(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"exists and is JSONL data, not an llm_gym line index"):
         check_outputs({src: LINE_INDEX}, [])
     check_outputs({src: JSONL}, [])  # the same kind again: a rebuild
+
+
+def test_json_nested_too_deeply_is_named(tmp_path):
+    from llm_gym.fileio import read_json_object
+
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000)  # json.loads raises RecursionError, not JSONDecodeError
+    with pytest.raises(UserError, match="deep.json: JSON nested too deeply"):
+        read_json_object(path, what="a test")
