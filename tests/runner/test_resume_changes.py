@@ -163,3 +163,16 @@ def test_the_rule_table_decides_every_key_and_refuses_unknown_ones(tmp_path):
     plan = check_resume(old, new, **where)
     assert [str(c) for c in plan.applied] == ["trainer.log_every: 1 -> 2",
                                               "trainer.max_steps: 8 -> 9"]
+
+
+def test_the_command_line_refuses_a_change_and_allow_change_applies_it(four_steps):
+    from tests.conftest import run_cli
+
+    resume = ["recipe", "run", "gpt2-debug", *QUIET, "trainer.max_steps=5",
+              "optimizer.config.lr=0.002", "--run-dir", str(four_steps), "--resume"]
+    refused = run_cli(*resume)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "optimizer.config.lr: 0.001 -> 0.002" in refused.stderr
+    allowed = run_cli(*resume, "--allow-change", "optimizer.config")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "resuming from step 4" in allowed.stdout and _lrs(four_steps)[5] == 0.002
