@@ -48,8 +48,10 @@ def run_recipe(
 
     # Validate before any worker starts: a bad recipe is reported once, not N times.
     registry = ResolverRegistry.from_installed_plugins()
+    # preflight: what validate refuses (missing data, a too-small vocabulary, ...) is
+    # refused here too, before any run directory or worker exists.
     loaded = load_recipe(spec, overrides, registry=registry, recipe_dirs=recipe_dirs,
-                         allow_drift=allow_drift)
+                         allow_drift=allow_drift, preflight=True)
     for drift in loaded.drift:
         warn(f"running with a drifted pin: {drift}")
     under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ

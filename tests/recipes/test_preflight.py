@@ -206,3 +206,13 @@ def test_a_documents_file_must_be_a_regular_file(tmp_path):
     assert "is not a regular file" in list(config_cls(path=str(tmp_path)).preflight())[0]
     (tmp_path / "docs.jsonl").write_text('{"text": "x"}\n')
     assert list(config_cls(path=str(tmp_path / "docs.jsonl")).preflight()) == []
+
+
+def test_run_refuses_what_validate_refuses_before_making_a_run_dir(tmp_path):
+    from llm_gym.errors import UserError
+    from llm_gym.runner.entry import run_recipe
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(UserError, match="vocab_size"):
+        run_recipe("gpt2-debug", ["model.config.vocab_size=100"], run_dir=run_dir)
+    assert not run_dir.exists()
