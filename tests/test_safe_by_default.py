@@ -57,6 +57,7 @@ def test_checkpoint_of_another_model_size_is_refused_by_name(tmp_path, use_demo_
     before = sorted(p.name for p in Path(run_dir, "checkpoints").iterdir())
     result = subprocess.run([*base, "model.config.n_embd=64"], capture_output=True, text=True)
     assert result.returncode == 2
-    assert "step_00000002" in result.stderr and "Size mismatch" in result.stderr
+    assert "step_00000002" in result.stderr and "model.config.n_embd" in result.stderr
+    assert "32 -> 64" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in Path(run_dir, "checkpoints").iterdir()) == before
