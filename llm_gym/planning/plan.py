@@ -43,7 +43,7 @@ class Plan:
     nodes: int
     gpus_per_node: int
     gpu: str
-    gpu_peak_flops: float  # bf16 dense, per GPU
+    gpu_peak_flops: float  # dense tensor-core rate per GPU (bf16; fp16 on a V100)
     gpu_bytes: int
     mfu: float
     max_steps: int

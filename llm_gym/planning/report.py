@@ -9,6 +9,7 @@ from rich.table import Table
 
 from llm_gym.planning.memory import OptimizerLayout, checkpointed_blocks
 from llm_gym.planning.plan import USABLE, Plan, alternatives
+from llm_gym.runner.flops import gpu_part
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,10 @@ def _compute_table(plan: Plan) -> Table:
     if ckpt:
         table.add_row("hardware FLOPs per step", _flops(plan.hardware_flops_per_step),
                       f"+ recomputing {ckpt} checkpointed blocks' forward")
+    part = gpu_part(plan.gpu)
+    sheet = f"{part.peak_dtype} dense" + (f" ({part.note})" if part.note else "") if part else ""
     table.add_row("GPU peak", f"{plan.gpu_peak_flops / 1e12:,.0f} TFLOP/s",
-                  f"{plan.gpu} bf16 dense, x {s.ranks}")
+                  f"{plan.gpu} {sheet}, x {s.ranks}")
     table.add_row("assumed MFU", f"{plan.mfu:.0%}", "--mfu; model FLOPs / peak")
     table.add_row("step time", _duration(plan.step_seconds), "")
     table.add_row("throughput", f"{plan.tokens_per_second:,.0f} tokens/s",

@@ -38,7 +38,8 @@ class GpuPart:
     note: str = ""
 
 
-_VOLTA = "fp16 tensor cores only: Volta has no bf16 tensor cores, a bf16 run is far slower"
+# Volta's tensor cores take fp16 only: a bf16 run on a V100 gets nowhere near this rate.
+_VOLTA = "no bf16 tensor cores"
 
 # Rates are the data sheets' dense figures (the "with sparsity" ones are twice these).
 # Memory: the data sheet's capacity in GiB less what the driver reserves, as torch's

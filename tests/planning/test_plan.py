@@ -101,6 +101,16 @@ def test_cli_gpt2_xl_on_one_a100_node(capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0, err
     assert "AC full (recipe)" in out and "hardware FLOPs per step" in out
     assert "verdict: fits" in out and "sharded over 8 ranks" in out
+    assert "312 TFLOP/s" in out and "A100-80GB bf16 dense" in out
+
+
+def test_cli_v100_plans_with_its_fp16_rate_and_says_so(capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # one line per table row
+    code, out, err = cli(capsys, "gpt2-tiny", "--gpus-per-node", "8", "--gpu",
+                         "Tesla V100-SXM2-32GB", "--no-dry-run")
+    assert code == 0, err
+    assert "125 TFLOP/s" in out and "fp16 dense" in out and "no bf16 tensor cores" in out
 
 
 def test_cli_exits_2_when_it_will_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
