@@ -160,7 +160,8 @@ def test_broken_names(capsys, args, expected):
      (b"trainer:\n  max_steps: \xff\xfe\n", "cannot load"),
      (b"42\n", "not a number (42)"), (b"true\n", "not a boolean (true)"),
      (b"hello\n", "not a string ('hello')"), (b"3.5\n", "not a number (3.5)"),
-     (b"a: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nests deeper than"),
+     # Our bound says "nests deeper than"; newer PyYAML stops first ("maximum nesting depth").
+     (b"a: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nest"),
      (b"a: &a [1, *a]\n", "recursive alias"),
      (b"a: 1\na: 2\n", "duplicate key")],
 )
@@ -169,6 +170,7 @@ def test_unreadable_recipe_files(capsys, tmp_path, content, expected):
     path.write_bytes(content)
     code, output = _cli(capsys, "recipe", "validate", str(path))
     assert code == 2 and expected in output and "odd.yaml" in output
+    assert "Traceback" not in output
 
 
 def test_user_errors_exit_2_without_traceback_and_debug_shows_it():
