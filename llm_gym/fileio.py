@@ -144,29 +144,29 @@ class AtomicFile:
 
     def sync(self) -> None:
         """Flush and fsync the data and close the file: what can fail on a full disk."""
-        try:
+        with self._discarded_on_failure():
             self.file.flush()
             os.fsync(self.file.fileno())  # the rename must not reach the disk before the data
             self.file.close()
-        except OSError as e:
-            self.discard()
-            raise output_error(self.path, e) from e
-        except BaseException:
-            self.discard()
-            raise
 
     def rename(self) -> None:
         """Move the synced file over ``path``."""
-        try:
+        with self._discarded_on_failure():
             check_output_target(self.path)  # it may have become a directory or a device since
             os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    @contextmanager
+    def _discarded_on_failure(self) -> Iterator[None]:
+        """Any failure removes the temporary file; an OSError becomes an OutputError."""
+        try:
+            yield
         except OSError as e:
             self.discard()
             raise output_error(self.path, e) from e
         except BaseException:
             self.discard()
             raise
-        fsync_dir(self.path.parent)
 
     def discard(self) -> None:
         """Remove the temporary file; ``path`` is untouched."""
