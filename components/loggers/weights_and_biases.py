@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field
 
 from llm_gym.errors import UserError
-from llm_gym.recipes.resolved import RESOLVED_FILE
+from llm_gym.recipes.resolved import RESOLVED_FILE, read_resolved
 from llm_gym.registry import ComponentConfig, component
 
 
@@ -33,7 +32,7 @@ class WandBConfig(ComponentConfig):
             ) from None
         run_dir = Path(run_dir)
         resolved = run_dir / RESOLVED_FILE  # rank 0 wrote it before the loggers
-        config = yaml.safe_load(resolved.read_text(encoding="utf-8")) if resolved.exists() else {}
+        config = read_resolved(resolved) if resolved.exists() else {}
         run = wandb.init(project=self.project, name=self.name or run_dir.name, dir=str(run_dir),
                          mode=self.mode, config={**config, "start_step": start_step})
         return WandBLogger(run)

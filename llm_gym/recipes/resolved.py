@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from llm_gym.config.yaml_files import parse_yaml, read_yaml_file
 from llm_gym.errors import UserError
 
 # Where a run keeps the recipe it ran, written by rank 0 before training starts.
@@ -27,8 +28,9 @@ def resolved_yaml(loaded: Any) -> str:
 
 
 def resolved_data(loaded: Any) -> dict[str, Any]:
-    """The resolved recipe as it reads back from its YAML (for comparing with a file)."""
-    return yaml.safe_load(resolved_yaml(loaded))
+    """The resolved recipe as it reads back from its YAML (for comparing with a file):
+    parsed by the same reader as the file, so both sides resolve scalars alike."""
+    return parse_yaml(resolved_yaml(loaded), "the resolved recipe")
 
 
 def segment_file_name(start_step: int) -> str:
@@ -50,11 +52,9 @@ def segment_files(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def read_resolved(path: Path) -> dict[str, Any]:
-    """A resolved recipe file's data; a file that is not one is named."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read the recipe this run used ({exc})") from None
+    """A resolved recipe file's data, read within the YAML bounds every recipe is read
+    with (a run directory's files are user input too); a file that is not one is named."""
+    data = read_yaml_file(path, what="resolved recipe")
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a resolved recipe (a mapping of sections)")
     return data

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from llm_gym.config.recipe_model import RecipeBase, validate_recipe
@@ -23,7 +22,7 @@ from llm_gym.errors import UserError
 from llm_gym.hf.adapter import adapter_for_model
 from llm_gym.hf.tokenizer_files import RUN_TOKENIZER_DIR, saved_eod_token
 from llm_gym.recipes.pins import find_drift
-from llm_gym.recipes.resolved import RESOLVED_FILE
+from llm_gym.recipes.resolved import RESOLVED_FILE, read_resolved
 from llm_gym.registry import ComponentChoice, ResolverRegistry
 from llm_gym.registry.component import spec_of
 from llm_gym.runner.checkpoint import CHECKPOINTS, MARKER, latest_checkpoint
@@ -77,11 +76,7 @@ def load_run_model(
     run_dir, checkpoint = locate(path)
     registry = registry or ResolverRegistry.from_installed_plugins()
     source = run_dir / RESOLVED_FILE
-    try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{source}: cannot read the run's recipe: {exc}") from None
-    recipe = validate_recipe(data if isinstance(data, dict) else {}, registry, str(source))
+    recipe = validate_recipe(read_resolved(source), registry, str(source))
     notes = [f"the run's pin drifted: {d}" for d in find_drift(recipe, registry)
              if d.component_changed]
 

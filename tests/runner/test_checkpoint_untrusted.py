@@ -226,3 +226,10 @@ def test_tensors_that_do_not_match_the_model_are_listed(
     assert str(run / CHECKPOINT) in out
     for text in expected:
         assert text in out, (text, out)
+
+
+def test_an_alias_bomb_as_the_runs_resolved_recipe_is_refused_by_every_command(capsys, run):
+    from tests.config.test_yaml_bounds import billion_laughs
+
+    (run / "recipe.resolved.yaml").write_text(billion_laughs())
+    _refused_by_all(capsys, run, "recipe.resolved.yaml", "expand")
