@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from llm_gym.errors import UserError
-from llm_gym.fileio import atomic_output
+from llm_gym.fileio import atomic_output, describe_file_type
 from llm_gym.recipes.resolved import (
     RESOLVED_FILE,
     segment_file_name,
@@ -73,16 +73,7 @@ def _misfits(path: Path, kind: str) -> list[str]:
     if stat.S_ISLNK(mode):
         return [f"{path} is a symbolic link (to {os.readlink(path)}), not a {kind}"]
     ok = stat.S_ISREG(mode) if kind == "file" else stat.S_ISDIR(mode)
-    return [] if ok else [f"{path} is {_describe(mode)}, not a {kind}"]
-
-
-def _describe(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file"),
-                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "a special file"
+    return [] if ok else [f"{path} is {describe_file_type(mode)}, not a {kind}"]
 
 
 # -- the default name -------------------------------------------------------------------

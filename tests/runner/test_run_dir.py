@@ -64,7 +64,7 @@ def test_a_metrics_file_of_another_kind_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     os.mkfifo(run_dir / "metrics.jsonl")
-    with pytest.raises(UserError, match=r"run/metrics.jsonl is a named pipe, not a file"):
+    with pytest.raises(UserError, match=r"run/metrics.jsonl is a FIFO \(named pipe\), not a file"):
         run_recipe("gpt2-debug", SHORT, run_dir=run_dir)
 
 
