@@ -9,7 +9,12 @@ from typing import Any
 
 import click
 
+from llm_gym.cli.params import BoundedInt, FiniteFloat
+
 _ON_BAD_LINE = click.Choice(["fail", "skip"])
+# Kept in step with llm_gym.data.sources.FORMATS (not imported: --help imports no data code).
+_FORMATS = ("auto", "jsonl", "jsonl.gz", "jsonl.zst", "parquet", "arrow", "hf-disk")
+_MAX_WORKERS = 1024
 
 
 @click.group()
@@ -28,13 +33,18 @@ def _named_as_flags() -> Iterator[None]:
         raise e.with_skip_hint(CLI_SKIP_HINT) from None
 
 
-def _print_skipped(source: Path, bad_lines: Sequence[Any], total: int) -> None:
+def _print_skipped(bad_lines: Sequence[tuple[str, str]], total: int) -> None:
+    """``bad_lines``: (where, reason) of the first skipped, ``total`` of them all."""
     from llm_gym.cli.output import err
 
-    for line_no, reason in bad_lines:
-        err.print(f"skipped {source}:{line_no}: {reason}", markup=False)
+    for where, reason in bad_lines:
+        err.print(f"skipped {where}: {reason}", markup=False)
     if total > len(bad_lines):
-        err.print(f"skipped {total - len(bad_lines)} more bad lines of {source}", markup=False)
+        err.print(f"skipped {total - len(bad_lines)} more bad lines", markup=False)
+
+
+def _at_lines(source: Path, bad_lines: Sequence[Any]) -> list[tuple[str, str]]:
+    return [(f"{source}:{line_no}", reason) for line_no, reason in bad_lines]
 
 
 @tools.command()
@@ -56,7 +66,7 @@ def run_index(source: Path, *, out: Path | None, validate: bool, on_bad_line: st
     with _named_as_flags():
         summary = build_line_index(source, out, validate=validate, on_bad_line=on_bad_line,
                                    progress=err.is_terminal)
-    _print_skipped(source, summary.bad_lines, summary.bad_count)
+    _print_skipped(_at_lines(source, summary.bad_lines), summary.bad_count)
     console.print(
         f"indexed {summary.lines} lines of {source} ({summary.empty_lines} empty skipped, "
         f"{summary.bytes / 1e6:.1f} MB in {summary.seconds:.2f}s) -> {summary.path}",
@@ -65,31 +75,82 @@ def run_index(source: Path, *, out: Path | None, validate: bool, on_bad_line: st
 
 
 @tools.command()
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
 @click.option("--tokenizer", "tokenizer_spec", required=True,
               help="A tokenizer.json file, or a tokenizer type_hint (see `components list "
               "tokenizer`).")
 @click.option("--tokenizer-option", "tokenizer_options", multiple=True, metavar="KEY=VALUE",
               help="Config of a tokenizer given by type_hint; repeatable.")
 @click.option("--out", "out_prefix", required=True, type=click.Path(path_type=Path),
-              help="Output prefix: writes PREFIX.bin and PREFIX.idx.")
-@click.option("--field", default="text", show_default=True, help="JSON key (or dotted path).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Output prefix: writes PREFIX.bin and PREFIX.idx (with --shard-tokens: a"
+              " directory of shards).")
+@click.option("--format", "input_format", type=click.Choice(_FORMATS), default="auto",
+              show_default=True, help="Format of the inputs; auto: by file name.")
+@click.option("--field", default="text", show_default=True,
+              help="JSON key (or dotted path), or the text column of a table.")
+@click.option("--workers", type=BoundedInt(1, _MAX_WORKERS), default=1, show_default=True,
               help="Tokenizer processes; the output is identical for any number.")
 @click.option("--on-bad-line", type=_ON_BAD_LINE, default="fail", show_default=True,
-              help="Stop at a bad line, or leave bad lines out (listed).")
-def pack(source: Path, tokenizer_spec: str, tokenizer_options: tuple[str, ...],
-         out_prefix: Path, field: str, workers: int, on_bad_line: str) -> None:
-    """Tokenize a JSONL file into a packed token file with a document index."""
-    from llm_gym.cli.output import err, out
-    from llm_gym.data.pack import pack_jsonl
+              help="Stop at a bad line or row, or leave bad ones out (listed).")
+@click.option("--shard-tokens", type=BoundedInt(1, 2**62), default=None,
+              help="Write shards of about this many tokens and a manifest into --out.")
+@click.option("--num-jobs", type=BoundedInt(1, 99_999), default=1, show_default=True,
+              help="With --shard-tokens: the inputs are split among this many jobs...")
+@click.option("--job-index", type=BoundedInt(0, 99_998), default=0, show_default=True,
+              help="...and this job packs share JOB_INDEX (0-based), e.g."
+              " $SLURM_ARRAY_TASK_ID.")
+def pack(inputs: tuple[str, ...], tokenizer_spec: str, tokenizer_options: tuple[str, ...],
+         out_prefix: Path, input_format: str, field: str, workers: int, on_bad_line: str,
+         shard_tokens: int | None, num_jobs: int, job_index: int) -> None:
+    """Tokenize documents into a packed token file with a document index.
 
+    INPUTS are files (JSONL, .jsonl.gz, .jsonl.zst, .parquet, .arrow), directories
+    (searched for such files, or a Hugging Face save_to_disk directory) and globs, read in
+    the order given, each one's files sorted by path.
+    """
+    from llm_gym.cli.output import err, out
+    from llm_gym.data.pack import pack_files
+    from llm_gym.data.sources import expand_inputs
+    from llm_gym.errors import UserError
+
+    if shard_tokens is None and (num_jobs != 1 or job_index != 0):
+        raise UserError("--num-jobs and --job-index split a sharded pack: add --shard-tokens N")
+    files = expand_inputs(list(inputs), input_format)
     tokenizer = build_tokenizer(tokenizer_spec, tokenizer_options)
+    options = dict(field=field, workers=workers, progress=err.is_terminal,
+                   on_bad_line=on_bad_line)
     with _named_as_flags():
-        summary = pack_jsonl(source, tokenizer, out_prefix, field=field, workers=workers,
-                             progress=err.is_terminal, on_bad_line=on_bad_line)
-    _print_skipped(source, summary.bad_lines, summary.n_bad_lines)
+        if shard_tokens is None:
+            summary = pack_files(files, tokenizer, out_prefix, **options)
+        else:
+            from llm_gym.data.shard_pack import job_share, pack_shards
+
+            start, stop = job_share(len(files), num_jobs, job_index)
+            if num_jobs > 1:
+                share = (f"inputs {start + 1}..{stop}" if stop > start
+                         else "no input (fewer inputs than jobs)")
+                err.print(f"job {job_index} of {num_jobs}: {share} of {len(files)}",
+                          markup=False)
+            summary = pack_shards(files, tokenizer, out_prefix, shard_tokens=shard_tokens,
+                                  num_jobs=num_jobs, job_index=job_index, **options)
+    if len(files) > 1 or num_jobs > 1:
+        for i, f in enumerate(files):
+            err.print(f"input {i + 1}: {f.path} ({f.format})", markup=False)
+    _print_skipped(summary.bad_lines, summary.n_bad_lines)
     out.print(f"packed {summary}", markup=False)
+
+
+@tools.command("pack-merge")
+@click.argument("directory", type=click.Path(path_type=Path))
+def pack_merge(directory: Path) -> None:
+    """Check every job's shards (SHA-256, tokenizer) and write DIRECTORY/manifest.json."""
+    from llm_gym.cli.output import out
+    from llm_gym.data.shard_manifest import MANIFEST_NAME, merge_jobs
+
+    merged = merge_jobs(directory)
+    out.print(f"merged {merged.num_jobs} jobs: {len(merged.shards)} shards, {merged.n_docs}"
+              f" documents, {merged.n_tokens} tokens -> {directory / MANIFEST_NAME}",
+              markup=False)
 
 
 def build_tokenizer(spec: str, options: tuple[str, ...] = ()):  # noqa: ANN201
@@ -165,7 +226,7 @@ def tokenizer_options(
 
 @tools.command("demo-corpus")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--target-mb", type=click.FloatRange(min=0.01), default=8.0, show_default=True)
+@click.option("--target-mb", type=FiniteFloat(min=0.01, max=1e6), default=8.0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def demo_corpus(out: Path, target_mb: float, force: bool) -> None:
     """Write English prose from installed Python docstrings as JSONL (no download)."""
@@ -188,7 +249,7 @@ def tokenizer() -> None:
 
 @tokenizer.command("train")
 @click.argument("corpus", type=click.Path(path_type=Path))
-@click.option("--vocab-size", type=click.IntRange(min=257), required=True)
+@click.option("--vocab-size", type=BoundedInt(257, 2**32), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="tokenizer.json to write")
 @click.option("--field", default="text", show_default=True)
@@ -213,5 +274,5 @@ def train_tokenizer(corpus: Path, vocab_size: int, out: Path, field: str,
     with _named_as_flags():
         path = train_bpe_tokenizer(corpus, vocab_size, out, field=field,
                                    on_bad_line=on_bad_line, on_skip=on_skip)
-    _print_skipped(corpus, skipped, count)
+    _print_skipped(_at_lines(corpus, skipped), count)
     console.print(f"wrote {path}", markup=False)

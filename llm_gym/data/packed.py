@@ -265,8 +265,16 @@ class PackedTokens:
 
     @classmethod
     def open(cls, prefix: str | Path) -> PackedTokens:
-        """Open ``PREFIX.bin`` + ``PREFIX.idx``, checking headers, sizes and that they pair."""
+        """Open ``PREFIX.bin`` + ``PREFIX.idx``, checking headers, sizes and that they pair.
+
+        A shard manifest (``.json``) or a directory of shards (``tools pack
+        --shard-tokens``) opens as a ``ShardedPack``, which reads like one pack.
+        """
         bin_path, idx_path = pack_paths(prefix)
+        if not bin_path.exists() and (Path(prefix).is_dir() or str(prefix).endswith(".json")):
+            from llm_gym.data.sharded_pack import ShardedPack  # it builds on this module
+
+            return ShardedPack.open(prefix)  # type: ignore[return-value]
         h = PackedHeader.read(bin_path, MAGIC_BIN)
         hi = PackedHeader.read(idx_path, MAGIC_IDX)
         _check_size(bin_path, h.n_tokens, h.itemsize, "tokens")

@@ -97,7 +97,8 @@ def parquet_batches(path: Path, field: str, batch_docs: int,
         except (pa.ArrowException, OSError) as e:
             raise UserError(f"{path}: row group {group} (rows {row}..{row + meta.num_rows - 1})"
                             f" cannot be read: {e}") from None
-        yield from _batches_of_column(column, row, meta.total_compressed_size, binary=binary,
+        stored = sum(meta.column(c).total_compressed_size for c in range(meta.num_columns))
+        yield from _batches_of_column(column, row, stored, binary=binary,
                                       path=path, field=field, batch_docs=batch_docs,
                                       on_bad_line=on_bad_line, pc=pc)
         row += meta.num_rows
