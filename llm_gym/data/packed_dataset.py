@@ -16,6 +16,11 @@ remainder being dropped: ranks are disjoint and equally long, and the k-th batch
 ranks together hold the blocks of one process's k-th batch of ``world_size`` times the
 size. The position (epoch, index in the rank's share) is the whole state: the same on
 every rank, and restoring it resumes exactly.
+
+For a mixture (``llm_gym.data.indexed``), the dataset also numbers the split's samples
+globally, whatever the rank: sample ``j`` is block ``j % n_blocks`` of epoch
+``j // n_blocks``'s order, every block of the split (no remainder dropped), so a mixture
+can stride its own sequence across ranks.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class PackedMemMapDataset:
             )
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
+        self._epoch_orders: dict[int, np.ndarray] = {}  # the last epochs' full orders
         self._window = np.arange(seq_len + 1, dtype=np.int64)
         self._tokens, self._span = self.packed.tokens, seq_len + 1
 
@@ -99,10 +105,7 @@ class PackedMemMapDataset:
     def blocks_for_epoch(self, epoch: int) -> np.ndarray:
         """This rank's block indices (into the whole file) for ``epoch``, in visiting order."""
         if epoch != self._order_epoch:
-            if self.shuffle:
-                order = np.random.default_rng([self.seed, epoch]).permutation(self.n_blocks)
-            else:
-                order = np.arange(self.n_blocks, dtype=np.int64)
+            order = self._visiting_order(epoch)
             # Ranks take every world_size-th block of the epoch's order, so the k-th batch
             # of all ranks together holds the same blocks as the k-th batch of one rank
             # with world_size times the batch: the loss does not depend on the world size.
@@ -110,6 +113,45 @@ class PackedMemMapDataset:
             self._order = order[self.rank : stop : self.world_size] + self.first_block
             self._order_epoch = epoch
         return self._order
+
+    def _visiting_order(self, epoch: int) -> np.ndarray:
+        """All the split's blocks (0-based within the split) in ``epoch``'s visiting order."""
+        if self.shuffle:
+            return np.random.default_rng([self.seed, epoch]).permutation(self.n_blocks)
+        return np.arange(self.n_blocks, dtype=np.int64)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """``_visiting_order``, kept for the global reads (a mixture asks every batch)."""
+        order = self._epoch_orders.get(epoch)
+        if order is None:
+            order = self._visiting_order(epoch)
+            # Two epochs: a batch that straddles a boundary asks for both, then moves on.
+            self._epoch_orders = {e: o for e, o in self._epoch_orders.items() if e == epoch - 1}
+            self._epoch_orders[epoch] = order
+        return order
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Blocks of the split in one epoch, all ranks together (``IndexedSamples``)."""
+        return self.n_blocks
+
+    def sample_tokens(self, samples: np.ndarray) -> np.ndarray:
+        """Global samples ``samples`` as ``[len, seq_len + 1]`` tokens of the pack's dtype
+        (``IndexedSamples``): sample ``j`` is block ``j % n_blocks`` of epoch
+        ``j // n_blocks``, independent of this dataset's rank and position."""
+        epochs, positions = np.divmod(np.asarray(samples, dtype=np.int64), self.n_blocks)
+        if len(epochs) == 0:
+            return self._tokens[:0].reshape(0, self._span)
+        first, last = int(epochs.min()), int(epochs.max())
+        if first == last:
+            blocks = self._epoch_order(first)[positions]
+        else:
+            blocks = np.empty_like(positions)
+            for epoch in range(first, last + 1):
+                here = epochs == epoch
+                blocks[here] = self._epoch_order(epoch)[positions[here]]
+        idx = (blocks + self.first_block)[:, None] * self.seq_len + self._window
+        return self._tokens[idx]
 
     def read_block(self, block: int) -> torch.Tensor:
         """Block ``block`` of the file as a ``[seq_len + 1]`` int64 tensor."""

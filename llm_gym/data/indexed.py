@@ -1,0 +1,46 @@
+"""What a dataset offers to be mixed: its samples by global, world-size-independent index.
+
+A rank-sharded dataset hands out "my next batch"; a mixture needs more, because it decides
+which source each sample of its own sequence comes from and must know, at any cursor,
+where every source stands. So a mixable source numbers its samples globally: sample ``j``
+is the block at position ``j % samples_per_epoch`` of epoch ``j // samples_per_epoch``'s
+visiting order, the same for every rank and any world size. The source keeps no position
+of its own; the mixture's cursor is the whole state.
+
+``sample_tokens`` returns the blocks as one integer array rather than int64 tensors so
+that a mixture writes each source's blocks straight into its own int64 batch, in one
+pass, instead of widening them first and copying them again.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class IndexedSamples(Protocol):
+    """A source of ``[seq_len + 1]``-token blocks, addressed by global sample index."""
+
+    seq_len: int
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Blocks in one epoch (all ranks together); always >= 1."""
+        ...
+
+    def sample_tokens(self, samples: np.ndarray) -> np.ndarray:
+        """The blocks of global samples ``samples`` (int64, >= 0, any epoch) as an
+        integer array ``[len(samples), seq_len + 1]`` of token ids, in that order."""
+        ...
+
+
+class DataExhausted(Exception):  # noqa: N818 -- it is a signal, not an error
+    """The data ran out and the recipe said to stop there (``on_exhausted: stop``).
+
+    Raised by ``next_batch`` before any sample of the batch is taken, so the dataset's
+    position (and its ``state_dict``) is still that after the last full batch. Every rank
+    raises it at the same batch: the check covers the whole world's share of that batch.
+    The trainer ends the run cleanly on it, as at ``max_steps``.
+    """

@@ -1,0 +1,242 @@
+"""A weighted mixture of datasets: one global sequence of samples drawn from several sources.
+
+Which source: the mixture's global sequence is cut into chunks of ``CHUNK`` samples.
+Every chunk holds the same number of samples of each source, ``chunk_counts``, the
+weights' shares of ``CHUNK`` rounded by largest remainder, in an order shuffled by
+``default_rng([seed, chunk])``. So the source of global sample ``k`` is a pure function of
+(seed, weights, k), and so is every source's position at any cursor: source ``i`` has
+given ``chunk * chunk_counts[i]`` samples before a chunk starts, plus those it gave
+earlier in the chunk. The ``n``-th sample a source gives is its own global sample ``n``
+(``llm_gym.data.indexed``): its epoch ``n // samples_per_epoch``, shuffled its own way.
+
+Weights are proportions of tokens. Every source yields blocks of the same ``seq_len``
+(the trainer's), so a share of samples is the same share of tokens; rounding to
+``CHUNK`` keeps the realised share within ``0.5 / CHUNK`` of the weight.
+
+Ranks: rank ``r`` of ``world_size`` takes global samples ``r, r + world_size, ...``, so the
+k-th batches of all ranks together hold the samples one process would take in its k-th
+batch of ``world_size`` times the size: 1 and 2 processes train on the same samples.
+
+When a source runs out (``on_exhausted``): ``cycle`` lets it start its next epoch, in a new
+order; ``stop`` ends the mixture before the first batch that would need a sample past any
+source's first epoch: ``next_batch`` raises ``DataExhausted`` and takes nothing.
+
+State (``state_dict``): plain ints, as a checkpoint's ``rank{r}.pt`` holds them. The
+global cursor (samples taken by all ranks) is the position; each source's position is
+saved beside it for the record (and checked); seed, world size, seq_len, the per-chunk
+counts and every source's samples per epoch must match to resume, and a mismatch is
+refused naming the field.
+
+Accounting (``consumed_tokens``): ``{label: tokens}``, the tokens (``seq_len`` per sample,
+the targets the loss sees, as the metrics' ``tokens`` counts them) taken from each source
+by all ranks together since the start of the run, at the current cursor or at a saved
+state's (a feed that reads ahead passes the state of the batch the loop consumed). Labels
+are given by the caller, e.g. ``"0:PackedTokens:data/web"``; their sum is the run's tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from llm_gym.data.indexed import DataExhausted, IndexedSamples
+from llm_gym.errors import UserError
+
+OnExhausted = Literal["cycle", "stop"]
+CHUNK = 4096  # samples per shuffled chunk: weights resolve to 1/4096 of the samples
+
+
+def chunk_counts(weights: Sequence[float], chunk: int = CHUNK) -> list[int]:
+    """Each weight's share of ``chunk`` samples, by largest remainder (ties: the earlier)."""
+    total = math.fsum(weights)
+    quotas = [w / total * chunk for w in weights]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(quotas)), key=lambda i: (counts[i] - quotas[i], i))
+    for i in by_remainder[: chunk - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+class MixtureDataset:
+    """Batches of ``[batch_size, seq_len + 1]`` int64 tokens from weighted ``sources``."""
+
+    def __init__(
+        self,
+        sources: Sequence[Any],
+        weights: Sequence[float],
+        *,
+        labels: Sequence[str] | None = None,
+        seed: int = 0,
+        on_exhausted: OnExhausted = "cycle",
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        labels = list(labels) if labels is not None else [str(i) for i in range(len(sources))]
+        if not sources or len(labels) != len(sources):
+            raise UserError(f"a mixture needs one label per source and at least one source, "
+                            f"got {len(sources)} sources and {len(labels)} labels")
+        _check_weights(weights, len(sources))
+        for i, source in enumerate(sources):
+            _check_source(source, f"sources[{i}] ({labels[i]})")
+        seq_lens = {source.seq_len for source in sources}
+        if len(seq_lens) > 1:
+            each = (f"{label}: {s.seq_len}" for label, s in zip(labels, sources, strict=True))
+            raise UserError(f"a mixture's sources must share seq_len; got {', '.join(each)}")
+        if on_exhausted not in ("cycle", "stop"):
+            raise UserError(f"on_exhausted must be 'cycle' or 'stop', got {on_exhausted!r}")
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} outside world_size {world_size}")
+        if seed < 0:
+            raise UserError(f"seed must be >= 0, got {seed}")
+        counts = chunk_counts(weights)
+        too_small = [labels[i] for i, c in enumerate(counts) if c == 0]
+        if too_small:
+            raise UserError(
+                f"weights: {', '.join(too_small)} would get no sample: a weight must be at "
+                f"least 1/{CHUNK} of their sum ({math.fsum(weights) / CHUNK:.3g})"
+            )
+        self.sources, self.labels = list(sources), labels
+        self.seq_len = seq_lens.pop()
+        self.seed, self.on_exhausted = seed, on_exhausted
+        self.rank, self.world_size = rank, world_size
+        self.chunk_counts = np.array(counts, dtype=np.int64)
+        self.source_samples = np.array([s.samples_per_epoch for s in sources], dtype=np.int64)
+        self.cursor = 0  # global samples taken, all ranks together
+        self._chunks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(source of each sample, its index among that source's samples in the chunk)``."""
+        found = self._chunks.get(chunk)
+        if found is None:
+            which = np.repeat(np.arange(len(self.sources)), self.chunk_counts)
+            np.random.default_rng([self.seed, chunk]).shuffle(which)
+            nth = np.empty(CHUNK, dtype=np.int64)
+            for i in range(len(self.sources)):
+                nth[which == i] = np.arange(self.chunk_counts[i])
+            # Two chunks: a batch straddles at most a boundary, then moves on.
+            self._chunks = {c: v for c, v in self._chunks.items() if c == chunk - 1}
+            found = self._chunks[chunk] = (which, nth)
+        return found
+
+    def positions_at(self, cursor: int) -> np.ndarray:
+        """Samples each source has given before global sample ``cursor``."""
+        chunk, offset = divmod(cursor, CHUNK)
+        within = np.bincount(self._chunk(chunk)[0][:offset], minlength=len(self.sources))
+        return chunk * self.chunk_counts + within
+
+    def locate(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For global mixture samples: the source of each, and its global sample there."""
+        chunks, offsets = np.divmod(samples, CHUNK)
+        first, last = int(chunks[0]), int(chunks[-1])  # samples ascend
+        which = np.empty_like(samples)
+        nth = np.empty_like(samples)
+        for chunk in range(first, last + 1):
+            here = slice(None) if first == last else chunks == chunk
+            chunk_which, chunk_nth = self._chunk(chunk)
+            which[here] = chunk_which[offsets[here]]
+            nth[here] = chunk * self.chunk_counts[which[here]] + chunk_nth[offsets[here]]
+        return which, nth
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        """This rank's share of the next ``batch_size * world_size`` global samples."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        end = self.cursor + batch_size * self.world_size
+        if self.on_exhausted == "stop":
+            # The whole world's window, so every rank stops at the same batch.
+            self._refuse_exhausted(end)
+        samples = self.cursor + self.rank + self.world_size * np.arange(batch_size)
+        which, nth = self.locate(samples)
+        batch = np.empty((batch_size, self.seq_len + 1), dtype=np.int64)
+        for i, source in enumerate(self.sources):
+            rows = np.flatnonzero(which == i)
+            if len(rows):
+                batch[rows] = source.sample_tokens(nth[rows])
+        self.cursor = end
+        return torch.from_numpy(batch)
+
+    def _refuse_exhausted(self, end: int) -> None:
+        used = self.positions_at(end)
+        over = np.flatnonzero(used > self.source_samples)
+        if len(over):
+            i = int(over[0])
+            raise DataExhausted(
+                f"mixture source {self.labels[i]} ran out after its {self.source_samples[i]} "
+                f"samples of one epoch, at global sample {self.cursor} (on_exhausted: stop)"
+            )
+
+    def consumed_tokens(self, state: dict[str, Any] | None = None) -> dict[str, int]:
+        """Tokens taken from each source by all ranks, at the current position or ``state``'s."""
+        cursor = self.cursor if state is None else int(state["cursor"])
+        taken = zip(self.labels, self.positions_at(cursor), strict=True)
+        return {label: int(n) * self.seq_len for label, n in taken}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain ints (and lists of them): the cursor, and what must match to resume."""
+        return {
+            "cursor": self.cursor,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "seq_len": self.seq_len,
+            "chunk_counts": [int(c) for c in self.chunk_counts],
+            "source_samples": [int(n) for n in self.source_samples],
+            "positions": [int(p) for p in self.positions_at(self.cursor)],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state``; refuses one saved by a differently made mixture."""
+        why = {
+            "seed": "the order of sources would differ",
+            "world_size": "ranks would take other samples",
+            "seq_len": "samples would be other blocks",
+            "chunk_counts": "the weights (samples of each source per 4096) differ",
+            "source_samples": "a source holds another number of samples per epoch",
+        }
+        mine = self.state_dict()
+        for key, reason in why.items():
+            if key in state and _plain(state[key]) != mine[key]:
+                raise UserError(
+                    f"mixture: checkpointed data position has {key}={_plain(state[key])}, this "
+                    f"run has {mine[key]}: {reason}; resuming would repeat or skip samples"
+                )
+        cursor = state.get("cursor")
+        if not isinstance(cursor, int) or cursor < 0 or cursor % self.world_size:
+            raise UserError(f"mixture: checkpointed data position cursor={cursor!r} is not a "
+                            f"multiple of world_size {self.world_size} at or above 0")
+        positions = [int(p) for p in self.positions_at(cursor)]
+        if "positions" in state and _plain(state["positions"]) != positions:
+            raise UserError(f"mixture: checkpointed data position has positions="
+                            f"{_plain(state['positions'])}, but cursor={cursor} means "
+                            f"{positions}; the state is inconsistent")
+        self.cursor = cursor
+
+
+def _plain(value: Any) -> Any:
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _check_weights(weights: Sequence[float], n_sources: int) -> None:
+    if len(weights) != n_sources:
+        raise UserError(f"weights: {len(weights)} given for {n_sources} sources; give one "
+                        "weight per source")
+    for i, w in enumerate(weights):
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
+            raise UserError(f"weights[{i}]: must be a finite number above 0, got {w!r}")
+
+
+def _check_source(source: Any, where: str) -> None:
+    if isinstance(source, MixtureDataset):
+        raise UserError(f"{where}: a Mixture cannot be a source of another Mixture; list "
+                        "its sources in this one, with their weights multiplied")
+    if not isinstance(source, IndexedSamples):
+        raise UserError(
+            f"{where}: a {type(source).__name__} cannot be mixed: a mixture source numbers "
+            "its samples globally (samples_per_epoch and sample_tokens, see "
+            "llm_gym.data.indexed), as PackedTokens and DemoCorpus do"
+        )
+    if source.samples_per_epoch < 1:
+        raise UserError(f"{where}: has no sample of seq_len + 1 tokens")
