@@ -19,7 +19,9 @@ from llm_gym.registry import ComponentConfig, component
 class PackedTokensConfig(ComponentConfig):
     """Blocks of seq_len + 1 tokens from PREFIX.bin/.idx, shuffled per epoch, sharded by rank."""
 
-    path: str = Field(description="prefix given to `llm_gym tools pack --out`")
+    path: str = Field(description="what `llm_gym tools pack --out` wrote: a pack's prefix (of"
+                      " PREFIX.bin/.idx), or a directory of shards (--shard-tokens) or its"
+                      " manifest.json")
     split: Literal["train", "val"] = Field("train", description="which part of the blocks")
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0,
                                 description="last fraction of blocks kept for validation")
@@ -50,14 +52,16 @@ def check_pack(path: str, split: str, val_fraction: float, trainer: Any,
         if file.exists() and not file.is_file():
             yield f"path: {file} is not a regular file"
             return
+    hint = ""
     if path.endswith((".bin", ".idx")):
         hint = f"; path is the prefix, without .bin/.idx: path: {path[:-4]}"
     elif Path(path).is_dir():
-        hint = f"; {path} is a directory: path is the PREFIX of PREFIX.bin and PREFIX.idx"
-    else:
-        hint = ""
-    if not hint and not pack_paths(path)[0].exists():
-        hint = f" (make it with `llm_gym tools pack CORPUS.jsonl --out {path} ...`)"
+        if not (Path(path) / "manifest.json").exists():
+            hint = (f"; {path} is a directory: path is the PREFIX of PREFIX.bin and PREFIX.idx,"
+                    " or a directory of shards that holds a manifest.json")
+    elif not path.endswith(".json"):
+        if not pack_paths(path)[0].exists():
+            hint = f" (make it with `llm_gym tools pack CORPUS.jsonl --out {path} ...`)"
     try:
         packed = PackedTokens.open(path)
     except UserError as exc:

@@ -114,11 +114,12 @@ def manifest_path_of(path: str | Path) -> Path:
 class ShardedPack:
     """The shards a manifest lists, opened as one pack."""
 
-    def __init__(self, path: Path, manifest: Manifest, shards: list[PackedTokens]) -> None:
+    def __init__(self, path: Path, manifest_path: Path, manifest: Manifest,
+                 shards: list[PackedTokens]) -> None:
         self.prefix = self.path = path
-        self.manifest, self.shards = manifest, shards
+        self.manifest_path, self.manifest, self.shards = manifest_path, manifest, shards
         # Messages name the manifest where a single pack names its .bin.
-        self.bin_path = self.idx_path = path
+        self.bin_path = self.idx_path = manifest_path
         dtype = shards[0].tokens.dtype if shards else np.dtype("<u2")
         self.tokens = ShardedTokens([s.tokens for s in shards], dtype)
 
@@ -136,7 +137,7 @@ class ShardedPack:
         for entry in manifest.shards:
             check_shard(manifest_path.parent, entry, manifest, manifest_path, hashes=False)
             shards.append(PackedTokens.open(manifest_path.parent / entry.prefix))
-        return cls(Path(path), manifest, shards)
+        return cls(Path(path), manifest_path, manifest, shards)
 
     def __reduce__(self):
         return (ShardedPack.open, (self.path,))
@@ -170,7 +171,7 @@ class ShardedPack:
 
     def verify(self) -> None:
         """Every shard's bytes hash to the manifest's SHA-256, and its content digest holds."""
-        manifest_path = manifest_path_of(self.path)
+        where = self.manifest_path
         for entry, shard in zip(self.manifest.shards, self.shards, strict=True):
-            check_shard(manifest_path.parent, entry, self.manifest, manifest_path, hashes=True)
+            check_shard(where.parent, entry, self.manifest, where, hashes=True)
             shard.verify()

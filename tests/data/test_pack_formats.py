@@ -95,7 +95,7 @@ def test_inputs_expand_in_argument_order_each_sorted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["nothing-*.jsonl"], "the pattern matches no file"),
-    (["b"], "the directory holds no data file"),
+    (["b"], "is a directory with no data file in it"),
     (["a.jsonl", "./a.jsonl"], "named twice among the inputs"),
     (["missing.jsonl"], "no such file"),
     (["a.jsonl", "--format=hf-disk"], "names a save_to_disk directory, not a file"),

@@ -107,8 +107,8 @@ def _directory_files(path: Path, fmt: str, arg: str) -> list[InputFile]:
             if not name.startswith(".") and name.lower().endswith(wanted):
                 found.append(Path(root) / name)
     if not found:
-        raise UserError(f"{arg}: the directory holds no {'data' if fmt == 'auto' else fmt}"
-                        f" file ({', '.join(wanted)})")
+        raise UserError(f"{arg}: is a directory with no {'data' if fmt == 'auto' else fmt}"
+                        f" file in it (searched for {', '.join(wanted)})")
     found.sort(key=str)
     return [InputFile(p, format_of(p) if fmt == "auto" else fmt) for p in found]
 
