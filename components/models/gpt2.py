@@ -86,8 +86,18 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+# Bytes of the fp32 statistics and int64 ids that a forward saves, whatever the dtype.
+_F32 = 4
+_INDEX = 8
+
+
 class GPT2(nn.Module):
-    """GPT-2 language model: ``forward(input_ids[B, T]) -> logits[B, T, vocab_size]``."""
+    """GPT-2 language model: ``forward(input_ids[B, T]) -> logits[B, T, vocab_size]``.
+
+    Satisfies ``llm_gym.model_contract.LanguageModel``.
+    """
+
+    vocab_size: int
 
     def __init__(
         self,
@@ -110,6 +120,7 @@ class GPT2(nn.Module):
         self.n_embd = n_embd
         self.n_layer = n_layer
         self.n_head = n_head
+        self.dropout = dropout
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(vocab_size, n_embd),
@@ -130,6 +141,10 @@ class GPT2(nn.Module):
     def blocks(self) -> list[nn.Module]:
         """The transformer blocks, in order: the units for FSDP and activation checkpointing."""
         return list(self.transformer.h)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.n_positions
 
     def init_weights(self) -> None:
         """(Re-)apply GPT-2's initialisation in place; a no-op on the meta device.
@@ -193,6 +208,30 @@ class GPT2(nn.Module):
         head_dim = self.n_embd // self.n_head
         attention = 12 * self.n_layer * self.n_head * head_dim * seq_len
         return 6 * self.num_params(exclude_position_embeddings=True) + attention
+
+    def block_activation_bytes(self, dtype: torch.dtype, *, checkpointed: bool) -> int:
+        """Bytes one block saves for backward per token, computing in ``dtype``.
+
+        Checkpointed, only its input. Otherwise 16 x n_embd values in ``dtype`` (the block
+        input and the residual after attention, which the LayerNorms keep; both LayerNorm
+        outputs, the inputs of c_attn and c_fc; q, k, v; the attention output, of which
+        c_proj's input is a view; the 4x-wide MLP hidden before and after GELU), the fp32
+        mean and rstd of both LayerNorms and the fp32 log-sum-exp per head of fused
+        attention, which saves no T x T matrix. Dropout adds a 1-byte mask per element of
+        both residual branches. (Checked against ``saved_tensors_hooks``, tests/planning.)
+        """
+        b = dtype.itemsize
+        if checkpointed:
+            return self.n_embd * b
+        per_token = 16 * self.n_embd * b + 4 * _F32 + self.n_head * _F32
+        return per_token + (2 * self.n_embd if self.dropout > 0 else 0)
+
+    def root_activation_bytes(self, dtype: torch.dtype) -> int:
+        """Bytes per token the layers outside the blocks save: the token id, the final
+        LayerNorm's input, output (the head's input) and fp32 statistics, and the
+        embedding dropout's mask."""
+        per_token = 2 * self.n_embd * dtype.itemsize + 2 * _F32 + _INDEX
+        return per_token + (self.n_embd if self.dropout > 0 else 0)
 
     @torch.no_grad()
     def generate(

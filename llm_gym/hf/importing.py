@@ -33,6 +33,7 @@ from llm_gym.hf.adapter import component_for_model_type
 from llm_gym.hf.directory_output import directory_output, existing_entries
 from llm_gym.hf.files import CONFIG, read_config, write_model_dir
 from llm_gym.hf.tokenizer_files import TOKENIZER_FILES
+from llm_gym.model_contract import LanguageModel, as_language_model
 from llm_gym.recipes.loading import check_dependencies, load_recipe
 from llm_gym.recipes.pins import current_pins
 from llm_gym.recipes.resolved import RESOLVED_FILE
@@ -83,8 +84,10 @@ def import_hf(
         staged_hf, final_hf = output.path / HF_SUBDIR, output.target / HF_SUBDIR
         # Built through the component itself: the weights are checked exactly as training
         # will load them, then written back as safetensors with the source's token ids.
-        model = registry.build_component_by_key_query("model", spec.name, {"path": source})
-        eos_id = _token_id(config, "eos_token_id", getattr(model, "vocab_size", None), source)
+        model = as_language_model(
+            registry.build_component_by_key_query("model", spec.name, {"path": source}),
+            spec.name)
+        eos_id = _token_id(config, "eos_token_id", model.vocab_size, source)
         out_config, tensors = adapter.to_hf(model, eod_id=eos_id)
         write_model_dir(staged_hf, out_config, tensors)
         for name in TOKENIZER_FILES:  # plain data; anything else (code above all) stays behind
@@ -147,16 +150,16 @@ def _relocated(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def _check_fit(model: Any, recipe: Any, registry: ResolverRegistry, new_tokenizer: bool) -> None:
+def _check_fit(model: LanguageModel, recipe: Any, registry: ResolverRegistry,
+               new_tokenizer: bool) -> None:
     """Fail now on what would otherwise fail in the first training step."""
-    n_positions = getattr(model, "n_positions", None)
-    seq_len = getattr(getattr(recipe, "trainer", None), "seq_len", None)
-    if n_positions is not None and seq_len is not None and seq_len > n_positions:
-        raise UserError(f"trainer.seq_len={seq_len} exceeds the model's n_positions="
-                        f"{n_positions}; pass trainer.seq_len={n_positions} (or less)")
-    vocab_size = getattr(model, "vocab_size", None)
-    if new_tokenizer and vocab_size is not None:
+    seq_len = recipe.trainer.seq_len
+    if seq_len > model.max_seq_len:
+        raise UserError(f"trainer.seq_len={seq_len} exceeds the model's longest sequence "
+                        f"({model.max_seq_len}); pass trainer.seq_len={model.max_seq_len} "
+                        "(or less)")
+    if new_tokenizer:
         tokenizer = registry.build_component_by_config(recipe.components()["tokenizer"])
-        if tokenizer.vocab_size > vocab_size:
+        if tokenizer.vocab_size > model.vocab_size:
             raise UserError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's "
-                            f"vocabulary is {vocab_size}")
+                            f"vocabulary is {model.vocab_size}")

@@ -6,13 +6,16 @@ The model's layout is the one ``llm_gym.runner.parallelize`` makes: one FSDP gro
 transformer block, one for the root (embeddings, final norm, tied head); every block but
 the last re-shards after forward; the root keeps its parameters through backward.
 
-Activations follow a GPT-2-shaped transformer (the counts below were checked against
-``saved_tensors_hooks`` on the real model, see tests/planning).
+Activations are the model's own declaration (``llm_gym.model_contract``: bytes a block
+saves per token, with and without checkpointing, and those of the layers outside the
+blocks); the loss's are counted here. GPT-2's were checked against ``saved_tensors_hooks``
+on the real model, see tests/planning.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from llm_gym.runner.parallelize import _checkpointed_indices
@@ -32,11 +35,11 @@ class ModelShape:
     root: tuple[Shape, ...]  # parameters no block owns (the root FSDP group)
     blocks: tuple[tuple[Shape, ...], ...]  # each block's parameters
     master_bytes: int  # bytes per element of the parameters as built (fp32: 4)
-    n_layer: int
-    n_embd: int
-    n_head: int
     vocab_size: int
-    dropout: bool  # any dropout > 0: masks are saved too
+    # Saved for backward per token, as the model declares them, by compute dtype ("bf16"):
+    block_saved: Mapping[str, int]  # by one block
+    checkpointed_block_saved: Mapping[str, int]  # by one checkpointed block (its input)
+    root_saved: Mapping[str, int]  # by the layers outside the blocks, the loss not included
     flops_per_token: int  # training FLOPs per token (forward + backward)
     recompute_flops_per_token: int  # one checkpointed block's re-run forward, per token
 
@@ -134,45 +137,26 @@ def checkpointed_blocks(shape: ModelShape, mode: str | int) -> int:
     return len(_checkpointed_indices(len(shape.blocks), mode))
 
 
-def block_activations(shape: ModelShape, tokens: int, compute_bytes: int) -> int:
-    """Bytes one block saves for backward.
-
-    Per token: 16 x n_embd values in the compute dtype (the block input and the residual
-    after attention, which the LayerNorms keep; both LayerNorm outputs, the inputs of
-    c_attn and c_fc; q, k, v; the attention output, of which c_proj's input is a view;
-    the 4x-wide MLP hidden before and after GELU), the fp32 mean and rstd of both
-    LayerNorms and the fp32 log-sum-exp per head of fused attention, which saves no
-    T x T matrix. Dropout adds a 1-byte mask per element of both residual branches.
-    """
-    per_token = 16 * shape.n_embd * compute_bytes + 4 * F32 + shape.n_head * F32
-    if shape.dropout:
-        per_token += 2 * shape.n_embd
-    return tokens * per_token
-
-
-def root_activations(shape: ModelShape, setup: Setup, compute_bytes: int) -> int:
+def root_activations(shape: ModelShape, setup: Setup) -> int:
     """Bytes the layers outside the blocks save, the loss included.
 
-    Token ids, positions, the final LayerNorm's input, output and statistics, the loss's
-    fp32 log-probabilities (the logits are cast to fp32 and log-softmax keeps its output)
-    and the int64 targets. The embedding dropout adds a mask.
+    The model's declared bytes per token, one int64 position row per micro-batch, the
+    loss's fp32 log-probabilities (the logits are cast to fp32 and log-softmax keeps its
+    output) and the int64 targets.
     """
     tokens = setup.tokens_per_micro_batch
-    per_token = 2 * shape.n_embd * compute_bytes + 2 * F32 + shape.vocab_size * F32 + 2 * INDEX
-    if shape.dropout:
-        per_token += shape.n_embd
+    per_token = shape.root_saved[setup.param_dtype] + shape.vocab_size * F32 + INDEX
     return tokens * per_token + setup.seq_len * INDEX
 
 
 def activations(shape: ModelShape, setup: Setup) -> int:
     """Saved-for-backward bytes of one micro-batch under the setup's checkpointing."""
-    b = DTYPE_BYTES[setup.param_dtype]
-    tokens = setup.tokens_per_micro_batch
+    tokens, dtype = setup.tokens_per_micro_batch, setup.param_dtype
     ckpt = checkpointed_blocks(shape, setup.activation_checkpointing)
     # A checkpointed block keeps only its input; the rest is recomputed in backward.
-    kept = ckpt * tokens * shape.n_embd * b
-    full = (len(shape.blocks) - ckpt) * block_activations(shape, tokens, b)
-    return root_activations(shape, setup, b) + kept + full
+    kept = ckpt * tokens * shape.checkpointed_block_saved[dtype]
+    full = (len(shape.blocks) - ckpt) * tokens * shape.block_saved[dtype]
+    return root_activations(shape, setup) + kept + full
 
 
 def working_memory(shape: ModelShape, setup: Setup) -> int:
@@ -187,7 +171,7 @@ def working_memory(shape: ModelShape, setup: Setup) -> int:
     loss = setup.tokens_per_micro_batch * shape.vocab_size * (2 * F32 + (b if b < F32 else 0))
     recompute = 0
     if checkpointed_blocks(shape, setup.activation_checkpointing):
-        recompute = block_activations(shape, setup.tokens_per_micro_batch, b)
+        recompute = setup.tokens_per_micro_batch * shape.block_saved[setup.param_dtype]
     return max(loss, recompute)
 
 

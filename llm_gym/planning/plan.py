@@ -15,6 +15,7 @@ from torch import nn
 
 from llm_gym.config.recipe_model import RecipeBase
 from llm_gym.errors import UserError
+from llm_gym.model_contract import LanguageModel, as_language_model
 from llm_gym.planning.memory import (
     Comm,
     Memory,
@@ -28,6 +29,7 @@ from llm_gym.planning.memory import (
 from llm_gym.registry import ResolverRegistry
 from llm_gym.runner.distributed import World
 from llm_gym.runner.flops import gpu_spec
+from llm_gym.runner.parallelize import PRECISIONS
 
 # Peak memory up to this share of the GPU fits; the rest goes to the CUDA context, NCCL
 # buffers and the caching allocator's fragmentation.
@@ -141,43 +143,44 @@ def build_on_meta(registry: ResolverRegistry, recipe: RecipeBase) -> nn.Module:
 
 
 def model_shape(model: nn.Module, seq_len: int, name: str) -> ModelShape:
-    """Read what a plan needs off a (meta) model: FSDP groups and transformer sizes."""
-    sizes = {a: getattr(model, a, None) for a in ("n_layer", "n_embd", "n_head", "vocab_size")}
-    missing = [a for a, v in sizes.items() if not isinstance(v, int)]
-    if missing:
-        raise UserError(f"recipe plan estimates activations of GPT-2-shaped models; model "
-                        f"{name} has no integer {', '.join(missing)}")
-    blocks = list(getattr(model, "blocks", []))
+    """Read what a plan needs off a (meta) model: its FSDP groups, and its FLOPs and saved
+    activations as the model declares them (``llm_gym.model_contract``)."""
+    declared = as_language_model(model, name)
+    blocks = list(declared.blocks)
     owned = {id(p) for block in blocks for p in block.parameters()}
     # parameters() yields a tied weight once, as FSDP shards it once.
     root = tuple(tuple(p.shape) for p in model.parameters() if id(p) not in owned)
     block_shapes = tuple(tuple(tuple(p.shape) for p in b.parameters()) for b in blocks)
-    n_params = sum(p.numel() for p in model.parameters())
-    counter = getattr(model, "flops_per_token", None)
-    flops = int(counter(seq_len)) if callable(counter) else 6 * n_params
     return ModelShape(
         name=name,
         root=root,
         blocks=block_shapes,
         master_bytes=max((p.element_size() for p in model.parameters()), default=4),
-        dropout=any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()),
-        flops_per_token=flops,
-        recompute_flops_per_token=_recompute_flops(blocks[0], sizes["n_embd"], seq_len)
-        if blocks else 0,
-        **sizes,
+        vocab_size=declared.vocab_size,
+        block_saved={k: declared.block_activation_bytes(d, checkpointed=False)
+                     for k, d in PRECISIONS.items()},
+        checkpointed_block_saved={k: declared.block_activation_bytes(d, checkpointed=True)
+                                  for k, d in PRECISIONS.items()},
+        root_saved={k: declared.root_activation_bytes(d) for k, d in PRECISIONS.items()},
+        flops_per_token=int(declared.flops_per_token(seq_len)),
+        recompute_flops_per_token=_recompute_flops(declared, blocks, seq_len),
     )
 
 
-def _recompute_flops(block: nn.Module, n_embd: int, seq_len: int) -> int:
-    """FLOPs per token of re-running a checkpointed block's forward in backward.
+def _recompute_flops(model: LanguageModel, blocks: list[nn.Module], seq_len: int) -> int:
+    """FLOPs per token of re-running one checkpointed block's forward in backward.
 
     PyTorch stops recomputing once every tensor backward needs is back, so the block's
-    last projection (whose output nobody saved) is not re-run; attention's two matmuls
-    (scores and weighted sum, 4 * n_embd * seq_len per token) are.
+    last projection (whose output nobody saved) is not re-run; attention's matmuls are.
+    Those are what the model's FLOPs grow by with the sequence length: a third of that
+    growth (forward of forward + backward), shared by the blocks.
     """
-    linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
+    if not blocks:
+        return 0
+    linears = [m for m in blocks[0].modules() if isinstance(m, nn.Linear)]
     weights = sum(m.weight.numel() for m in linears[:-1])
-    return 2 * weights + 4 * n_embd * seq_len
+    attention = (model.flops_per_token(seq_len) - model.flops_per_token(0)) // (3 * len(blocks))
+    return 2 * weights + attention
 
 
 def optimizer_layout(registry: ResolverRegistry, recipe: RecipeBase) -> OptimizerLayout:

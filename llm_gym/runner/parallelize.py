@@ -32,6 +32,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
 from llm_gym.errors import UserError
+from llm_gym.model_contract import as_language_model
 from llm_gym.runner.distributed import World
 
 ActivationCheckpointing = Literal["none", "full"] | int
@@ -142,11 +143,11 @@ def parallelize_as_configured(
     model: nn.Module, settings: Any, world: World, *, compile: bool | None = None
 ) -> nn.Module:
     """``parallelize`` with what a recipe's ``trainer`` section asks for; the model's
-    ``blocks`` are the units. ``compile`` overrides the settings (the dry run traces
-    eagerly)."""
+    ``blocks`` (``llm_gym.model_contract``) are the units. ``compile`` overrides the
+    settings (the dry run traces eagerly). A model that breaks the contract is refused."""
     return parallelize(
         model,
-        list(getattr(model, "blocks", [])),
+        list(as_language_model(model).blocks),
         world=world,
         param_dtype=PRECISIONS[settings.param_dtype],
         reduce_dtype=PRECISIONS[settings.reduce_dtype],

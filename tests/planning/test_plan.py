@@ -82,7 +82,7 @@ def test_setup_is_what_the_recipe_says() -> None:
     assert p.setup == Setup(ranks=8, micro_batch_size=16, seq_len=1024, grad_accumulation=4,
                             param_dtype="bf16", reduce_dtype="fp32",
                             activation_checkpointing="full")
-    assert p.shape.n_layer == 48 and p.shape.num_params == pytest.approx(1.558e9, rel=1e-3)
+    assert len(p.shape.blocks) == 48 and p.shape.num_params == pytest.approx(1.558e9, rel=1e-3)
 
 
 def test_cli_prints_tables_verdict_and_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
