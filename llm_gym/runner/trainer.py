@@ -20,6 +20,7 @@ from torch.distributed.tensor import DTensor
 
 from llm_gym.errors import ReportedError, UserError
 from llm_gym.hf.tokenizer_files import RUN_TOKENIZER_DIR, write_tokenizer_files
+from llm_gym.model_contract import as_language_model
 from llm_gym.recipes.loading import LoadedRecipe, load_recipe
 from llm_gym.recipes.pins import current_pins
 from llm_gym.recipes.resolved import resolved_yaml
@@ -214,8 +215,7 @@ class Trainer:
             * settings.seq_len
             * world.world_size
         )
-        flops_per_token = getattr(model, "flops_per_token", None)
-        self.flops_per_token = flops_per_token(settings.seq_len) if flops_per_token else None
+        self.flops_per_token = as_language_model(model).flops_per_token(settings.seq_len)
         # Only rank 0 reports MFU; the meter raises a peak that a step beats, so no
         # figure above 100% is ever logged (runner/flops.py says why).
         self.mfu_meter = MfuMeter(world.device, world.world_size) if self.main else None
