@@ -41,7 +41,7 @@ def llm_gym_recipe_sections() -> dict[str, Any]:
 
 @hookimpl
 def llm_gym_recipe_checks() -> tuple[Callable[[Any], Iterable[str]], ...]:
-    return (eval_needs_an_eval_dataset,)
+    return (eval_needs_an_eval_dataset, model_satisfies_the_contract)
 
 
 def eval_needs_an_eval_dataset(recipe: Any) -> Iterator[str]:
@@ -52,3 +52,11 @@ def eval_needs_an_eval_dataset(recipe: Any) -> Iterator[str]:
     if every and getattr(recipe, "eval_dataset", None) is None:
         yield (f"trainer.eval_every: {every}, but the recipe has no eval_dataset to evaluate "
                "on: add an eval_dataset entry, or pass trainer.eval_every=null")
+
+
+def model_satisfies_the_contract(recipe: Any) -> Iterator[str]:
+    """The model component declares a class with every part of ``llm_gym.model_contract``
+    (imported here: the contract needs torch, which loading the plugin does not)."""
+    from llm_gym.model_contract import contract_problems
+
+    return contract_problems(recipe)
