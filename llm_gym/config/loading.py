@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from llm_gym.config.interpolation_bounds import bounded_interpolation
 from llm_gym.config.yaml_files import YAMLProblem, parse_yaml, read_yaml_file
 from llm_gym.errors import UserError
 
@@ -70,9 +71,13 @@ def apply_overrides(config: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 
 def resolve(config: DictConfig, source: Path | str) -> dict[str, Any]:
-    """Resolve every interpolation; a bad one is reported with the key that holds it."""
+    """Resolve every interpolation; a bad one is reported with the key that holds it.
+
+    What interpolation may produce is bounded (``interpolation_bounds``): a few bytes of
+    references repeating references would otherwise expand past any memory."""
     try:
-        resolved = OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
+        with bounded_interpolation():
+            resolved = OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
         raise UserError(f"{source}: {key}: {_omegaconf_message(exc)}") from None
