@@ -1,0 +1,274 @@
+"""A Llama-style decoder as a plain torch module: one file, no llm_gym imports.
+
+Rotary positions (RoPE), RMSNorm, a SwiGLU MLP, grouped-query attention (``n_kv_head``
+key/value heads shared by ``n_head // n_kv_head`` query heads each), optional QK-norm, no
+biases, tied or untied embeddings. Parameter names follow Hugging Face's
+``LlamaForCausalLM`` (``model.layers.N.self_attn.q_proj`` ...), and RoPE rotates the two
+halves of each head (HF's ``rotate_half``), so weights map one to one.
+
+As for GPT-2, parallelism stays outside: FSDP, checkpointing and compilation wrap
+``Llama.blocks``. For sharded initialisation, build under ``torch.device("meta")``, wrap,
+then ``to_empty(device=...)`` and ``init_weights()`` (which also recomputes the RoPE
+tables, buffers that ``to_empty`` leaves uninitialised).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sampling import sample_tokens
+
+# Bytes of the fp32 statistics and int64 ids that a forward saves, whatever the dtype.
+_F32 = 4
+_INDEX = 8
+
+
+def swiglu_hidden_size(n_embd: int, multiplier: float, multiple_of: int) -> int:
+    """The MLP width: two thirds of 4 x n_embd (so SwiGLU's three matrices cost what a
+    4x GELU MLP's two do), times ``multiplier``, rounded up to a multiple of ``multiple_of``."""
+    hidden = int(multiplier * int(2 * 4 * n_embd / 3))
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+def rope_tables(head_dim: int, length: int, theta: float,
+                device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin ``[length, head_dim]`` of RoPE: pair i of a head turns by position x
+    ``theta ** (-2i / head_dim)``; each frequency serves both halves of the head."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
+                         / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x[B, H, T, D]``'s pairs (i, i + D/2) by the angles of ``cos``/``sin[T, D]``."""
+    half = x.size(-1) // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, qk_norm: bool,
+                 norm_eps: float) -> None:
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        if n_head % n_kv_head:
+            raise ValueError(f"n_head ({n_head}) must be divisible by n_kv_head ({n_kv_head})")
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_dim = n_embd // n_head
+        if self.head_dim % 2:
+            raise ValueError(f"the head dimension n_embd / n_head = {self.head_dim} must be "
+                             "even: RoPE rotates pairs")
+        self.q_proj = nn.Linear(n_embd, n_head * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(n_embd, n_kv_head * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(n_embd, n_kv_head * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(n_head * self.head_dim, n_embd, bias=False)
+        # QK-norm (per head, before RoPE) bounds the attention logits of large models.
+        self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # heads become a batch dimension
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # enable_gqa lets SDPA share each key/value head among its query heads without
+        # materialising the repeated keys and values.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           enable_gqa=self.n_kv_head != self.n_head)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, n_embd: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(n_embd, hidden, bias=False)
+        self.up_proj = nn.Linear(n_embd, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """A pre-RMSNorm block: the unit FSDP shards and checkpointing recomputes."""
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int, hidden: int, qk_norm: bool,
+                 norm_eps: float) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(n_embd, norm_eps)
+        self.self_attn = Attention(n_embd, n_head, n_kv_head, qk_norm, norm_eps)
+        self.post_attention_layernorm = RMSNorm(n_embd, norm_eps)
+        self.mlp = MLP(n_embd, hidden)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Llama(nn.Module):
+    """Llama-style language model: ``forward(input_ids[B, T]) -> logits[B, T, vocab_size]``.
+
+    Satisfies ``llm_gym.model_contract.LanguageModel``.
+    """
+
+    vocab_size: int
+    max_seq_len: int
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        max_seq_len: int,
+        n_embd: int,
+        n_layer: int,
+        n_head: int,
+        n_kv_head: int | None = None,
+        ffn_multiplier: float = 1.0,
+        multiple_of: int = 256,
+        rope_theta: float = 10000.0,
+        norm_eps: float = 1e-5,
+        qk_norm: bool = False,
+        tie_embeddings: bool = False,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        self.vocab_size, self.max_seq_len = vocab_size, max_seq_len
+        self.n_embd, self.n_layer, self.n_head = n_embd, n_layer, n_head
+        self.n_kv_head = n_kv_head or n_head
+        self.hidden = swiglu_hidden_size(n_embd, ffn_multiplier, multiple_of)
+        self.rope_theta, self.qk_norm = rope_theta, qk_norm
+        self.tie_embeddings, self.init_std = tie_embeddings, init_std
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(vocab_size, n_embd),
+            layers=nn.ModuleList(
+                Block(n_embd, n_head, self.n_kv_head, self.hidden, qk_norm, norm_eps)
+                for _ in range(n_layer)),
+            norm=RMSNorm(n_embd, norm_eps),
+        ))
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        if tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # Not saved with the weights: they follow from the sizes, and init_weights remakes them.
+        cos, sin = rope_tables(n_embd // n_head, max_seq_len, rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks, in order: the units for FSDP and activation checkpointing."""
+        return list(self.model.layers)
+
+    def init_weights(self) -> None:
+        """Normal(0, init_std) weights, the two residual projections of each block scaled by
+        1/sqrt(2 n_layer) (so the residual stream's variance does not grow with depth),
+        unit norms; and the RoPE tables. A no-op on the meta device."""
+        residual_std = self.init_std / math.sqrt(2 * self.n_layer)
+        for name, module in self.named_modules():
+            if module is self.lm_head and self.tie_embeddings:
+                continue  # tied: initialised once, as the embedding
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                residual = name.endswith(("o_proj", "down_proj"))
+                nn.init.normal_(module.weight, std=residual_std if residual else self.init_std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        if self.rope_cos.device.type != "meta":
+            cos, sin = rope_tables(self.n_embd // self.n_head, self.max_seq_len,
+                                   self.rope_theta, device=self.rope_cos.device)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
+
+    def to_empty(self, *, device: torch.device | str | None, recurse: bool = True) -> Llama:
+        # Leaving meta gives every module a fresh Parameter: tie the head again.
+        super().to_empty(device=device, recurse=recurse)
+        if self.tie_embeddings and self.lm_head.weight is not self.model.embed_tokens.weight:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        return self
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.size(1)
+        if T > self.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds the model's max_seq_len="
+                             f"{self.max_seq_len}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.model.embed_tokens(input_ids)
+        for block in self.model.layers:
+            x = block(x, cos, sin)
+        return self.lm_head(self.model.norm(x))
+
+    def num_params(self) -> int:
+        """Parameters, a tied head once; an untied embedding table is left out, since a
+        lookup costs no matmul FLOPs (the N of ``6 N``)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n if self.tie_embeddings else n - self.model.embed_tokens.weight.numel()
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token: ``6 N`` plus ``12 L H Q T`` for attention scores and
+        their weighted sum (PaLM, appendix B); key/value sharing saves no attention FLOPs."""
+        head_dim = self.n_embd // self.n_head
+        return 6 * self.num_params() + 12 * self.n_layer * self.n_head * head_dim * seq_len
+
+    def block_activation_bytes(self, dtype: torch.dtype, *, checkpointed: bool) -> int:
+        """Bytes one block saves for backward per token, computing in ``dtype``.
+
+        Checkpointed, only its input. Otherwise, in ``dtype``: both RMSNorm outputs (the
+        inputs of the projections), the roped q, k and v that SDPA keeps and its output
+        (the input of o_proj), and the MLP's gate and up outputs, the SiLU output and the
+        product (the input of down_proj), 4 x hidden. In fp32 whatever the dtype, as
+        eager ``F.rms_norm`` computes: each RMSNorm's input and normalised input and its
+        rstd, QK-norm's alike per head, and SDPA's log-sum-exp per head. (Counted with
+        ``saved_tensors_hooks``, tests/model/test_llama.py.)
+        """
+        b = dtype.itemsize
+        if checkpointed:
+            return self.n_embd * b
+        head_dim = self.n_embd // self.n_head
+        qkv = (self.n_head + 2 * self.n_kv_head) * head_dim
+        values = 2 * self.n_embd + qkv + self.n_head * head_dim + 4 * self.hidden
+        fp32 = 2 * (2 * self.n_embd + 1) + self.n_head
+        if self.qk_norm:
+            heads = self.n_head + self.n_kv_head
+            fp32 += heads * (2 * head_dim + 1)
+        return values * b + fp32 * _F32
+
+    def root_activation_bytes(self, dtype: torch.dtype) -> int:
+        """Bytes per token outside the blocks: the token id, the final RMSNorm's fp32 input,
+        normalised input and rstd, and its output (the head's input) in ``dtype``."""
+        return (2 * self.n_embd + 1) * _F32 + self.n_embd * dtype.itemsize + _INDEX
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Append ``max_new_tokens`` sampled tokens to ``input_ids[B, T]`` (``temperature=0``:
+        greedy); the context is cropped to the last ``max_seq_len`` tokens. No KV cache."""
+        return sample_tokens(self, input_ids, max_new_tokens, self.max_seq_len,
+                             temperature=temperature, top_k=top_k, generator=generator)
