@@ -28,11 +28,6 @@ def llm_gym_recipe_slots() -> tuple[Slot, ...]:
 
 
 @hookimpl
-def llm_gym_unslotted_kinds() -> tuple[str, ...]:
-    return ("logger",)  # chosen by the list trainer.loggers
-
-
-@hookimpl
 def llm_gym_recipe_sections() -> dict[str, Any]:
     from llm_gym.runner.settings import TrainerSettings
 
@@ -41,7 +36,8 @@ def llm_gym_recipe_sections() -> dict[str, Any]:
 
 @hookimpl
 def llm_gym_recipe_checks() -> tuple[Callable[[Any], Iterable[str]], ...]:
-    return (eval_needs_an_eval_dataset, model_satisfies_the_contract)
+    return (eval_needs_an_eval_dataset, loggers_ask_for_what_the_runner_gives,
+            model_satisfies_the_contract)
 
 
 def eval_needs_an_eval_dataset(recipe: Any) -> Iterator[str]:
@@ -52,6 +48,19 @@ def eval_needs_an_eval_dataset(recipe: Any) -> Iterator[str]:
     if every and getattr(recipe, "eval_dataset", None) is None:
         yield (f"trainer.eval_every: {every}, but the recipe has no eval_dataset to evaluate "
                "on: add an eval_dataset entry, or pass trainer.eval_every=null")
+
+
+def loggers_ask_for_what_the_runner_gives(recipe: Any) -> Iterator[str]:
+    """A logger is built by the runner on rank 0 from ``LOGGER_PROVIDES`` only (not from
+    the recipe's slots): a build that needs anything else could never run."""
+    from llm_gym.registry.building import needs_of
+    from llm_gym.runner.metrics import LOGGER_PROVIDES
+
+    for i, choice in enumerate(getattr(getattr(recipe, "trainer", None), "loggers", ())):
+        for dep, where, spec in needs_of(choice, f"trainer.loggers[{i}]"):
+            if dep.required and dep.name not in LOGGER_PROVIDES:
+                yield (f"{where}: {spec.key}.build() needs {dep.name!r}; a logger can ask "
+                       f"for {', '.join(LOGGER_PROVIDES)}")
 
 
 def model_satisfies_the_contract(recipe: Any) -> Iterator[str]:

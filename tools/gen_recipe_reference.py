@@ -36,7 +36,6 @@ def render() -> str:
     from llm_gym.config.recipe_model import RecipeMeta
     from llm_gym.registry.fields import describe_fields
     from llm_gym.runner.metrics import LOGGER_PROVIDES
-    from llm_gym.runner.settings import LoggerEntry
 
     registry = builtin_registry()
     lines = [
@@ -54,9 +53,8 @@ def render() -> str:
         "|---|---|---|---|",
         "| `recipe` | [recipe metadata](#recipe) | no | name, version, description |",
     ]
-    # The registry offers every kind a top-level slot; loggers are a list in
-    # trainer.loggers instead (one slot holds one component), so their slot is not shown.
-    slots = [s for s in registry.slots() if s.kind in registry.kinds and s.kind != "logger"]
+    # Kinds held in a nested field (trainer.loggers) have no slot of their own.
+    slots = [s for s in registry.slots() if s.kind in registry.kinds]
     for slot in slots:
         doc = slot.doc or f"a {slot.kind} component"
         lines.append(f"| `{slot.name}` | one [{slot.kind}](#kind-{slot.kind}) component | "
@@ -66,16 +64,13 @@ def render() -> str:
     lines += ["| `pins` | `kind/name: {version, fingerprint}` | no | written by "
               "`llm_gym recipe lock` |", ""]
     lines += ["A component entry is `{type_hint: NAME, config: {...}}`, or just `NAME` when "
-              "every config field has a default.", ""]
+              "every config field has a default. A field whose type reads `KIND component` "
+              "(`list[logger component]`) holds such entries of that kind, nested at any depth.",
+              ""]
 
     lines += ["## recipe", ""] + _table(describe_fields(RecipeMeta))
     for name, section in registry.sections().items():
         lines += [f"## {name}", "", _doc(section), ""] + _table(describe_fields(section))
-    lines += [
-        "Each entry of `trainer.loggers` is a logger's name or "
-        "`{type_hint: NAME, config: {...}}`:", "",
-        *_table(describe_fields(LoggerEntry)),
-    ]
 
     for kind in registry.kinds.values():
         lines += [f"## Kind: {kind.name}", ""]
@@ -103,7 +98,7 @@ def render() -> str:
 def _table(rows: list[tuple[str, str, str, str, str]]) -> list[str]:
     out = ["| field | type | default | constraints | description |", "|---|---|---|---|---|"]
     for name, type_, default, constraints, description in rows:
-        out.append(f"| `{name}` | {_code(_short_type(type_))} | {_code(_short_default(default))} | "
+        out.append(f"| `{name}` | {_code(_short_type(type_))} | {_code(default)} | "
                    f"{_cell(constraints)} | {_cell(description)} |")
     return [*out, ""]
 
@@ -112,7 +107,7 @@ _BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
 def _short_type(text: str) -> str:
-    """Readable types: ``list[llm_gym.runner.settings.LoggerEntry]`` -> ``list[LoggerEntry]``,
+    """Readable types: ``list[llm_gym.runner.settings.Entry]`` -> ``list[Entry]``,
     ``Optional[Annotated[int, Gt(gt=0)]]`` -> ``int > 0 | None``."""
     text = re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text)
     text = re.sub(r"Annotated\[(\w+), \w+\((gt|ge|lt|le)=([^)]*)\)\]",
@@ -135,11 +130,6 @@ def _split_top(text: str) -> list[str]:
             parts.append(text[start:i].strip())
             start = i + 1
     return [*parts, text[start:].strip()]
-
-
-def _short_default(text: str) -> str:
-    """``[LoggerEntry(type_hint='Console', config={})]`` -> ``['Console']``."""
-    return re.sub(r"LoggerEntry\(type_hint=('\w+'), config=\{\}\)", r"\1", text)
 
 
 def _doc(cls: type) -> str:

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field, PositiveInt, ValidationError, create_model
+from pydantic import BaseModel, Field, PositiveInt, RootModel, ValidationError, create_model
+from pydantic.json_schema import models_json_schema
 
 from llm_gym.config.validation_errors import describe_errors
 from llm_gym.errors import UserError
 from llm_gym.registry import STRICT_MODEL_CONFIG, ComponentChoice, ResolverRegistry
+from llm_gym.registry.nesting import COMPONENT_SCHEMA_KEY
 
 
 class RecipeMeta(BaseModel):
@@ -85,19 +87,48 @@ def validate_recipe(
     interpolated value name the key it came from.
     """
     model = build_recipe_model(registry)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = describe_errors(exc, data, model, interpolations)
-        noun = "problem" if len(problems) == 1 else "problems"
-        raise UserError(f"{source}: {len(problems)} {noun} in the recipe", problems) from None
+    with registry.active():  # nested components validate, and are described, against it
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            problems = describe_errors(exc, data, model, interpolations)
+    noun = "problem" if len(problems) == 1 else "problems"
+    raise UserError(f"{source}: {len(problems)} {noun} in the recipe", problems)
 
 
 def recipe_json_schema(registry: ResolverRegistry) -> dict[str, Any]:
-    """JSON Schema of the recipe format, for editor completion and validation."""
-    schema = build_recipe_model(registry).model_json_schema()
+    """JSON Schema of the recipe format, for editor completion and validation.
+
+    A nested component field's placeholder (``{"x-llm-gym-component": kind}``) becomes a
+    reference to that kind's union, defined once under ``$defs`` (``component_<kind>``),
+    so editors complete nested configs at any depth, recursive ones included.
+    """
+    kinds = {f"component_{name}": create_model(f"component_{name}", __base__=RootModel[
+        kind.choice_type]) for name, kind in registry.kinds.items()}
+    models = [(build_recipe_model(registry), "validation")]
+    models += [(model, "validation") for model in kinds.values()]
+    refs, schema = models_json_schema(models, ref_template="#/$defs/{model}")
+    defs = schema.get("$defs", {})
+    recipe_ref = refs[models[0]]["$ref"].rsplit("/", 1)[-1]
+    recipe = defs.pop(recipe_ref)
+    for name, model in kinds.items():
+        ref = refs[(model, "validation")]["$ref"].rsplit("/", 1)[-1]
+        defs[name] = defs.pop(ref) if ref != name else defs[ref]
+        defs[name].pop("title", None)
+    schema = _link_components({**recipe, "$defs": defs})
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "llm_gym recipe",
         **{k: v for k, v in schema.items() if k != "title"},
     }
+
+
+def _link_components(node: Any) -> Any:
+    if isinstance(node, dict):
+        if COMPONENT_SCHEMA_KEY in node:
+            extra = {k: v for k, v in node.items() if k != COMPONENT_SCHEMA_KEY}
+            return {"$ref": f"#/$defs/component_{node[COMPONENT_SCHEMA_KEY]}", **extra}
+        return {k: _link_components(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_link_components(v) for v in node]
+    return node

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, Tag, ValidationError
 
 from llm_gym.registry.kinds import closest_name
+from llm_gym.registry.nesting import NestedComponent, active_registry
 
 _MISSING = object()
 _REFERENCE = re.compile(r"\$\{([^${}]+)\}")
@@ -36,6 +37,8 @@ def yaml_path(loc: tuple[Any, ...], data: Any) -> str:
             node = node[element]
         elif i == len(loc) - 1 and isinstance(element, str) and isinstance(node, dict):
             node = _MISSING  # a missing key: it isn't in the data, but it is the place
+        elif element == "config" and isinstance(node, str):
+            node = {}  # the `scheduler: StepLR` shorthand stands for {type_hint, config: {}}
         else:
             continue
         parts.append(f"[{element}]" if isinstance(element, int) else str(element))
@@ -62,6 +65,9 @@ def describe_errors(
             line = f"{path}: required, but missing"
         elif kind == "extra_forbidden":
             line = f"{path}: unexpected key{_key_hint(model, loc)}"
+        elif kind == "unknown_component" and error["msg"].startswith("type_hint: "):
+            # The name is what is wrong, written out or as the `scheduler: StepLR` shorthand.
+            line = f"{path}.type_hint: {error['msg'].removeprefix('type_hint: ')}"
         elif kind in ("unknown_component", "missing_type_hint"):
             line = f"{path}: {error['msg']}"
         elif isinstance(error.get("input"), dict):
@@ -148,6 +154,10 @@ def _members(tp: Any) -> list[tuple[Any, frozenset[str]]]:
     origin = get_origin(tp)
     if origin is Annotated:
         inner, *metadata = get_args(tp)
+        nested = [m.kind for m in metadata if isinstance(m, NestedComponent)]
+        registry = active_registry()
+        if nested and registry is not None and nested[0] in registry.kinds:
+            inner = registry.kind(nested[0]).choice_type  # the union the field validated as
         tags = frozenset(m.tag for m in metadata if isinstance(m, Tag))
         return [(member, tags | more) for member, more in _members(inner)]
     if origin is Union or origin is types.UnionType:
@@ -159,7 +169,11 @@ def _step(tp: Any, element: Any) -> Any | None:
     """The type found at ``element`` inside ``tp``, or None if it does not index ``tp``."""
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         field = tp.model_fields.get(element) if isinstance(element, str) else None
-        return field.annotation if field is not None else None
+        if field is None:
+            return None
+        marks = [m for m in field.metadata if isinstance(m, NestedComponent)]
+        # pydantic keeps a top-level Annotated's markers apart from the annotation
+        return Annotated[(field.annotation, *marks)] if marks else field.annotation
     origin, args = get_origin(tp), get_args(tp)
     if isinstance(element, int) and origin in (list, set, frozenset) and args:
         return args[0]

@@ -16,7 +16,6 @@ from llm_gym.recipes.pins import NOT_PINNED, Drift, find_drift
 from llm_gym.recipes.preflight import check_recipe
 from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.building import build_order
-from llm_gym.registry.component import spec_of
 
 # What the runner provides to every component besides the recipe's own slots.
 RUNNER_PROVIDES = ("world", "trainer")
@@ -80,17 +79,10 @@ def load_recipe(
 
 
 def check_dependencies(recipe: RecipeBase, registry: ResolverRegistry, source: str) -> None:
-    """Fail now, not mid-launch, on a missing dependency, a cycle between components, or a
-    component a section names (a logger) that is unknown or misconfigured."""
-    entries = {slot: spec_of(choice.type_hint.value)
-               for slot, choice in recipe.components().items()}
+    """Fail now, not mid-launch, on a missing dependency (of a slot or of a component
+    nested in it) or a cycle between components."""
     provided = RUNNER_PROVIDES if "trainer" in registry.sections() else ()
     try:
-        build_order(entries, provided)
-        # A section may name components too (trainer.loggers): it checks them itself.
-        for name in registry.sections():
-            check = getattr(getattr(recipe, name, None), "check_with_registry", None)
-            if check is not None:
-                check(registry)
+        build_order(recipe.components(), provided)
     except UserError as exc:
         raise type(exc)(f"{source}: {exc.message}", exc.problems) from None

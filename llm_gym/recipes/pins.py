@@ -17,6 +17,7 @@ from llm_gym.errors import UserError
 from llm_gym.fileio import atomic_output
 from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.component import spec_of
+from llm_gym.registry.nesting import iter_choices
 
 _PINS_LINE = re.compile(r"^pins:(\s.*)?$")
 
@@ -37,10 +38,19 @@ class Drift:
 NOT_PINNED = Drift("", "the recipe is not pinned yet; pin it with `llm_gym recipe lock`")
 
 
+def used_components(recipe: Any) -> dict[str, list[str]]:
+    """``kind/name -> yaml paths`` of every component the recipe uses, at any depth:
+    slots, components nested in them, and those a section holds (``trainer.loggers``)."""
+    used: dict[str, list[str]] = {}
+    for path, choice in iter_choices(recipe, ""):
+        used.setdefault(spec_of(choice.type_hint.value).key, []).append(path)
+    return used
+
+
 def current_pins(recipe: Any) -> dict[str, dict[str, Any]]:
     """What the installed components say for every component the recipe uses."""
     pins = {}
-    for choice in recipe.components().values():
+    for _, choice in iter_choices(recipe, ""):
         spec = spec_of(choice.type_hint.value)
         pins[spec.key] = {"version": spec.version, "fingerprint": spec.fingerprint}
     return dict(sorted(pins.items()))
@@ -50,12 +60,13 @@ def find_drift(recipe: Any, registry: ResolverRegistry) -> list[Drift]:
     now = current_pins(recipe)
     if not recipe.pins and now:
         return [NOT_PINNED]
+    where = {key: _nested_paths(paths) for key, paths in used_components(recipe).items()}
     pinned = {key: pin.model_dump() for key, pin in recipe.pins.items()}
     drift = []
     for key, pin in now.items():
         old = pinned.get(key)
         if old is None:
-            drift.append(Drift(key, "used but not pinned"))
+            drift.append(Drift(key + where[key], "used but not pinned"))
             continue
         changes = [
             f"{field} {old[field]} -> {pin[field]}"
@@ -63,11 +74,18 @@ def find_drift(recipe: Any, registry: ResolverRegistry) -> list[Drift]:
             if old[field] != pin[field]
         ]
         if changes:
-            drift.append(Drift(key, ", ".join(changes), component_changed=True))
+            drift.append(Drift(key + where[key], ", ".join(changes), component_changed=True))
     for key in pinned:
         if key not in now:
             drift.append(Drift(key, "pinned but no longer used by the recipe"))
     return drift
+
+
+def _nested_paths(paths: list[str]) -> str:
+    """`` (at train_dataset.config.sources[1])`` for a component used below a slot; a slot
+    itself (``model``) needs no saying."""
+    nested = [p for p in paths if "." in p or "[" in p]
+    return f" (at {', '.join(nested)})" if nested else ""
 
 
 def render_pins(pins: dict[str, dict[str, Any]]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from llm_gym.errors import UserError
 from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.component import spec_of
+from llm_gym.registry.nesting import iter_choices
 
 
 def check_recipe(recipe: Any, registry: ResolverRegistry) -> list[str]:
@@ -25,7 +26,9 @@ def check_recipe(recipe: Any, registry: ResolverRegistry) -> list[str]:
     for section in registry.sections():
         available.setdefault(section, getattr(recipe, section, None))
     problems: list[str] = []
-    for slot, choice in slots.items():
+    # Every component at any depth: slots, those nested in them, those a section holds.
+    for path, choice in iter_choices(recipe, ""):
+        slot = path.split(".")[0].split("[")[0]
         spec = spec_of(choice.type_hint.value)
         given = {k: v for k, v in available.items() if k != slot and v is not None}
         wanted = spec.preflight_dependencies
@@ -36,7 +39,7 @@ def check_recipe(recipe: Any, registry: ResolverRegistry) -> list[str]:
             found = list(choice.config.preflight(**kwargs))
         except UserError as exc:  # a check may raise instead of yielding
             found = [exc.message]
-        problems += [f"{slot}.config.{line}" for line in found]
+        problems += [f"{path}.config.{line}" for line in found]
     for _, check in registry.recipe_checks():
         problems += list(check(recipe))
     return problems

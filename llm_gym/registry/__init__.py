@@ -10,10 +10,12 @@ from llm_gym.registry.component import (
 from llm_gym.registry.hookspecs import Slot, hookimpl
 from llm_gym.registry.kinds import ComponentChoice, UnknownComponentError
 from llm_gym.registry.lookup import LookupEnum
+from llm_gym.registry.nesting import Component
 from llm_gym.registry.registry import ResolverRegistry
 
 __all__ = [
     "STRICT_MODEL_CONFIG",
+    "Component",
     "ComponentChoice",
     "ComponentConfig",
     "ComponentSpec",

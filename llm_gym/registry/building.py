@@ -12,7 +12,8 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from llm_gym.errors import UserError
-from llm_gym.registry.component import ComponentConfig, ComponentSpec
+from llm_gym.registry.component import ComponentConfig, ComponentSpec, Dependency, spec_of
+from llm_gym.registry.nesting import iter_choices, map_choices
 
 
 class DependencyError(UserError):
@@ -20,36 +21,57 @@ class DependencyError(UserError):
 
 
 def call_build(spec: ComponentSpec, config: ComponentConfig, available: Mapping[str, Any]) -> Any:
-    """``config.build(...)`` with exactly the dependencies its signature asks for."""
+    """``config.build(...)`` with exactly the dependencies its signature asks for.
+
+    Components in the config's nested fields are built first, bottom-up, from the same
+    ``available`` dependencies, and passed in the parameter named like their field.
+    """
     kwargs = {d.name: available[d.name] for d in spec.dependencies if d.name in available}
     missing = [d.name for d in spec.dependencies if d.required and d.name not in kwargs]
     if missing:
         raise DependencyError(f"{spec.key} needs {_names(missing)} to build, and none was given")
     if spec.accepts_any_dependency:
         kwargs = {**available, **kwargs}
+    for name in spec.nested_fields:
+        kwargs[name] = map_choices(getattr(config, name), lambda c: build_choice(c, available))
     return config.build(**kwargs)
 
 
-def build_order(
-    entries: Mapping[str, ComponentSpec], provided: Iterable[str]
-) -> list[str]:
+def build_choice(choice: Any, available: Mapping[str, Any]) -> Any:
+    """Build one validated ``{type_hint, config}`` entry (a slot's or a nested one)."""
+    return call_build(spec_of(choice.type_hint.value), choice.config, available)
+
+
+def needs_of(choice: Any, path: str) -> list[tuple[Dependency, str, ComponentSpec]]:
+    """``(dependency, yaml path, spec)`` of every component in ``choice``, nested included:
+    a slot holding a mixture needs what its sources need."""
+    found = []
+    for where, inner in iter_choices(choice, path):
+        spec = spec_of(inner.type_hint.value)
+        found += [(dep, where, spec) for dep in spec.dependencies]
+    return found
+
+
+def build_order(entries: Mapping[str, Any], provided: Iterable[str]) -> list[str]:
     """The order to build recipe slots in; names what is missing or circular.
 
-    Needs no config and builds nothing, so a recipe can be checked before a run.
+    ``entries`` maps a slot to its validated ``{type_hint, config}`` entry (then what its
+    nested components need counts too) or to a bare ``ComponentSpec``. Needs no object
+    and builds nothing, so a recipe can be checked before a run.
     """
     provided = set(provided)
     graph: dict[str, list[str]] = {}
-    for slot, spec in entries.items():
+    for slot, entry in entries.items():
         needs = []
-        for dep in spec.dependencies:
+        for dep, where, spec in _needs(entry, slot):
             if dep.name in entries and dep.name != slot:
                 needs.append(dep.name)
             elif dep.name not in provided and dep.required:
                 raise DependencyError(
-                    f"{slot} ({spec.key}) needs {dep.name!r}: the recipe has no "
+                    f"{where} ({spec.key}) needs {dep.name!r}: the recipe has no "
                     f"{dep.name!r} entry and the caller provides none"
                 )
-        graph[slot] = needs
+        graph[slot] = list(dict.fromkeys(needs))
     try:
         return list(TopologicalSorter(graph).static_order())
     except CycleError as exc:
@@ -59,18 +81,20 @@ def build_order(
         ) from None
 
 
-def build_in_order(
-    entries: Mapping[str, tuple[ComponentSpec, ComponentConfig]],
-    provided: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Build every recipe entry ``slot -> (spec, config)``; return ``slot -> object``."""
-    order = build_order({slot: spec for slot, (spec, _) in entries.items()}, provided)
+def _needs(entry: Any, slot: str) -> list[tuple[Dependency, str, ComponentSpec]]:
+    if isinstance(entry, ComponentSpec):
+        return [(dep, slot, entry) for dep in entry.dependencies]
+    return needs_of(entry, slot)
+
+
+def build_in_order(entries: Mapping[str, Any], provided: Mapping[str, Any]) -> dict[str, Any]:
+    """Build every recipe entry ``slot -> {type_hint, config}``; return ``slot -> object``."""
+    order = build_order(entries, provided)
     built: dict[str, Any] = {}
     for slot in order:
-        spec, config = entries[slot]
         # A slot never feeds itself: a dependency named like the slot comes from the caller.
         available = {**provided, **{k: v for k, v in built.items() if k != slot}}
-        built[slot] = call_build(spec, config, available)
+        built[slot] = build_choice(entries[slot], available)
     return built
 
 

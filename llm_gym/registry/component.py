@@ -104,9 +104,18 @@ class ComponentSpec:
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @cached_property
+    def nested_fields(self) -> dict[str, list[str]]:
+        """``field -> kinds`` of the config fields that hold components (``Component[k]``)."""
+        from llm_gym.registry.nesting import nested_field_kinds
+
+        return nested_field_kinds(self.config_cls)
+
+    @cached_property
     def dependencies(self) -> tuple[Dependency, ...]:
-        """The named parameters of ``build`` after ``self``."""
-        return _named_parameters(self.config_cls.build)
+        """The named parameters of ``build`` after ``self``, but those a nested component
+        field fills (built from the config itself, not injected)."""
+        return tuple(d for d in _named_parameters(self.config_cls.build)
+                     if d.name not in self.nested_fields)
 
     @cached_property
     def preflight_dependencies(self) -> tuple[Dependency, ...]:
@@ -147,8 +156,17 @@ def component(kind: str, name: str, *, version: int = 1) -> Callable[[ConfigT], 
             raise TypeError(f"{cls.__name__} ({kind}/{name}) must define build()")
         accepts_any = any(p.kind is p.VAR_KEYWORD
                           for p in inspect.signature(cls.build).parameters.values())
+        spec = ComponentSpec(kind, name, version, cls, accepts_any)
+        takes = {d.name for d in _named_parameters(cls.build)}
+        unbuilt = [f for f in spec.nested_fields if f not in takes and not accepts_any]
+        if unbuilt:
+            raise TypeError(
+                f"{cls.__name__} ({kind}/{name}): build() must take a parameter per nested "
+                f"component field, named like it, to receive the built components: "
+                f"{', '.join(unbuilt)}"
+            )
         # Stored in the class's own __dict__ so subclasses don't inherit the declaration.
-        cls.__llm_gym_component__ = ComponentSpec(kind, name, version, cls, accepts_any)
+        cls.__llm_gym_component__ = spec
         return cls
 
     return declare

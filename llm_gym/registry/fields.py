@@ -7,6 +7,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from llm_gym.registry.nesting import NestedComponent, nested_type_name
+
 
 def describe_fields(config_cls: type[BaseModel]) -> list[tuple[str, str, str, str, str]]:
     """``(name, type, default, constraints, description)`` for every field."""
@@ -19,9 +21,16 @@ def describe_fields(config_cls: type[BaseModel]) -> list[tuple[str, str, str, st
         else:
             default = repr(info.default) if info.default is not PydanticUndefined else ""
         constraints = ", ".join(_constraint(m) for m in info.metadata if _constraint(m))
-        rows.append((name, _type_name(info.annotation), default, constraints,
-                     info.description or ""))
+        rows.append((name, _field_type(info), default, constraints, info.description or ""))
     return rows
+
+
+def _field_type(info: Any) -> str:
+    """``list[dataset component]`` for a nested component field, else the type's name."""
+    marks = [m for m in info.metadata if isinstance(m, NestedComponent)]
+    if marks:  # pydantic keeps a top-level Annotated's markers apart from the annotation
+        return f"{marks[0].kind} component"
+    return nested_type_name(info.annotation) or _type_name(info.annotation)
 
 
 def _type_name(annotation: Any) -> str:

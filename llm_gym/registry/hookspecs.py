@@ -49,13 +49,8 @@ def llm_gym_recipe_dirs() -> Iterable[Path | Traversable]:
 @hookspec
 def llm_gym_recipe_slots() -> Iterable[Slot]:
     """Return recipe slots; a kind without a declared slot gets an optional one of its name,
-    unless a plugin lists it in ``llm_gym_unslotted_kinds``."""
-
-
-@hookspec
-def llm_gym_unslotted_kinds() -> Iterable[str]:
-    """Return kinds that get no recipe slot of their own (chosen some other way, e.g. a
-    list in a section, as ``trainer.loggers`` chooses loggers)."""
+    unless a section or another kind's component holds it in a nested field
+    (``trainer.loggers: list[Component["logger"]]``)."""
 
 
 @hookspec

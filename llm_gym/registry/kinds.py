@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     Tag,
+    TypeAdapter,
     WithJsonSchema,
     create_model,
 )
@@ -74,6 +75,7 @@ class ComponentKind:
         self.resolver = ComponentResolver(base=ComponentConfig, base_as_suffix=False)
         self._enum: type[LookupEnum] | None = None
         self._choice_type: Any = None
+        self._adapter: TypeAdapter[Any] | None = None
 
     def add(self, spec: ComponentSpec) -> None:
         existing = self._specs.get(spec.name)
@@ -86,7 +88,7 @@ class ComponentKind:
             )
         self.resolver.register(spec.config_cls)
         self._specs[spec.name] = spec
-        self._enum = self._choice_type = None  # derived types are rebuilt on next use
+        self._enum = self._choice_type = self._adapter = None  # rebuilt on next use
 
     @property
     def specs(self) -> list[ComponentSpec]:
@@ -115,6 +117,13 @@ class ComponentKind:
         if self._choice_type is None:
             self._choice_type = self._build_choice_type()
         return self._choice_type
+
+    @property
+    def adapter(self) -> TypeAdapter[Any]:
+        """Validates one entry of this kind (a nested component field uses it)."""
+        if self._adapter is None:
+            self._adapter = TypeAdapter(self.choice_type)
+        return self._adapter
 
     def _build_choice_type(self) -> Any:
         enum = self.enum

@@ -12,6 +12,7 @@ scheduler = registry.build_component_by_key_query("scheduler", "StepLR",
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pluggy
@@ -22,6 +23,7 @@ from llm_gym.registry.component import ComponentConfig, ComponentSpec, spec_of
 from llm_gym.registry.hookspecs import Slot
 from llm_gym.registry.kinds import ComponentChoice, ComponentKind, UnknownComponentError
 from llm_gym.registry.lookup import LookupEnum
+from llm_gym.registry.nesting import nested_field_kinds, registry_active
 from llm_gym.registry.plugins import call_each, load_entry_point_plugins, new_plugin_manager
 
 
@@ -67,6 +69,11 @@ class ResolverRegistry:
     def _call(self, hook_name: str) -> list[tuple[str, Any]]:
         return call_each(self.plugin_manager, hook_name, self._origins)
 
+    def active(self) -> AbstractContextManager[None]:
+        """Within it, nested component fields (``Component[kind]``) validate against this
+        registry: ``with registry.active(): Model.model_validate(data)``."""
+        return registry_active(self)
+
     # -- looking up ----------------------------------------------------------------------
 
     @property
@@ -90,8 +97,14 @@ class ResolverRegistry:
         for _, contributed in self._call("llm_gym_recipe_slots"):
             for slot in contributed:
                 slots.setdefault(slot.name, slot)
+        # A kind that a section or a component of another kind holds in a nested field
+        # (trainer.loggers) is chosen there: it gets no slot of its own.
         covered = {s.kind for s in slots.values()}
-        covered |= {k for _, kinds in self._call("llm_gym_unslotted_kinds") for k in kinds}
+        covered |= {k for section in self.sections().values()
+                    for kinds in nested_field_kinds(section).values() for k in kinds}
+        covered |= {k for kind in self._kinds.values() for spec in kind.specs
+                    for kinds in spec.nested_fields.values() for k in kinds
+                    if k != spec.kind}  # a kind holding its own (a chain) keeps its slot
         for kind in self._kinds:
             if kind not in covered and kind not in slots:
                 slots[kind] = Slot(kind, kind)
@@ -131,7 +144,8 @@ class ResolverRegistry:
         kind = self.kind(register_key)
         spec = kind.spec(type_hint)
         fields = {k: kwargs.pop(k) for k in list(kwargs) if k in spec.config_cls.model_fields}
-        config = kind.resolver.make(spec.name, fields)
+        with self.active():  # nested component fields validate against this registry
+            config = kind.resolver.make(spec.name, fields)
         return self._build(spec, config, kwargs)
 
     def build_component_by_config(
@@ -147,11 +161,7 @@ class ResolverRegistry:
         self, entries: Mapping[str, ComponentChoice], extra_kwargs: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """Build several recipe entries, each getting the ones it depends on injected."""
-        specs = {
-            slot: (spec_of(choice.type_hint.value), choice.config)
-            for slot, choice in entries.items()
-        }
-        return build_in_order(specs, dict(extra_kwargs or {}))
+        return build_in_order(dict(entries), dict(extra_kwargs or {}))
 
     def _build(self, spec: ComponentSpec, config: ComponentConfig, given: dict[str, Any]) -> Any:
         accepted = {d.name for d in spec.dependencies}

@@ -15,7 +15,6 @@ import os
 import stat
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -186,67 +185,20 @@ class Subscribers:
                       file=sys.stderr, flush=True)
 
 
-# -- choosing loggers through the registry ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChosenLogger:
-    spec: Any  # ComponentSpec
-    config: Any  # its validated ComponentConfig
-
-
-def resolve_loggers(entries: Sequence[Any], registry: Any) -> list[ChosenLogger]:
-    """Check ``trainer.loggers`` against the registry: every name a registered logger,
-    every config valid, each build asking only for what the runner provides. Cheap, so
-    every rank runs it before building anything; reports all problems at once."""
-    from pydantic import ValidationError
-
-    from llm_gym.config.validation_errors import describe_errors
-    from llm_gym.registry import UnknownComponentError
-
-    chosen, problems, seen = [], [], set()
-    for i, entry in enumerate(entries):
-        where = f"trainer.loggers[{i}]"
-        try:
-            spec = registry.kind("logger").spec(entry.type_hint)
-        except UnknownComponentError as exc:
-            problems.append(f"{where}.type_hint: {exc.message}")
-            continue
-        if spec.name in seen:
-            problems.append(f"{where}: {spec.name} is listed twice")
-        seen.add(spec.name)
-        try:
-            config = spec.config_cls.model_validate(entry.config)
-        except ValidationError as exc:
-            problems += [f"{where}.config.{line}" for line in describe_errors(exc, entry.config)]
-            continue
-        missing = [d.name for d in spec.dependencies
-                   if d.required and d.name not in LOGGER_PROVIDES]
-        if missing:
-            problems.append(f"{where}: {spec.key}.build() needs {missing}; a logger can "
-                            f"ask for {', '.join(LOGGER_PROVIDES)}")
-        chosen.append(ChosenLogger(spec, config))
-    if problems:
-        noun = "problem" if len(problems) == 1 else "problems"
-        raise UserError(f"trainer.loggers: {len(problems)} {noun}", problems)
-    return chosen
+# -- building the recipe's loggers ------------------------------------------------------
 
 
 def build_loggers(
-    chosen: Sequence[ChosenLogger], registry: Any, provided: Mapping[str, Any]
+    choices: Sequence[Any], provided: Mapping[str, Any]
 ) -> list[tuple[str, MetricsSubscriber]]:
-    """Build the chosen loggers (rank 0). If one fails, those already built are closed,
-    so no live display is left running."""
+    """Build ``trainer.loggers`` (validated entries; rank 0). If one fails, those already
+    built are closed, so no live display is left running."""
+    from llm_gym.registry.building import build_choice
+
     built: list[tuple[str, MetricsSubscriber]] = []
     try:
-        for choice in chosen:
-            spec = choice.spec
-            wanted = {d.name for d in spec.dependencies}
-            deps = {k: v for k, v in provided.items()
-                    if k in wanted or spec.accepts_any_dependency}
-            fields = choice.config.model_dump()
-            built.append((spec.name, registry.build_component_by_key_query(
-                "logger", spec.name, {**fields, **deps})))
+        for choice in choices:
+            built.append((choice.type_hint.name, build_choice(choice, provided)))
     except BaseException:
         Subscribers([], built).close()
         raise

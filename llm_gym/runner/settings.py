@@ -4,30 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PositiveInt, model_validator
+from pydantic import BaseModel, Field, PositiveInt, field_validator
 
+from llm_gym.registry import Component
 from llm_gym.registry.component import STRICT_MODEL_CONFIG
 
 Precision = Literal["fp32", "bf16", "fp16"]
-
-
-class LoggerEntry(BaseModel):
-    """One metrics subscriber: a registered component of kind ``logger`` and its config.
-
-    The name and config are checked against the registry when the run starts (this class
-    is defined before any plugin loads, so it cannot know the registered names).
-    """
-
-    model_config = STRICT_MODEL_CONFIG
-
-    type_hint: str = Field(description="a registered component of kind 'logger'")
-    config: dict[str, Any] = Field(default_factory=dict, description="its config fields")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        # `loggers: [Console, TensorBoard]`, as `scheduler: StepLR` is for a slot.
-        return {"type_hint": value} if isinstance(value, str) else value
+# A registered component of kind logger, validated against the registry like a slot.
+LoggerChoice = Component["logger"]
 
 
 class TrainerSettings(BaseModel):
@@ -65,14 +49,18 @@ class TrainerSettings(BaseModel):
     checkpoint_on_interrupt: bool = Field(True, description="save a checkpoint on Ctrl-C")
     sample_prompt: str | None = Field(None, description="text to continue after training")
     sample_tokens: PositiveInt = Field(48, description="tokens to generate for the sample")
-    loggers: list[LoggerEntry] = Field(
-        default_factory=lambda: [LoggerEntry(type_hint="Console")],
+    loggers: list[LoggerChoice] = Field(
+        default_factory=lambda: ["Console"], validate_default=True,
         description="metric subscribers (kind 'logger') besides RUN_DIR/metrics.jsonl, "
         "which is always written; e.g. [Console, TensorBoard]",
     )
 
-    def check_with_registry(self, registry: Any) -> None:
-        """Every logger registered and configured right (``recipe validate`` calls this)."""
-        from llm_gym.runner.metrics import resolve_loggers
-
-        resolve_loggers(self.loggers, registry)
+    @field_validator("loggers")
+    @classmethod
+    def _each_logger_once(cls, loggers: list[Any]) -> list[Any]:
+        names = [choice.type_hint.name for choice in loggers]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"{name} is listed twice ([{names.index(name)}] and [{i}]): "
+                                 "each logger subscribes once")
+        return loggers

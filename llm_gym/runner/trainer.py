@@ -46,7 +46,6 @@ from llm_gym.runner.metrics import (
     Subscribers,
     build_loggers,
     read_metrics,
-    resolve_loggers,
 )
 from llm_gym.runner.nonfinite import NonfiniteGuard
 from llm_gym.runner.parallelize import clip_grad_norm_, parallelize_as_configured
@@ -163,9 +162,6 @@ class Trainer:
         entries = loaded.recipe.components()
         if settings.eval_every and "eval_dataset" not in entries:
             raise UserError("trainer.eval_every is set but the recipe has no eval_dataset")
-        # Every rank checks the loggers (cheap) so a misspelt one fails before any build.
-        chosen_loggers = resolve_loggers(settings.loggers, registry)
-
         # Same seed on every rank while building: FSDP2 shards whatever each rank holds,
         # so the initial weights must be identical everywhere.
         seed_everything(settings.seed, 0)
@@ -226,8 +222,7 @@ class Trainer:
         provided = {"world": world, "trainer": settings, "run_dir": run_dir,
                     "start_step": self.step, "title": title}
         loggers: list = []
-        on_main(lambda: loggers.extend(build_loggers(chosen_loggers, registry, provided)),
-                world)
+        on_main(lambda: loggers.extend(build_loggers(settings.loggers, provided)), world)
         self.metrics = Subscribers(
             [MetricsLog(run_dir / METRICS_FILE, enabled=self.main, resume_step=self.step)],
             loggers,

@@ -17,10 +17,9 @@ from llm_gym.runner.metrics import (
     Subscribers,
     build_loggers,
     read_metrics,
-    resolve_loggers,
 )
 from llm_gym.runner.progress import Progress
-from llm_gym.runner.settings import LoggerEntry, TrainerSettings
+from llm_gym.runner.settings import TrainerSettings
 
 pytestmark = pytest.mark.usefixtures("use_demo_cache")
 
@@ -34,11 +33,11 @@ def registry() -> ResolverRegistry:
 
 
 def _build(registry, run_dir: Path, *entries, start_step: int = 0):
-    settings = TrainerSettings(max_steps=8, seq_len=8, loggers=list(entries))
-    chosen = resolve_loggers(settings.loggers, registry)
+    with registry.active():  # trainer.loggers validate against the registry
+        settings = TrainerSettings(max_steps=8, seq_len=8, loggers=list(entries))
     provided = {"world": None, "trainer": settings, "run_dir": run_dir,
                 "start_step": start_step, "title": "test"}
-    return build_loggers(chosen, registry, provided)
+    return build_loggers(settings.loggers, provided)
 
 
 def _record(step: int, loss: float) -> dict:
@@ -67,19 +66,23 @@ def test_no_loggers_still_writes_metrics_jsonl(tmp_path, capsys):
 
 def test_mistakes_are_all_reported_before_anything_runs(tmp_path):
     bad = "trainer.loggers=[Consle,{type_hint: TensorBoard, config: {flush_secs: 0, x: 1}}]"
-    with pytest.raises(UserError, match="trainer.loggers: 3 problems") as caught:
+    with pytest.raises(UserError, match="3 problems in the recipe") as caught:
         run_recipe("gpt2-debug", [bad], run_dir=tmp_path / "run")
     problems = caught.value.problems
     assert "did you mean 'Console'?" in problems[0]
     assert problems[1].startswith("trainer.loggers[1].config.flush_secs:")
-    assert problems[2] == "trainer.loggers[1].config.x: unexpected key"
+    assert problems[2].startswith("trainer.loggers[1].config.x: unexpected key")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_a_logger_listed_twice_is_refused(registry, tmp_path):
+def test_a_logger_listed_twice_is_refused(tmp_path):
     with pytest.raises(UserError) as caught:
-        _build(registry, tmp_path, "Console", "console")
-    assert caught.value.problems == ["trainer.loggers[1]: Console is listed twice"]
+        run_recipe("gpt2-debug", ["trainer.loggers=[Console,console]"],
+                   run_dir=tmp_path / "run")
+    (problem,) = caught.value.problems
+    assert problem.startswith("trainer.loggers: value error, Console is listed twice ([0] "
+                              "and [1])")
+    assert not (tmp_path / "run").exists()
 
 
 class Failing:
@@ -216,10 +219,20 @@ def test_curves_logger_never_fails_the_run(registry, tmp_path, capsys, monkeypat
     assert not (tmp_path / "curves.png").exists()
 
 
-def test_loggers_shorthand_and_default():
-    assert TrainerSettings(max_steps=1, seq_len=1).loggers == [LoggerEntry(type_hint="Console")]
-    entry = TrainerSettings(max_steps=1, seq_len=1, loggers=["Curves"]).loggers[0]
-    assert entry == LoggerEntry(type_hint="Curves", config={})
+def test_loggers_shorthand_and_default(registry):
+    with registry.active():
+        (default,) = TrainerSettings(max_steps=1, seq_len=1).loggers
+        (entry,) = TrainerSettings(max_steps=1, seq_len=1, loggers=["curves"]).loggers
+    assert (default.type_hint.name, default.config.model_dump()) == ("Console", {})
+    assert entry.type_hint.name == "Curves" and entry.config.file == "curves.png"
+    assert entry.model_dump() == {"type_hint": "Curves", "config": {"file": "curves.png"}}
+
+
+def test_loggers_validate_only_against_a_registry():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="validated against a registry"):
+        TrainerSettings(max_steps=1, seq_len=1)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,

@@ -97,7 +97,7 @@ def test_gpt2_tiny_plots_its_own_curves():
     from llm_gym.recipes.loading import load_recipe
 
     loggers = load_recipe("gpt2-tiny").recipe.trainer.loggers
-    assert [entry.type_hint for entry in loggers] == ["Console", "Curves"]
+    assert [entry.type_hint.name for entry in loggers] == ["Console", "Curves"]
 
 
 @needs_matplotlib

@@ -91,10 +91,12 @@ def test_lock_adds_pins_to_a_recipe_without_them(capsys, tmp_path):
     code, out = _cli(capsys, "recipe", "validate", str(path), "--allow-drift")
     assert code == 0 and out.count("not pinned yet") == 1
     code, out = _cli(capsys, "recipe", "lock", str(path))
-    assert code == 0 and "pinned 6 components: dataset/DemoCorpus, " in out
+    assert code == 0 and "pinned 7 components: dataset/DemoCorpus, logger/Console, " in out
     pins = yaml.safe_load(path.read_text())["pins"]
-    assert set(pins) == {"dataset/DemoCorpus", "loss/CrossEntropy", "model/GPT2",
-                         "optimizer/AdamW", "scheduler/Constant", "tokenizer/ByteLevel"}
+    # The default logger (trainer.loggers) is pinned like any component it uses.
+    assert set(pins) == {"dataset/DemoCorpus", "logger/Console", "loss/CrossEntropy",
+                         "model/GPT2", "optimizer/AdamW", "scheduler/Constant",
+                         "tokenizer/ByteLevel"}
 
 
 def test_a_pin_no_longer_used_is_drift(capsys, tmp_path):

@@ -1,0 +1,221 @@
+"""Components inside components: a config field typed ``Component["kind"]`` validates,
+shows in the schema, pins and builds like a slot, at any depth."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm_gym.config.recipe_model import recipe_json_schema
+from llm_gym.errors import UserError
+from llm_gym.recipes.loading import load_recipe
+from llm_gym.recipes.pins import current_pins, find_drift
+from llm_gym.registry import ComponentConfig, ResolverRegistry, component
+from llm_gym.registry.nesting import Component
+from tests.conftest import REPO, run_cli, write_fake_distribution
+
+# The whole plugin, one file: a new kind whose component holds components of another.
+SCHEDULE_PLUGIN = '''
+from typing import Any
+
+from pydantic import Field
+from torch.optim.lr_scheduler import SequentialLR
+
+from llm_gym.registry import Component, ComponentConfig, component, hookimpl
+
+Scheduler = Component["scheduler"]
+
+
+@component("schedule", "Sequence", version=1)
+class SequenceConfig(ComponentConfig):
+    """Schedulers one after another, switching at the milestones."""
+
+    schedulers: list[Scheduler] = Field(min_length=1, description="in the order they run")
+    milestones: list[int] = Field(default_factory=list, description="steps that switch")
+
+    def build(self, optimizer: Any, schedulers: list[Any]) -> SequentialLR:
+        return SequentialLR(optimizer, schedulers, self.milestones)
+
+
+@hookimpl
+def llm_gym_components():
+    return [SequenceConfig]
+'''
+
+SEQUENCE = ("schedule={type_hint: Sequence, config: {milestones: [3], schedulers: "
+            "[{type_hint: ConstantLR, config: {factor: 0.5, total_iters: 3}}, Constant]}}")
+
+
+def _load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ResolverRegistry:
+    path = tmp_path / "schedule_plugin.py"
+    path.write_text(SCHEDULE_PLUGIN)
+    registry = ResolverRegistry.from_installed_plugins()
+    registry.register_plugin(_load_module(path, "schedule_plugin"), name="schedule")
+    return registry
+
+
+def test_a_kind_holding_components_validates_shows_in_the_schema_pins_and_builds(registry):
+    loaded = load_recipe("gpt2-debug", [SEQUENCE, "scheduler=null"], registry=registry,
+                         allow_drift=True)
+    sequence = loaded.recipe.schedule
+    first, second = sequence.config.schedulers
+    assert first.type_hint.name == "ConstantLR" and first.config.factor == 0.5
+    assert second.type_hint.name == "Constant"  # the bare-name shorthand, defaults filled
+    assert second.config.warmup_steps == 0
+
+    # Pinned at any depth: the nested schedulers as well as their holder.
+    pins = current_pins(loaded.recipe)
+    assert {"schedule/Sequence", "scheduler/ConstantLR", "scheduler/Constant"} <= set(pins)
+
+    # Editors complete the nested configs: the field refers to the scheduler union.
+    schema = recipe_json_schema(registry)
+    field = schema["$defs"]["SequenceConfig"]["properties"]["schedulers"]
+    assert field["items"] == {"$ref": "#/$defs/component_scheduler"}
+    assert {"$ref": "#/$defs/scheduler_StepLR"} in schema["$defs"]["component_scheduler"]["oneOf"]
+    assert schema["$defs"]["scheduler_StepLR"]["properties"]["type_hint"]["const"] == "StepLR"
+
+    # Built bottom-up: the nested schedulers got the optimizer a slot would get.
+    model = torch.nn.Linear(2, 2)
+    built = registry.build_components(
+        {"optimizer": loaded.recipe.optimizer, "schedule": sequence},
+        extra_kwargs={"model": model})
+    inner = built["schedule"]._schedulers
+    assert [type(s).__name__ for s in inner] == ["ConstantLR", "LambdaLR"]
+    assert all(s.optimizer is built["optimizer"] for s in inner)
+
+
+def test_nested_mistakes_name_the_full_path_and_the_closest_name(registry):
+    bad = SEQUENCE.replace("Constant]", "{type_hint: StepLr, config: {step_siz: 2}}, "
+                                        "PackedTokens]")
+    with pytest.raises(UserError) as caught:
+        load_recipe("gpt2-debug", [bad], registry=registry)
+    problems = "\n".join(caught.value.problems)
+    assert ("schedule.config.schedulers[1].config.step_siz: unexpected key; did you mean "
+            "'step_size'?") in problems
+    # A component of another kind is named as not being one of this kind.
+    assert "schedule.config.schedulers[2].type_hint: no scheduler named 'PackedTokens'" in problems
+    assert "registered: Constant, ConstantLR, StepLR" in problems
+
+
+def test_drift_of_a_nested_component_is_named_by_its_path(registry):
+    from llm_gym.config.recipe_model import Pin
+
+    loaded = load_recipe("gpt2-debug", [SEQUENCE], registry=registry, allow_drift=True)
+    pins = {key: Pin(**pin) for key, pin in current_pins(loaded.recipe).items()}
+    pins["scheduler/Constant"] = Pin(version=1, fingerprint="0" * 12)
+    pinned = loaded.recipe.model_copy(update={"pins": pins})
+    (drift,) = find_drift(pinned, registry)
+    assert drift.component_changed
+    assert str(drift).startswith("scheduler/Constant (at schedule.config.schedulers[1]): "
+                                 "fingerprint 000000000000 -> ")
+
+
+def test_a_nested_component_missing_a_dependency_is_named_by_its_path(registry):
+    from llm_gym.registry.building import build_order
+
+    Scheduler = Component["scheduler"]
+
+    @component("collection", "Schedulers")
+    class SchedulersConfig(ComponentConfig):
+        schedulers: list[Scheduler]
+
+        def build(self, schedulers: list) -> list:
+            return schedulers
+
+    registry.register_component(SchedulersConfig)
+    with registry.active():
+        choice = registry.kind("collection").adapter.validate_python(
+            {"type_hint": "Schedulers", "config": {"schedulers": ["Constant"]}})
+    with pytest.raises(UserError, match=r"collection\.config\.schedulers\[0\] "
+                                        r"\(scheduler/Constant\) needs 'optimizer'"):
+        build_order({"collection": choice}, provided=())
+    # With an optimizer slot, the holder is built after it, for its children's sake.
+    loaded = load_recipe("gpt2-debug", [], registry=registry)
+    order = build_order({"collection": choice, "optimizer": loaded.recipe.optimizer},
+                        provided=("model",))
+    assert order == ["optimizer", "collection"]
+
+
+def test_the_recipe_round_trips_through_its_dump(registry):
+    loaded = load_recipe("gpt2-debug", [SEQUENCE], registry=registry, allow_drift=True)
+    dumped = loaded.recipe.model_dump(mode="json")
+    nested = dumped["schedule"]["config"]["schedulers"]
+    assert nested[0] == {"type_hint": "ConstantLR", "config": {"factor": 0.5, "total_iters": 3}}
+    assert nested[1] == {"type_hint": "Constant", "config": {"warmup_steps": 0}}
+    assert dumped["trainer"]["loggers"] == [{"type_hint": "Console", "config": {}}]
+    with registry.active():
+        again = type(loaded.recipe).model_validate(dumped)
+    assert again == loaded.recipe
+
+
+def test_build_must_take_each_nested_field():
+    Scheduler = Component["scheduler"]
+
+    with pytest.raises(TypeError, match="build\\(\\) must take a parameter per nested "
+                                        "component field.*: schedulers"):
+        @component("schedule", "Forgetful")
+        class ForgetfulConfig(ComponentConfig):
+            schedulers: list[Scheduler]
+
+            def build(self, optimizer):
+                return None
+
+
+def test_a_kind_holding_its_own_kind_keeps_its_slot_and_a_recursive_schema():
+    Widget = Component["widget"]
+
+    @component("widget", "Leaf")
+    class LeafConfig(ComponentConfig):
+        size: int = 1
+
+        def build(self) -> int:
+            return self.size
+
+    @component("widget", "Group")
+    class GroupConfig(ComponentConfig):
+        parts: dict[str, Widget]
+        spare: Widget | None = None
+
+        def build(self, parts: dict[str, int], spare: int | None) -> int:
+            return sum(parts.values()) + (spare or 0)
+
+    registry = ResolverRegistry()
+    registry.register_component(LeafConfig)
+    registry.register_component(GroupConfig)
+    assert [s.name for s in registry.slots()] == ["widget"]
+    from llm_gym.config.recipe_model import build_recipe_model
+
+    data = {"widget": {"type_hint": "Group", "config": {"parts": {
+        "a": "Leaf", "b": {"type_hint": "Group", "config": {"parts": {
+            "c": {"type_hint": "Leaf", "config": {"size": 5}}}, "spare": "Leaf"}}}}}}
+    with registry.active():
+        recipe = build_recipe_model(registry).model_validate(data)
+    assert registry.build_components(recipe.components()) == {"widget": 1 + 5 + 1}
+    schema = recipe_json_schema(registry)
+    group = schema["$defs"]["GroupConfig"]["properties"]
+    assert group["parts"]["additionalProperties"] == {"$ref": "#/$defs/component_widget"}
+    assert "component_widget" in schema["$defs"]
+
+
+def test_components_show_names_the_kind_a_field_holds(tmp_path):
+    site = write_fake_distribution(tmp_path / "site", "schedule_pkg",
+                                   {"__init__.py": SCHEDULE_PLUGIN})
+    shown = run_cli("components", "show", "schedule", "Sequence",
+                    env={"PYTHONPATH": f"{site}:{REPO}"})
+    assert shown.returncode == 0, shown.stderr
+    assert "list[scheduler component]" in shown.stdout
+    assert "built from: optimizer" in shown.stdout
+    for name in [m for m in sys.modules if m.startswith("schedule_pkg")]:
+        del sys.modules[name]
