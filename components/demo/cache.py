@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from llm_gym.data.demo_corpus import write_demo_corpus
+from llm_gym.data.demo_corpus import write_corpus_part, write_demo_corpus
 from llm_gym.data.pack import pack_jsonl
 from llm_gym.data.packed import pack_paths
 from llm_gym.errors import UserError
@@ -66,6 +66,18 @@ def demo_corpus(directory: Path, corpus_mb: float) -> Path:
     return path
 
 
+def demo_corpus_part(directory: Path, corpus_mb: float, part: str) -> Path:
+    """The documents of one part (``all``, ``stdlib``, ``packages``) of the demo corpus."""
+    corpus = demo_corpus(directory, corpus_mb)
+    if part == "all":
+        return corpus
+    path = directory / f"corpus-{corpus_mb:g}mb-{part}.jsonl"
+    with locked(directory):
+        if not path.exists():
+            write_corpus_part(corpus, path, part)
+    return path
+
+
 def demo_tokenizer_file(directory: Path, corpus_mb: float, vocab_size: int) -> Path:
     from llm_gym.data.tokenizer_training import train_bpe_tokenizer
 
@@ -78,10 +90,13 @@ def demo_tokenizer_file(directory: Path, corpus_mb: float, vocab_size: int) -> P
     return path
 
 
-def demo_pack(directory: Path, corpus_mb: float, tokenizer) -> Path:  # noqa: ANN001
-    """The corpus packed with ``tokenizer``; one pack per tokenizer fingerprint."""
-    corpus = demo_corpus(directory, corpus_mb)
-    prefix = directory / f"pack-{corpus_mb:g}mb-{tokenizer.fingerprint()[:16]}"
+def demo_pack(directory: Path, corpus_mb: float, tokenizer,  # noqa: ANN001
+              part: str = "all") -> Path:
+    """The corpus (or one part of it) packed with ``tokenizer``; one pack per part and
+    tokenizer fingerprint."""
+    corpus = demo_corpus_part(directory, corpus_mb, part)
+    name = f"{corpus_mb:g}mb" if part == "all" else f"{corpus_mb:g}mb-{part}"
+    prefix = directory / f"pack-{name}-{tokenizer.fingerprint()[:16]}"
     with locked(directory):
         if not pack_paths(prefix)[0].exists():
             announce("the corpus, tokenized and packed", prefix)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from llm_gym.data.packed_dataset import PackedMemMapDataset
 from llm_gym.registry import ComponentConfig, component
 from llm_gym_components.datasets.packed_tokens import open_packed
 from llm_gym_components.tokenizers.hf_json import HFJsonTokenizer
@@ -32,12 +33,15 @@ class DemoCorpusConfig(ComponentConfig):
     """The demo corpus packed with the recipe's tokenizer (prepared once, then cached)."""
 
     split: Literal["train", "val"] = "train"
+    part: Literal["all", "stdlib", "packages"] = Field(
+        "all", description="all of the corpus, or the documents of the standard library "
+        "(stdlib) or of numpy and torch (packages) alone, e.g. to mix them")
     val_fraction: float = Field(0.05, gt=0.0, lt=1.0,
                                 description="last fraction of blocks kept for validation")
     corpus_mb: float = Field(8.0, gt=0, le=64, description="size of the demo corpus")
     cache_dir: str | None = Field(None, description="default: $LLM_GYM_DEMO_CACHE or "
                                   "~/.cache/llm_gym/demo")
 
-    def build(self, tokenizer: Any, world: Any, trainer: Any) -> Any:
-        prefix = demo_pack(cache_dir(self.cache_dir), self.corpus_mb, tokenizer)
+    def build(self, tokenizer: Any, world: Any, trainer: Any) -> PackedMemMapDataset:
+        prefix = demo_pack(cache_dir(self.cache_dir), self.corpus_mb, tokenizer, self.part)
         return open_packed(str(prefix), self.split, self.val_fraction, world, trainer, tokenizer)

@@ -8,6 +8,10 @@ module with import-time side effects (or one that fails to import) is harmless.
 
 The output is JSONL, one ``{"text": ..., "source": "module.qualname"}`` per line, and is
 deterministic: the same files give the same corpus, byte for byte.
+
+A corpus splits into parts by where its documents came from (``write_corpus_part``): the
+standard library (``stdlib``) and the packages' docstrings (``packages``), so a recipe can
+mix them in proportions of its choosing.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from llm_gym.data.file_kinds import JSONL, check_outputs
 from llm_gym.errors import UserError
 from llm_gym.fileio import atomic_output, make_parent_dirs
 
+DEFAULT_PACKAGES = ("numpy", "torch")
+PARTS = ("stdlib", "packages")  # the parts of a corpus, by scan root
 MIN_CHARS = 200  # shorter docstrings are mostly one-liners ("Return the foo.")
 MIN_PROSE_FRACTION = 0.7  # letters and whitespace; below that it is code, tables or ASCII art
 MIN_STOPWORD_FRACTION = 0.12  # English prose is ~40% function words; symbol lists have few
@@ -67,7 +73,7 @@ def write_demo_corpus(
     out: Path,
     *,
     target_mb: float = 8.0,
-    packages: Sequence[str] = ("numpy", "torch"),
+    packages: Sequence[str] = DEFAULT_PACKAGES,
     stdlib: bool = True,
     progress: bool = False,
 ) -> CorpusSummary:
@@ -114,6 +120,36 @@ def write_demo_corpus(
         seconds=time.perf_counter() - start,
         sources=counts,
     )
+
+
+def write_corpus_part(corpus: Path, out: Path, part: str,
+                      packages: Sequence[str] = DEFAULT_PACKAGES) -> int:
+    """Write the documents of ``corpus`` that belong to ``part`` to ``out``; return how many.
+
+    ``packages``: the documents whose source is in one of these top-level packages (the
+    scan roots of ``write_demo_corpus``, whose sources start with the package's name);
+    ``stdlib``: all the others. Lines are copied unchanged, in order, so the two parts
+    hold every document of the corpus exactly once.
+    """
+    if part not in PARTS:
+        raise UserError(f"demo corpus: part must be one of {', '.join(PARTS)}, got {part!r}")
+    out = Path(out)
+    check_outputs({out: JSONL}, [corpus])
+    make_parent_dirs(out)
+    kept = 0
+    with open(corpus, encoding="utf-8") as f, \
+            atomic_output(out, "w", encoding="utf-8", newline="\n") as w:
+        for number, line in enumerate(f, 1):
+            try:
+                source = json.loads(line)["source"]
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{corpus}:{number}: not a demo corpus record "
+                                '({"text": ..., "source": ...})') from None
+            in_packages = str(source).split(".")[0] in packages
+            if in_packages == (part == "packages"):
+                w.write(line)
+                kept += 1
+    return kept
 
 
 @contextmanager

@@ -1,0 +1,85 @@
+"""A weighted mixture of datasets as the runner's dataset (the logic: llm_gym.data.mixture)."""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from llm_gym.data.mixture import MixtureDataset
+from llm_gym.registry import Component, ComponentConfig, component
+
+Dataset = Component["dataset"]  # an alias: linters would read "dataset" as a type
+Weight = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+@component("dataset", "Mixture", version=1)
+class MixtureConfig(ComponentConfig):
+    """Samples drawn from several datasets in proportions of tokens, the same for any
+    world size; its position, saved in checkpoints, resumes exactly."""
+
+    sources: list[Dataset] = Field(
+        min_length=1, description="the datasets to mix; each must number its samples "
+        "globally (PackedTokens, DemoCorpus), and none may be a Mixture")
+    weights: list[Weight] = Field(
+        min_length=1, description="share of the tokens from each source, one per source, "
+        "in their order; normalised, so [3, 1] means 75% and 25%")
+    seed: int | None = Field(None, ge=0, description="orders the sources' samples; "
+                             "default: trainer.seed")
+    on_exhausted: Literal["cycle", "stop"] = Field(
+        "cycle", description="when a source has given every sample of an epoch: cycle "
+        "(it starts its next epoch, reshuffled) or stop (the run ends there)")
+
+    @field_validator("weights")
+    @classmethod
+    def _one_weight_per_source(cls, weights: list[float], info: ValidationInfo) -> list[float]:
+        sources = info.data.get("sources")  # absent when the sources were refused
+        if sources is not None and len(weights) != len(sources):
+            raise ValueError(f"{len(weights)} given for {len(sources)} sources; give one "
+                             "weight per source, in the order of sources")
+        return weights
+
+    def preflight(self) -> Iterator[str]:
+        """Every source is a dataset that can be mixed, judged by the class its ``build``
+        declares (one that declares none is checked when it is built)."""
+        for i, choice in enumerate(self.sources):
+            name = choice.type_hint.name
+            if isinstance(choice.config, MixtureConfig):
+                yield (f"sources[{i}]: a Mixture cannot be a source of another Mixture; "
+                       "list its sources in this one, with their weights multiplied")
+                continue
+            built = _declared_class(choice.config)
+            if built is not None and not _mixable(built):
+                yield (f"sources[{i}]: {name} builds a {built.__name__}, which cannot be "
+                       "mixed: a mixture source numbers its samples globally "
+                       "(samples_per_epoch and sample_tokens, see llm_gym.data.indexed)")
+
+    def build(self, world: Any, trainer: Any, sources: list[Any]) -> MixtureDataset:
+        labels = [source_label(i, choice) for i, choice in enumerate(self.sources)]
+        return MixtureDataset(
+            sources, self.weights, labels=labels,
+            seed=trainer.seed if self.seed is None else self.seed,
+            on_exhausted=self.on_exhausted, rank=world.rank, world_size=world.world_size,
+        )
+
+
+def source_label(index: int, choice: Any) -> str:
+    """``0:PackedTokens:data/web``: the key of a source's tokens in the metrics."""
+    config = choice.config
+    where = next((str(getattr(config, f)) for f in ("path", "part")
+                  if isinstance(getattr(config, f, None), str)), None)
+    return ":".join([str(index), choice.type_hint.name, *([where] if where else [])])
+
+
+def _declared_class(config: Any) -> type | None:
+    try:
+        built = typing.get_type_hints(type(config).build).get("return")
+    except Exception:  # an annotation that does not resolve declares nothing
+        return None
+    return built if isinstance(built, type) else None
+
+
+def _mixable(cls: type) -> bool:
+    return all(hasattr(cls, name) for name in ("samples_per_epoch", "sample_tokens"))
