@@ -18,12 +18,14 @@ same loader OmegaConf uses (so ``1e-3`` is a float and a duplicate key is an err
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from llm_gym.errors import UserError
+from llm_gym.fileio import open_input
 
 MAX_YAML_BYTES = 4 * 1024 * 1024
 MAX_YAML_DEPTH = 64
@@ -71,18 +73,19 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 def read_yaml_file(path: Path, what: str = "YAML file") -> Any:
-    """Read and parse one YAML file within the bounds; errors name the file and line."""
+    """Read and parse one YAML file within the bounds; errors name the file and line.
+
+    Opened through ``fileio.open_input``: a FIFO or a device in a recipe directory (or
+    given as the recipe) is refused, never read, which would block or never end."""
+    if not path.exists() and not path.is_symlink():
+        raise UserError(f"{what} not found: {path}")
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise UserError(f"{path}: not a regular file, so not a {what}")
-        if size > MAX_YAML_BYTES:
-            raise UserError(f"{path}: {size:,} bytes, more than the {MAX_YAML_BYTES:,} a "
-                            f"{what} may have; is this the right file?")
-        with open(path, "rb") as handle:
+        with open_input(path, f"a {what}") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_YAML_BYTES:
+                raise UserError(f"{path}: {size:,} bytes, more than the {MAX_YAML_BYTES:,} a "
+                                f"{what} may have; is this the right file?")
             raw = handle.read(MAX_YAML_BYTES + 1)  # it may have grown since the stat
-    except FileNotFoundError:
-        raise UserError(f"{what} not found: {path}") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if len(raw) > MAX_YAML_BYTES:

@@ -17,6 +17,7 @@ from typing import Any
 
 from llm_gym.config.yaml_files import read_yaml_file
 from llm_gym.errors import UserError
+from llm_gym.fileio import check_input_file
 from llm_gym.registry.kinds import closest_name
 
 RECIPE_PATH_ENV = "LLM_GYM_RECIPE_PATH"
@@ -94,6 +95,8 @@ class RecipeCatalog:
 def ref_for_path(path: Path) -> RecipeRef:
     """A recipe file given by path; named after its folder when it sits in a recipe dir."""
     if not path.is_file():
+        if path.exists():  # a FIFO, a directory...: say what it is instead
+            check_input_file(path, "a recipe file")
         raise UserError(f"recipe file not found: {path}")
     match = _VERSION_FILE.match(path.name)
     if match:
