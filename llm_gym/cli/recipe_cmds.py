@@ -6,6 +6,16 @@ from pathlib import Path
 
 import click
 
+from llm_gym.cli.params import BoundedInt, FiniteFloat, bad_parameter
+
+# Local workers are processes on one machine: a thousand is past any machine's GPUs or
+# cores, and a typo such as --nproc 100000 would start that many interpreters.
+MAX_LOCAL_WORKERS = 1024
+# A plan models at most this many ranks (2**17; the largest clusters have about 100,000
+# GPUs): the dry run shards the model over all of them, about a millisecond per rank
+# (16,384 ranks: 23 s on 2 CPU cores).
+MAX_PLANNED_RANKS = 131_072
+
 recipe_dir_option = click.option(
     "--recipe-dir", "recipe_dirs", multiple=True,
     type=click.Path(path_type=Path, exists=True, file_okay=False),
@@ -136,7 +146,7 @@ def schema(out_path: Path | None) -> None:
 @recipe.command(context_settings={"ignore_unknown_options": False})
 @spec_argument
 @overrides_argument
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--nproc", type=BoundedInt(1, MAX_LOCAL_WORKERS), default=1, show_default=True,
               help="Local worker processes (torch.distributed elastic launcher).")
 @click.option("--run-dir", type=click.Path(path_type=Path),
               help="Where checkpoints and metrics go (default: runs/<recipe>-<time>).")
@@ -162,13 +172,13 @@ def run(spec: str, overrides: tuple[str, ...], nproc: int, run_dir: Path | None,
 @recipe.command()
 @spec_argument
 @overrides_argument
-@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--nodes", type=BoundedInt(1, MAX_PLANNED_RANKS), default=1, show_default=True,
               help="Nodes the run will use.")
-@click.option("--gpus-per-node", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--gpus-per-node", type=BoundedInt(1, 1024), default=8, show_default=True,
               help="GPUs per node (one rank each).")
 @click.option("--gpu", default="h100", show_default=True,
               help="GPU model: h200, h100, a100, a100-40gb, l40s, a10g, l4, v100, 4090.")
-@click.option("--mfu", type=click.FloatRange(0, 1, min_open=True), default=0.4,
+@click.option("--mfu", type=FiniteFloat(0, 1, min_open=True), default=0.4,
               show_default=True, help="Assumed model FLOPs utilisation for the step time.")
 @click.option("--no-dry-run", is_flag=True,
               help="Skip building and sharding the model over a simulated world.")
@@ -187,6 +197,10 @@ def plan(spec: str, overrides: tuple[str, ...], nodes: int, gpus_per_node: int, 
     from llm_gym.recipes.loading import load_recipe
     from llm_gym.registry import ResolverRegistry
 
+    if nodes * gpus_per_node > MAX_PLANNED_RANKS:
+        raise bad_parameter("--nodes", f"{nodes} x --gpus-per-node {gpus_per_node} = "
+                            f"{nodes * gpus_per_node:,} ranks, more than the "
+                            f"{MAX_PLANNED_RANKS:,} a plan models")
     registry = ResolverRegistry.from_installed_plugins()
     loaded = load_recipe(spec, overrides, registry=registry, recipe_dirs=recipe_dirs,
                          allow_drift=allow_drift)
