@@ -221,3 +221,10 @@ def test_a_missing_extra_names_the_install_command(tmp_path: Path, monkeypatch) 
     with pytest.raises(UserError, match=r"a Parquet file needs the pyarrow package, which is not"
                                         r" installed: pip install 'llm_gym\[formats\]'"):
         pack_files(expand_inputs([tmp_path / "in.parquet"]), ByteLevelTokenizer(), tmp_path / "o")
+
+
+def test_iter_texts_reads_every_format_alike(corpus: Path) -> None:
+    from llm_gym.data.sources import iter_texts
+
+    for name in ("c.jsonl", "c.jsonl.zst", "c.parquet", "c.arrow"):
+        assert list(iter_texts(expand_inputs([corpus / name]), batch_docs=64)) == TEXTS, name

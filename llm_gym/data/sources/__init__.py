@@ -8,6 +8,7 @@ Hugging Face ``datasets`` saved to disk.
 
 from llm_gym.data.sources.batch import TextBatch, location
 from llm_gym.data.sources.inputs import FORMATS, InputFile, expand_inputs
-from llm_gym.data.sources.reading import read_batches_of
+from llm_gym.data.sources.reading import iter_texts, read_batches_of
 
-__all__ = ["FORMATS", "InputFile", "TextBatch", "expand_inputs", "location", "read_batches_of"]
+__all__ = ["FORMATS", "InputFile", "TextBatch", "expand_inputs", "iter_texts", "location",
+           "read_batches_of"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from llm_gym.data.jsonl_texts import OnBadLine, open_jsonl, read_batches
-from llm_gym.data.sources.batch import TextBatch
+from llm_gym.data.jsonl_texts import OnBadLine, open_jsonl, parse_lines, read_batches
+from llm_gym.data.sources.batch import TextBatch, location
 from llm_gym.data.sources.compressed import compressed_jsonl_batches
 from llm_gym.data.sources.inputs import InputFile
 from llm_gym.data.sources.tables import arrow_batches, parquet_batches
@@ -28,3 +28,20 @@ def read_batches_of(file: InputFile, field: str, batch_docs: int,
         for batch in read_batches(raw, batch_docs):
             yield TextBatch(str(file.path), "line", batch.first_line, batch.nbytes,
                             lines=batch.lines)
+
+
+def iter_texts(files: list[InputFile], field: str = "text", batch_docs: int = 1024, *,
+               on_bad_line: OnBadLine = "fail",
+               on_skip: Callable[[str, str], None] | None = None) -> Iterator[str]:
+    """Every document's text of ``files`` in order, in this process (tokenizer training);
+    skipped bad lines or rows go to ``on_skip(where, reason)``."""
+    for file in files:
+        for batch in read_batches_of(file, field, batch_docs, on_bad_line):
+            if batch.lines is not None:
+                texts, bad = parse_lines(batch.lines, batch.first, field, batch.source,
+                                         on_bad_line)
+            else:
+                texts, bad = batch.texts or [], batch.bad
+            for line in bad if on_skip is not None else ():
+                on_skip(location(batch.source, batch.unit, line.line), line.reason)
+            yield from texts

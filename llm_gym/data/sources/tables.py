@@ -3,7 +3,7 @@
 Parquet is read one row group at a time and, within it, ``batch_docs`` rows at a time, so
 memory is bounded by a row group's worth of the one column read, not by the file. Arrow
 IPC files (the stream format ``datasets`` writes, or the random-access file format) are
-memory-mapped and read record batch by record batch.
+read record batch by record batch.
 
 The column must hold strings (or binary data, decoded as UTF-8 row by row). A null, or a
 binary value that is not UTF-8, is a bad row: named as ``file: row N`` (1-based), and
@@ -109,7 +109,9 @@ def arrow_batches(path: Path, field: str, batch_docs: int,
     pa = require("pyarrow", "an Arrow file")
     pc = require("pyarrow.compute", "an Arrow file")
     try:
-        source = pa.memory_map(str(path))
+        # Read, not memory-mapped: mapped pages count in the resident set, which would
+        # then grow with the file; a read batch is freed once it has been tokenized.
+        source = pa.OSFile(str(path))
         random_access = source.read(6) == b"ARROW1"
         source.seek(0)
         reader = pa.ipc.open_file(source) if random_access else pa.ipc.open_stream(source)
