@@ -145,4 +145,8 @@ def contract_problems(recipe: Any) -> Iterator[str]:
         return
     missing = missing_parts(declared)
     if missing:
-        yield "model: " + _refusal(name, f"class {declared.__qualname__}", missing)
+        hint = ""
+        if {"vocab_size", "max_seq_len"} & set(missing):
+            hint = ("; an attribute set in __init__ is found on the class by its annotation "
+                    "in the class body (`vocab_size: int`) or as a property")
+        yield "model: " + _refusal(name, f"class {declared.__qualname__}", missing) + hint
