@@ -248,10 +248,12 @@ class GPT2(nn.Module):
         ``n_positions`` tokens. No KV cache: this is for samples during training, not
         serving. Call ``eval()`` first if the model has dropout.
         """
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        # llm_gym's one check of sampling arguments (the only llm_gym import here, kept
+        # local): a ValueError naming the argument for nan, inf, negative, tiny values.
+        from llm_gym.runner.sampling_args import check_sampling_args
+
+        check_sampling_args(max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_k=top_k)
         for _ in range(max_new_tokens):
             logits = self(input_ids[:, -self.n_positions :])[:, -1, :]
             if temperature == 0:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from llm_gym.cli.params import BoundedInt, FiniteFloat, Seed, bad_parameter
+from llm_gym.runner.sampling_args import MIN_TEMPERATURE
 
 source_argument = click.argument(
     "source", metavar="RUN_DIR|CHECKPOINT", type=click.Path(path_type=Path)
@@ -90,9 +91,6 @@ def import_hf_cmd(directory: Path, overrides: tuple[str, ...], run_dir: Path, ba
 # Generation has no KV cache: each token is a forward pass over the context. A million
 # is far past any useful sample and still bounds the loop and the growing id tensor.
 MAX_NEW_TOKENS = 1_000_000
-# Below this (but above 0, which is greedy) logits / temperature overflow float32 to inf,
-# and sampling from inf - inf = NaN probabilities fails inside torch.
-MIN_TEMPERATURE = 1e-4
 DEVICE_TYPES = ("cpu", "cuda")
 
 

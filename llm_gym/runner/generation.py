@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from llm_gym.errors import UserError
+from llm_gym.runner.sampling_args import check_sampling_args
 
 _INCOMPLETE = "\ufffd"  # what decoders emit for a character whose bytes are not all there yet
 
@@ -35,10 +36,7 @@ def stream_tokens(
     generate = getattr(model, "generate", None)
     if generate is None:
         raise UserError(f"{type(model).__name__} has no generate(); it cannot sample text")
-    if temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"--top-k must be >= 1, got {top_k}")
+    check_sampling_args(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
     if not prompt_ids:
         raise UserError("the prompt encodes to no tokens")
     vocab_size = getattr(model, "vocab_size", None)
