@@ -1,4 +1,5 @@
-"""pack_jsonl throughput against bare Hugging Face ``encode_batch`` over the same texts.
+"""tools pack's throughput against bare Hugging Face ``encode_batch`` over the same texts,
+reading JSONL, Parquet and zstd-compressed JSONL.
 
 Both sides use the same byte-level BPE (trained here on generated English-like text), the
 same batches and the same number of processes, started the same way (``spawn``, one
@@ -6,7 +7,8 @@ tokenizer copy per process, TOKENIZERS_PARALLELISM=false inside workers); with o
 both run in this process. Both include their own process start-up. Rounds alternate
 between the two and the fastest of each is compared. The ratio
 ``pack / bare`` is what pack's reading, JSON parsing, id conversion, transfer, hashing and
-writing cost on top of tokenization; the target is >= 0.9.
+writing cost on top of tokenization (for Parquet: decoding the column instead of JSON; for
+zstd: decompressing too); the target is >= 0.9 for each format.
 
 Run: pytest benchmarks --benchmark-enable -s
 """
@@ -18,10 +20,14 @@ import os
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import zstandard
 from bare_encode import bare_encode_batch
 
-from llm_gym.data.pack import pack_jsonl
+from llm_gym.data.pack import pack_files
+from llm_gym.data.sources import expand_inputs
 from llm_gym_components.tokenizers import HFJsonTokenizer, train_bpe_tokenizer
 
 CORPUS_MB = 6
@@ -68,6 +74,10 @@ def setup(tmp_path_factory):
     with src.open("w", encoding="utf-8") as f:
         for i, text in enumerate(texts):
             f.write(json.dumps({"id": i, "text": text}) + "\n")
+    (d / "corpus.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(src.read_bytes()))
+    # Row groups of ~1 MB, as a corpus writer's defaults give for text of this size.
+    pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}),
+                   d / "corpus.parquet", row_group_size=250)
     started = time.perf_counter()
     tok = HFJsonTokenizer(train_bpe_tokenizer(src, 8192, d / "tokenizer.json"))
     print(
@@ -77,9 +87,13 @@ def setup(tmp_path_factory):
     return d, src, texts, tok
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "jsonl.zst"])
 @pytest.mark.parametrize("workers", sorted({1, min(4, os.cpu_count() or 1)}))
-def test_pack_vs_bare_encode_batch(benchmark, bench_targets, setup, workers: int) -> None:
-    d, src, texts, tok = setup
+def test_pack_vs_bare_encode_batch(benchmark, bench_targets, setup, workers: int,
+                                   fmt: str) -> None:
+    d, _, texts, tok = setup
+    files = expand_inputs([d / f"corpus.{fmt}"])
+    assert files[0].format == fmt
     bare_times, pack_times = [], []
     n_ids = 0
     summary = None
@@ -90,23 +104,23 @@ def test_pack_vs_bare_encode_batch(benchmark, bench_targets, setup, workers: int
                 n_ids = bare_encode_batch(tok, texts, workers, BATCH_DOCS)
                 bare_times.append(time.perf_counter() - t)
             else:
-                summary = pack_jsonl(src, tok, d / f"out{workers}", workers=workers,
+                summary = pack_files(files, tok, d / f"out{workers}", workers=workers,
                                      batch_docs=BATCH_DOCS)
                 pack_times.append(time.perf_counter() - t)
     assert summary.n_tokens == n_ids + len(texts)  # the same work: ids plus one eod per doc
-    benchmark.extra_info.update(workers=workers, tokens=summary.n_tokens)
+    benchmark.extra_info.update(workers=workers, tokens=summary.n_tokens, format=fmt)
     benchmark.pedantic(
-        pack_jsonl, args=(src, tok, d / f"out{workers}"),
+        pack_files, args=(files, tok, d / f"out{workers}"),
         kwargs=dict(workers=workers, batch_docs=BATCH_DOCS), rounds=1, iterations=1,
     )  # fmt: skip
     # The fastest round of each: other load on the machine only ever adds time.
     bare, pack = min(bare_times), min(pack_times)
     ratio = bare / pack
     print(
-        f"\nworkers={workers}: bare encode_batch {n_ids / bare / 1e6:.2f} M tok/s ({bare:.2f}s),"
-        f" pack_jsonl {summary.n_tokens / pack / 1e6:.2f} M tok/s ({pack:.2f}s),"
+        f"\n{fmt}, workers={workers}: bare encode_batch {n_ids / bare / 1e6:.2f} M tok/s"
+        f" ({bare:.2f}s), pack {summary.n_tokens / pack / 1e6:.2f} M tok/s ({pack:.2f}s),"
         f" ratio {ratio:.3f} (target >= 0.9{'' if ratio >= 0.9 else ', BELOW TARGET'})"
     )
     benchmark.extra_info["ratio_vs_bare_encode_batch"] = ratio
-    bench_targets.add(f"`tools pack` / bare encode_batch, {workers} worker(s)", ratio,
+    bench_targets.add(f"`tools pack` {fmt} / bare encode_batch, {workers} worker(s)", ratio,
                       at_least=0.9)
