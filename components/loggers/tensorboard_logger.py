@@ -45,6 +45,8 @@ class TensorBoardLogger:
 
     def log_train(self, record: dict[str, Any]) -> None:
         self._add(record, TRAIN_TAGS)
+        for source, tokens in (record.get("tokens_by_source") or {}).items():
+            self.writer.add_scalar(f"data/tokens/{source}", tokens, record["step"])
         if record.get("tokens"):
             # Runs at different batch sizes compare by tokens seen, not by steps.
             self.writer.add_scalar("train/loss_vs_tokens", record["loss"], record["tokens"])

@@ -10,9 +10,19 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from llm_gym.data.indexed import DataExhausted
+
+
+@runtime_checkable
+class CountsTokensBySource(Protocol):
+    """A dataset drawing on several sources (a mixture) says how many tokens each gave,
+    at a saved position, so the metrics can record them (``tokens_by_source``)."""
+
+    def consumed_tokens(self, state: dict[str, Any] | None = None) -> dict[str, int]: ...
 
 
 class BatchFeed:
@@ -36,6 +46,8 @@ class BatchFeed:
                 self._start()
             item = self._queue.get()
             if item is None:
+                if isinstance(self._failure, DataExhausted):
+                    raise self._failure  # the end of the data, not a failure
                 raise RuntimeError("the data feed thread failed") from self._failure
             batch, self._state = item
         batch = batch.to(self.device, non_blocking=True)
@@ -45,6 +57,13 @@ class BatchFeed:
     def state_dict(self) -> dict[str, Any]:
         """The dataset position right after the last batch returned by ``next``."""
         return self.dataset.state_dict() if self._state is None else dict(self._state)
+
+    def tokens_by_source(self) -> dict[str, int] | None:
+        """Tokens each source gave up to the last batch returned, for a dataset that
+        draws on several; None for one that does not."""
+        if not isinstance(self.dataset, CountsTokensBySource):
+            return None
+        return self.dataset.consumed_tokens(self.state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.close()

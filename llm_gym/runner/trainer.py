@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 from torch.distributed.tensor import DTensor
 
+from llm_gym.data.indexed import DataExhausted
 from llm_gym.errors import ReportedError, UserError
 from llm_gym.hf.tokenizer_files import RUN_TOKENIZER_DIR, write_tokenizer_files
 from llm_gym.model_contract import as_language_model
@@ -105,7 +106,8 @@ def train_worker(
                     remove_unused_run_dir(run_dir)
                 raise
             result = trainer.fit()
-            trainer.metrics.message(end_message(run_dir, trainer.step, job, world.world_size))
+            trainer.metrics.message(end_message(run_dir, trainer.step, job, world.world_size,
+                                                data_ran_out=result["data_ran_out"]))
             return result
         finally:
             if trainer is not None:
@@ -238,12 +240,16 @@ class Trainer:
             self.metrics.message(self.resume_warning)
         # Throughput counts training time only: evaluation and checkpoint time is excluded.
         interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
-        last_loss = math.nan
+        last_loss, ran_out = math.nan, None
         with StopRequest() as self._stop:
             while self.step < s.max_steps:
                 if self.stop_agreement.agreed(self._stop.requested):
                     self._stop_on_request()
-                loss = self._train_step()
+                try:
+                    loss = self._train_step()
+                except DataExhausted as exc:
+                    ran_out = self._data_ran_out(exc)
+                    break
                 self.step += 1
                 interval_steps += 1
                 if self.step % s.log_every == 0 or self.step == s.max_steps:
@@ -264,12 +270,37 @@ class Trainer:
                     self.save()
                 excluded += time.perf_counter() - paused
         self.stop_agreement.finish()
-        if not (s.checkpoint_every and self.step % s.checkpoint_every == 0):
+        if ran_out is not None and self.step > self.start_step:
+            # The run ends here: its last step is logged and evaluated, as at max_steps.
+            if self.step % s.log_every:
+                elapsed = time.perf_counter() - interval_start - excluded
+                self.guard.check(self.step)
+                self.metrics.log_train(self._train_record(loss, interval_steps, elapsed))
+            if s.eval_every and self.step % s.eval_every:
+                self.metrics.log_eval(self.evaluate())
+        if ran_out is not None:
+            self.metrics.message(ran_out)
+        trained = ran_out is None or self.step > self.start_step
+        if trained and not (s.checkpoint_every and self.step % s.checkpoint_every == 0):
             self.save()
         self.close()
         if s.sample_prompt and self.tokenizer is not None:
             self.metrics.message(f"sample: {self.sample(s.sample_prompt, s.sample_tokens)}")
-        return {"run_dir": str(self.run_dir), "step": self.step, "loss": last_loss}
+        return {"run_dir": str(self.run_dir), "step": self.step, "loss": last_loss,
+                "data_ran_out": ran_out is not None}
+
+    def _data_ran_out(self, exc: DataExhausted) -> str:
+        """The training data ended (``on_exhausted: stop``) during the next step: that
+        partial step is dropped, gradients and data position back to the last full step,
+        and the run ends there as at ``max_steps``. Every rank sees it at the same batch."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._step_start_data is not None:  # micro-batches of the partial step were read
+            self.train_feed.load_state_dict(self._step_start_data)
+        if self.step == 0:
+            raise UserError(f"the training data ran out before the first step: {exc}; "
+                            "give the mixture more data, or on_exhausted: cycle")
+        return (f"the training data ran out after step {self.step} of "
+                f"{self.settings.max_steps} ({exc}); the run ends here")
 
     def close(self) -> None:
         """Close the metrics subscribers and stop the data thread; safe to call again."""
@@ -283,6 +314,9 @@ class Trainer:
         s, model = self.settings, self.model
         model.train()
         total = torch.zeros((), device=self.world.device)
+        # Where the data stood before this step, in case it runs out part way through.
+        self._step_start_data = self.train_feed.state_dict() if s.grad_accumulation > 1 \
+            else None
         for micro in range(s.grad_accumulation):
             # Gradients are reduce-scattered only on the last micro-batch.
             if hasattr(model, "set_requires_gradient_sync"):  # absent when not sharded
@@ -303,6 +337,7 @@ class Trainer:
     def _train_record(self, loss: torch.Tensor, steps: int, elapsed: float) -> dict[str, Any]:
         tokens_per_s = self.tokens_per_step * steps / elapsed if elapsed > 0 else None
         waited, self.train_feed.wait_seconds = self.train_feed.wait_seconds, 0.0
+        by_source = self.train_feed.tokens_by_source()  # a mixture's, cumulative
         mfu = peak_note = None
         if self.mfu_meter is not None:
             mfu = self.mfu_meter.mfu(tokens_per_s, self.flops_per_token)
@@ -318,6 +353,7 @@ class Trainer:
             "mfu": mfu,
             "data_wait_pct": 100 * waited / elapsed if elapsed > 0 else None,
             "tokens": self.step * self.tokens_per_step,
+            **({"tokens_by_source": by_source} if by_source is not None else {}),
             **({"peak_raised": peak_note} if peak_note else {}),
         }
 
