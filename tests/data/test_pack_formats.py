@@ -228,3 +228,17 @@ def test_iter_texts_reads_every_format_alike(corpus: Path) -> None:
 
     for name in ("c.jsonl", "c.jsonl.zst", "c.parquet", "c.arrow"):
         assert list(iter_texts(expand_inputs([corpus / name]), batch_docs=64)) == TEXTS, name
+
+
+def test_the_cli_offers_every_format() -> None:
+    from llm_gym.cli.tool_cmds import _FORMATS
+    from llm_gym.data.sources import FORMATS
+
+    assert _FORMATS == FORMATS
+
+
+@pytest.mark.parametrize("flag, value", [("--workers", "0"), ("--workers", "10**9"),
+                                         ("--shard-tokens", "0"), ("--job-index", "-1")])
+def test_bad_numbers_are_usage_errors(tmp_path: Path, capsys, flag: str, value: str) -> None:
+    code, out = _run_cli(capsys, tmp_path / "in.jsonl", "--out", tmp_path / "o", flag, value)
+    assert code == 2 and flag in out and "Traceback" not in out, out
