@@ -13,6 +13,10 @@ from llm_gym_components.tokenizers.hf_json import HFJsonTokenizer
 
 from .cache import cache_dir, demo_pack, demo_tokenizer_file
 
+# The order cache.cache_dir looks in (an absolute XDG_CACHE_HOME only, as the XDG spec says).
+CACHE_DIR_DESCRIPTION = ("default: $LLM_GYM_DEMO_CACHE, else $XDG_CACHE_HOME/llm_gym/demo, "
+                         "else ~/.cache/llm_gym/demo")
+
 
 @component("tokenizer", "DemoBPE", version=1)
 class DemoBPEConfig(ComponentConfig):
@@ -20,8 +24,7 @@ class DemoBPEConfig(ComponentConfig):
 
     vocab_size: int = Field(4096, ge=512, le=65536, description="BPE vocabulary size")
     corpus_mb: float = Field(8.0, gt=0, le=64, description="size of the demo corpus")
-    cache_dir: str | None = Field(None, description="default: $LLM_GYM_DEMO_CACHE or "
-                                  "~/.cache/llm_gym/demo")
+    cache_dir: str | None = Field(None, description=CACHE_DIR_DESCRIPTION)
 
     def build(self) -> HFJsonTokenizer:
         directory = cache_dir(self.cache_dir)
@@ -39,8 +42,7 @@ class DemoCorpusConfig(ComponentConfig):
     val_fraction: float = Field(0.05, gt=0.0, lt=1.0,
                                 description="last fraction of blocks kept for validation")
     corpus_mb: float = Field(8.0, gt=0, le=64, description="size of the demo corpus")
-    cache_dir: str | None = Field(None, description="default: $LLM_GYM_DEMO_CACHE or "
-                                  "~/.cache/llm_gym/demo")
+    cache_dir: str | None = Field(None, description=CACHE_DIR_DESCRIPTION)
 
     def build(self, tokenizer: Any, world: Any, trainer: Any) -> PackedMemMapDataset:
         prefix = demo_pack(cache_dir(self.cache_dir), self.corpus_mb, tokenizer, self.part)
