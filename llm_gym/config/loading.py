@@ -8,13 +8,14 @@ YAML, parsed by the same bounded parser as recipe files (``yaml_files``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigIndexError, OmegaConfBaseException
 
 from llm_gym.config.interpolation_bounds import bounded_interpolation
 from llm_gym.config.yaml_files import YAMLProblem, parse_yaml, read_yaml_file
@@ -46,8 +47,13 @@ def load_yaml(path: Path) -> DictConfig:
 
 
 def apply_overrides(config: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """Merge ``KEY=VALUE`` overrides (OmegaConf dotlist) over the recipe."""
-    updates = OmegaConf.create()
+    """Apply ``KEY=VALUE`` overrides over (a copy of) the recipe, in order.
+
+    KEY is a dotted path as errors print it, list items included
+    (``train_dataset.config.sources[1].config.path``); a mapping VALUE merges into the
+    mapping there, any other value replaces what is there.
+    """
+    updated = config.copy()
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -60,14 +66,42 @@ def apply_overrides(config: DictConfig, overrides: Sequence[str]) -> DictConfig:
                     f"quote it: {key}='\"{_short(raw)}\"'")
             raise UserError(f"override {_short(item)!r}: the value is not valid YAML "
                             f"({exc.problem}){hint}") from None
+        _check_list_items(updated, key.strip(), item)
         try:
-            OmegaConf.update(updates, key, value)
-        except OmegaConfBaseException as exc:
-            raise UserError(f"override {_short(item)!r}: {_omegaconf_message(exc)}") from None
-    try:
-        return OmegaConf.merge(config, updates)
-    except OmegaConfBaseException as exc:
-        raise UserError(f"override: {_omegaconf_message(exc)}") from None
+            OmegaConf.update(updated, key.strip(), value, merge=True)
+        except (OmegaConfBaseException, TypeError, ValueError) as exc:
+            raise UserError(f"override {_short(item)!r}: {_override_problem(exc)}") from None
+    return updated
+
+
+def _check_list_items(config: DictConfig, key: str, item: str) -> None:
+    """``a.b[1].c`` indexes the list ``a.b``: it must be one in the recipe, or OmegaConf
+    would quietly make a mapping with a key "1" there."""
+    for index in re.finditer(r"\[\d+\]", key):
+        prefix = key[:index.start()]
+        try:
+            node = OmegaConf.select(config, prefix, default=_ABSENT, throw_on_missing=False)
+        except OmegaConfBaseException:
+            return  # OmegaConf.update names the problem
+        if node is _ABSENT:
+            raise UserError(f"override {_short(item)!r}: {prefix} is not in the recipe file (its "
+                            f"default applies), so it has no items to change: set the whole "
+                            f"list, e.g. {prefix}=[...]")
+        if not isinstance(node, ListConfig):
+            raise UserError(f"override {_short(item)!r}: {prefix} is not a list in the recipe, "
+                            f"so {key[:index.end()]} indexes nothing")
+
+
+_ABSENT = object()
+
+
+def _override_problem(exc: Exception) -> str:
+    if isinstance(exc, ConfigIndexError) and getattr(exc, "full_key", None):
+        return f"the recipe has no item {exc.full_key} ({_omegaconf_message(exc)})"
+    if isinstance(exc, OmegaConfBaseException):
+        return _omegaconf_message(exc)
+    # OmegaConf's TypeError when a mapping meets a list (``sources.x=1`` on a list).
+    return f"{exc}: the key does not fit the recipe's shape there (a list is indexed as [1])"
 
 
 def resolve(config: DictConfig, source: Path | str) -> dict[str, Any]:

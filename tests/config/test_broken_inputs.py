@@ -28,6 +28,18 @@ def _edited(tmp_path: Path, old: str, new: str) -> str:
 
 
 OVERRIDE_CASES = {
+    # A list item is overridden by the path errors print (trainer.loggers[0].config...).
+    "bad key inside a list item": (["trainer.loggers=[{type_hint: Console}]",
+                                    "trainer.loggers[0].config.colour=1"],
+                                   ["trainer.loggers[0].config.colour: unexpected key"]),
+    "list item that is not there": (["trainer.loggers=[Console]", "trainer.loggers[4]=Curves"],
+                                    ["no item trainer.loggers[4]"]),
+    "item of a list the file lacks": (["trainer.loggers[0]=Curves"],
+                                      ["trainer.loggers is not in the recipe file",
+                                       "trainer.loggers=[...]"]),
+    "item of what is not a list": (["model.config[0]=1"], ["model.config is not a list"]),
+    "mapping key into a list": (["trainer.loggers=[Console]", "trainer.loggers.first=Console"],
+                                ["trainer.loggers.first=Console", "a list is indexed as [1]"]),
     "unknown type_hint": (["optimizer.type_hint=AdamX"],
                           ["optimizer", "type_hint", "'AdamX'", "did you mean 'AdamW'"]),
     "type_hint of another kind": (["optimizer.type_hint=StepLR"],

@@ -219,3 +219,15 @@ def test_components_show_names_the_kind_a_field_holds(tmp_path):
     assert "built from: optimizer" in shown.stdout
     for name in [m for m in sys.modules if m.startswith("schedule_pkg")]:
         del sys.modules[name]
+
+
+def test_an_override_reaches_into_a_nested_list_by_the_path_errors_print(registry):
+    loaded = load_recipe("gpt2-debug", [
+        SEQUENCE, "schedule.config.schedulers[0].config.factor=0.25",
+        "schedule.config.schedulers[1]={type_hint: Constant, config: {warmup_steps: 2}}",
+        "trainer.loggers=[Console]", "trainer.loggers[0]=Curves"], registry=registry,
+        allow_drift=True)
+    first, second = loaded.recipe.schedule.config.schedulers
+    assert first.config.factor == 0.25 and first.config.total_iters == 3  # merged, not replaced
+    assert second.config.warmup_steps == 2
+    assert [c.type_hint.name for c in loaded.recipe.trainer.loggers] == ["Curves"]
