@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,9 +81,29 @@ def run_recipe(
             return train_worker(job, loaded, registry)
         from llm_gym.runner.launcher import launch_local
 
-        return launch_local(nproc, train_worker, (job,))[0]
+        return launch_local(nproc, train_worker, (job,), stop_hint=_stop_hint(job.run_dir))[0]
     except BaseException:
         if created:  # a run that never started leaves no empty directory behind
             with contextlib.suppress(OSError):
                 job.run_dir.rmdir()
         raise
+
+
+def _stop_hint(run_dir: Path) -> Callable[[], str]:
+    """How to go on after workers were stopped before they could save (a signal while
+    they were starting): resume from the run directory's checkpoint, or start again."""
+
+    def hint() -> str:
+        from llm_gym.runner.checkpoint import latest_checkpoint
+
+        try:
+            latest = latest_checkpoint(run_dir)
+        except UserError as exc:  # a tampered run directory says what is wrong with it
+            return exc.message
+        if latest is not None:
+            return (f"{run_dir} keeps the checkpoint {latest.name}; continue with the same "
+                    f"command and --run-dir {run_dir} --resume")
+        return (f"no checkpoint was written to {run_dir}, so there is nothing to resume; "
+                f"start again with the same command and --run-dir {run_dir}")
+
+    return hint

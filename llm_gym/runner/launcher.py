@@ -13,7 +13,10 @@ chatter is silenced; failures are reported once, by the exception raised here.
 Stopping: SIGINT/SIGTERM to the launcher is forwarded by the agent to every worker, which
 stops at a step boundary and saves; a worker that stops on request (``Interrupted``,
 exit code 130) keeps its exit code and label on the way back, so the job ends with
-"stopped:" and the resume command whichever process got the signal. A worker whose
+"stopped:" and the resume command whichever process got the signal. A worker that gets
+the signal while still starting (before its stop handler exists, so before any step)
+cannot save: the job still ends as stopped, with the caller's ``stop_hint`` saying how to
+continue (``recipe run`` names the run directory and whether it holds a checkpoint). A worker whose
 launcher dies (even by SIGKILL) gets SIGINT from the kernel (torch's spawn sets the
 parent-death signal), which stops it the same way: no worker outlives its launcher.
 """
@@ -40,6 +43,10 @@ from llm_gym.errors import ReportedError, UserError
 # Written by a failing worker next to its error.json: when it failed (time.time()) and,
 # for a UserError, its exit code and label (a stop on request is 130, "stopped").
 _FAILURE_FILE = "failure.json"
+
+# Signals that ask a run to stop (a scheduler's SIGTERM, Ctrl-C, a closed terminal): a
+# worker killed by one before it could stop at a step boundary was stopped, not crashed.
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 # What torch reports for a worker that wrote no error file.
 _NO_MESSAGE = "<NONE>"
@@ -68,6 +75,9 @@ class WorkerFailure:
     user_error: bool = False
     user_exit_code: int = UserError.exit_code
     label: str = UserError.label
+    # The signal (e.g. "SIGTERM") that stopped a worker still starting, before it could
+    # stop at a step boundary; None for any other failure.
+    signal: str | None = None
 
 
 class LaunchError(ReportedError):
@@ -89,6 +99,7 @@ def launch_local(
     *,
     run_id: str | None = None,
     verbose: bool = False,
+    stop_hint: Callable[[], str] | None = None,
 ) -> dict[int, Any]:
     """Run ``entrypoint(*args)`` in ``nproc`` local worker processes; return their results.
 
@@ -100,7 +111,10 @@ def launch_local(
     checkpoint, ... is reported as the user's mistake, without traceback; with the
     workers' exit code and label, so a stop on request stays ``Interrupted``), else
     ``LaunchError`` naming each failed rank and its error. A signal to this process
-    raises ``Interrupted``. ``verbose`` lets the elastic agent log at INFO.
+    raises ``Interrupted``. ``verbose`` lets the elastic agent log at INFO. ``stop_hint``,
+    called once the workers are gone, says how to continue after a stop that workers
+    could not save themselves (a signal while they were starting, or past the grace
+    period); without it the message speaks of --run-dir and --resume in general.
 
     Unless ``OMP_NUM_THREADS`` is set, each worker gets ``cpu_count // nproc`` threads so
     N workers do not oversubscribe the CPU cores. More workers than GPUs is refused;
@@ -150,14 +164,21 @@ def launch_local(
             # them (30 s, then SIGKILL); each one that stopped at a step boundary and
             # saved recorded its Interrupted, which names the checkpoint and --run-dir.
             stopped = _collect_failures({}, Path(log_dir))
-            raise _signal_stop(exc.sigval, nproc, stopped) from None
+            raise _signal_stop(exc.sigval, nproc, stopped, stop_hint) from None
     if all(f.user_error for f in failures.values()):
-        raise _as_user_error(failures)
+        raise _as_user_error(failures, stop_hint)
     raise LaunchError(failures)
 
 
-def _as_user_error(failures: dict[int, WorkerFailure]) -> UserError:
-    """The workers' UserErrors as one, with their exit code and label when they agree."""
+def _as_user_error(failures: dict[int, WorkerFailure],
+                   stop_hint: Callable[[], str] | None = None) -> UserError:
+    """The workers' UserErrors as one, with their exit code and label when they agree;
+    workers stopped by a signal while starting make it a stop that says how to go on."""
+    early = {rank: f.signal for rank, f in failures.items() if f.signal}
+    if early and len(early) == len(failures):
+        return _stopped_early(sorted(set(early.values())), sorted(early), stop_hint)
+    # A rank's own error, and peers the agent then stopped with SIGTERM: the error says it.
+    failures = {rank: f for rank, f in failures.items() if not f.signal}
     messages = {f.message for f in failures.values()}
     kinds = {(f.user_exit_code, f.label) for f in failures.values()}
     # Usually every rank found the same mistake: say it once, as the user's error.
@@ -173,20 +194,32 @@ def _as_user_error(failures: dict[int, WorkerFailure]) -> UserError:
     return error
 
 
-def _signal_stop(sig: signal.Signals, nproc: int,
-                 recorded: dict[int, WorkerFailure]) -> UserError:
+def _signal_stop(sig: signal.Signals, nproc: int, recorded: dict[int, WorkerFailure],
+                 stop_hint: Callable[[], str] | None = None) -> UserError:
     from llm_gym.runner.safety import Interrupted
 
-    stops = {r: f for r, f in recorded.items() if f.user_exit_code == Interrupted.exit_code}
+    stops = {r: f for r, f in recorded.items()
+             if f.user_exit_code == Interrupted.exit_code and not f.signal}
     if len(stops) == nproc:
         return _as_user_error(stops)  # every worker saved: their words, with --run-dir
     missing = sorted(set(range(nproc)) - set(stops))
-    who = f"rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"
+    return _stopped_early([sig.name], missing, stop_hint,
+                          why="still starting, or killed after the grace period")
+
+
+_GENERAL_HINT = ("the run directory keeps its newest complete checkpoint, if any; continue "
+                 "with the same command and --run-dir and --resume")
+
+
+def _stopped_early(signals: list[str], ranks: list[int], stop_hint: Callable[[], str] | None,
+                   why: str = "still starting") -> UserError:
+    """A stop on request that some ranks could not save: what happened, and how to go on."""
+    from llm_gym.runner.safety import Interrupted
+
+    who = f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
     return Interrupted(
-        f"interrupted by signal {sig.name} before {who} could stop at a step boundary and "
-        "save (still starting, or killed after the grace period); the run directory keeps "
-        "its newest complete checkpoint, if any; continue with the same command and "
-        "--run-dir and --resume"
+        f"interrupted by signal {'/'.join(signals)} before {who} could stop at a step "
+        f"boundary and save ({why}); {stop_hint() if stop_hint else _GENERAL_HINT}"
     )
 
 
@@ -227,7 +260,10 @@ def _worker_main(entrypoint: Callable[..., Any], *args: Any) -> Any:
     try:
         return entrypoint(*args)
     except BaseException as exc:
-        _write_failure_record(exc)
+        stop = _early_signal_as_stop(exc)
+        _write_failure_record(stop)
+        if stop is not exc:
+            raise stop from exc
         if isinstance(exc, UserError) and not isinstance(exc, _WorkerUserError):
             raise _WorkerUserError(str(exc)) from exc
         if not isinstance(exc, (Exception, KeyboardInterrupt, SystemExit)):
@@ -235,6 +271,23 @@ def _worker_main(entrypoint: Callable[..., Any], *args: Any) -> Any:
             # BaseException (DCP's CheckpointException is one) would arrive without a word.
             raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
         raise
+
+
+def _early_signal_as_stop(exc: BaseException) -> BaseException:
+    """torch's worker wrapper turns SIGTERM/SIGINT before our stop handler exists (the
+    worker still starting) into a ``SignalException``: that is a stop on request, not a
+    crash, so it travels as a stop (exit code 130, "stopped") naming the signal."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    if not isinstance(exc, SignalException):
+        return exc
+    from llm_gym.runner.safety import Interrupted
+
+    stop = _WorkerUserError(f"stopped by {signal.Signals(exc.sigval).name} before it could "
+                            "stop at a step boundary")
+    stop.exit_code, stop.label = Interrupted.exit_code, Interrupted.label
+    stop.signal = signal.Signals(exc.sigval).name  # type: ignore[attr-defined]
+    return stop
 
 
 def _write_failure_record(exc: BaseException) -> None:
@@ -246,6 +299,8 @@ def _write_failure_record(exc: BaseException) -> None:
     record: dict[str, Any] = {"failed_at": getattr(exc, FAILED_AT_ATTR, time.time())}
     if isinstance(exc, UserError):
         record.update(exit_code=exc.exit_code, label=exc.label)
+    if getattr(exc, "signal", None):
+        record["signal"] = exc.signal  # type: ignore[attr-defined]
     Path(error_file).with_name(_FAILURE_FILE).write_text(json.dumps(record))
 
 
@@ -270,6 +325,10 @@ def _collect_failures(reported: dict[int, Any], log_dir: Path) -> dict[int, Work
             when = float("-inf")
         traceback = _error_traceback(failure.error_file_data)
         found[rank] = (when, _failure(rank, failure.exitcode, message, traceback, {}))
+        if -failure.exitcode in _STOP_SIGNALS:  # a stop on request it had no time to obey
+            found[rank] = (when, WorkerFailure(
+                rank, failure.exitcode, message, traceback, user_error=True,
+                user_exit_code=130, label="stopped", signal=failure.signal_name()))
     # One node, so the local rank in the path is the global rank.
     for path in log_dir.glob("*/attempt_*/*/error.json"):
         try:
@@ -297,6 +356,7 @@ def _failure(rank: int, exitcode: int, message: str, traceback: str,
         rank, exitcode, message.removeprefix(marker), traceback, user_error=True,
         user_exit_code=int(record.get("exit_code", UserError.exit_code)),
         label=str(record.get("label", UserError.label)),
+        signal=str(record["signal"]) if record.get("signal") else None,
     )
 
 
