@@ -99,6 +99,10 @@ OVERRIDE_CASES = {
         "trainer.seed=[&a0 [1,1,1,1,1,1,1,1,1,1], "
         + ", ".join(f"&a{i} [{','.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)) + "]"],
         ["override 'trainer.seed=", "expands to more than"]),
+    "override interpolation bomb": (  # recipe.a9 alone: 10**10 characters
+        ["recipe.a0=xxxxxxxxxx"]
+        + [f"recipe.a{i}=\"{f'${{recipe.a{i - 1}}}' * 10}\"" for i in range(1, 10)],
+        ["v1.yaml: recipe.a", "interpolations expand to more than 4,194,304 characters"]),
 }
 
 
