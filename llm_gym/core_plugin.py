@@ -37,7 +37,7 @@ def llm_gym_recipe_sections() -> dict[str, Any]:
 @hookimpl
 def llm_gym_recipe_checks() -> tuple[Callable[[Any], Iterable[str]], ...]:
     return (eval_needs_an_eval_dataset, loggers_ask_for_what_the_runner_gives,
-            model_satisfies_the_contract)
+            evaluators_ask_for_what_the_run_has, model_satisfies_the_contract)
 
 
 def eval_needs_an_eval_dataset(recipe: Any) -> Iterator[str]:
@@ -61,6 +61,25 @@ def loggers_ask_for_what_the_runner_gives(recipe: Any) -> Iterator[str]:
             if dep.required and dep.name not in LOGGER_PROVIDES:
                 yield (f"{where}: {spec.key}.build() needs {dep.name!r}; a logger can ask "
                        f"for {', '.join(LOGGER_PROVIDES)}")
+
+
+def evaluators_ask_for_what_the_run_has(recipe: Any) -> Iterator[str]:
+    """An evaluator is built by the runner from ``EVALUATOR_PROVIDES`` only; of those, the
+    tokenizer and eval_dataset exist only when the recipe fills their slots."""
+    from llm_gym.evaluation.evaluator import EVALUATOR_PROVIDES
+    from llm_gym.registry.building import needs_of
+
+    slots = recipe.components()
+    for i, choice in enumerate(getattr(getattr(recipe, "trainer", None), "evaluators", ())):
+        for dep, where, spec in needs_of(choice, f"trainer.evaluators[{i}]"):
+            if not dep.required:
+                continue
+            if dep.name not in EVALUATOR_PROVIDES:
+                yield (f"{where}: {spec.key}.build() needs {dep.name!r}; an evaluator can "
+                       f"ask for {', '.join(EVALUATOR_PROVIDES)}")
+            elif dep.name in ("tokenizer", "eval_dataset") and dep.name not in slots:
+                yield (f"{where}: {spec.key} needs the recipe's {dep.name}, and the recipe "
+                       f"has none: add a {dep.name} entry")
 
 
 def model_satisfies_the_contract(recipe: Any) -> Iterator[str]:

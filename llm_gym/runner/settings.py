@@ -12,6 +12,7 @@ from llm_gym.registry.component import STRICT_MODEL_CONFIG
 Precision = Literal["fp32", "bf16", "fp16"]
 # A registered component of kind logger, validated against the registry like a slot.
 LoggerChoice = Component["logger"]
+EvaluatorChoice = Component["evaluator"]
 
 
 class TrainerSettings(BaseModel):
@@ -54,6 +55,24 @@ class TrainerSettings(BaseModel):
         description="metric subscribers (kind 'logger') besides RUN_DIR/metrics.jsonl, "
         "which is always written; e.g. [Console, TensorBoard]",
     )
+
+    evaluators: list[EvaluatorChoice] = Field(
+        default_factory=list,
+        description="downstream evaluations (kind 'evaluator'), each run every its own "
+        "`every` steps and logged as eval/<name>/<metric>; e.g. MultipleChoice on a "
+        "HellaSwag file, TextPerplexity on held-out texts (docs/evaluation.md)",
+    )
+
+    @field_validator("evaluators")
+    @classmethod
+    def _names_unique(cls, evaluators: list[Any]) -> list[Any]:
+        names = [choice.config.name for choice in evaluators]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"two evaluators are named {name!r} ([{names.index(name)}] "
+                                 f"and [{i}]): give one another name, their records' keys "
+                                 "are eval/<name>/<metric>")
+        return evaluators
 
     @field_validator("loggers")
     @classmethod
