@@ -20,12 +20,15 @@ from torch.distributed.tensor import DTensor
 
 from llm_gym.data.indexed import DataExhausted
 from llm_gym.errors import ReportedError, UserError
+from llm_gym.evaluation.evaluator import Schedule, Scheduled
+from llm_gym.evaluation.validation_loss import ValidationLoss
 from llm_gym.hf.tokenizer_files import RUN_TOKENIZER_DIR, write_tokenizer_files
 from llm_gym.model_contract import as_language_model
 from llm_gym.recipes.loading import LoadedRecipe, load_recipe
 from llm_gym.recipes.pins import current_pins
 from llm_gym.recipes.resolved import resolved_yaml
 from llm_gym.registry import ResolverRegistry
+from llm_gym.registry.building import build_choice
 from llm_gym.runner.checkpoint import (
     CheckpointWriteError,
     latest_checkpoint,
@@ -190,8 +193,7 @@ class Trainer:
             prefetch = 2 if world.device.type == "cuda" else 0
         self.train_feed = BatchFeed(built["train_dataset"], settings.micro_batch_size,
                                     world.device, prefetch)
-        self.eval_data = built.get("eval_dataset")
-        self._eval_start = self.eval_data.state_dict() if self.eval_data is not None else None
+        self.evaluators = self._build_evaluators(built, run_dir)
 
         needed = checkpoint_bytes(self.model)
         on_main(lambda: check_room(run_dir, needed, settings.keep_last), world)
@@ -260,12 +262,7 @@ class Trainer:
                     self.metrics.log_train(record)
                     interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
                 paused = time.perf_counter()
-                # A run shorter than eval_every (or not a multiple) evaluates at its end too.
-                if s.eval_every and (self.step % s.eval_every == 0 or self.step == s.max_steps):
-                    record = self.evaluate()
-                    if record is None:  # a stop was requested mid-evaluation
-                        self._stop_on_request()
-                    self.metrics.log_eval(record)
+                self._evaluate_due()
                 if s.checkpoint_every and self.step % s.checkpoint_every == 0:
                     self.save()
                 excluded += time.perf_counter() - paused
@@ -276,8 +273,7 @@ class Trainer:
                 elapsed = time.perf_counter() - interval_start - excluded
                 self.guard.check(self.step)
                 self.metrics.log_train(self._train_record(loss, interval_steps, elapsed))
-            if s.eval_every and self.step % s.eval_every:
-                self.metrics.log_eval(self.evaluate())
+            self._evaluate_due(ended_early=True)
         if ran_out is not None:
             self.metrics.message(ran_out)
         trained = ran_out is None or self.step > self.start_step
@@ -357,27 +353,41 @@ class Trainer:
             **({"peak_raised": peak_note} if peak_note else {}),
         }
 
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, Any] | None:
-        """The eval loss over ``eval_batches``; None when a stop (Ctrl-C, SIGTERM) was
-        requested meanwhile: the ranks agree between batches, so a stop waits for one
-        eval batch, never for a whole evaluation."""
-        s, data = self.settings, self.eval_data
-        data.load_state_dict(self._eval_start)  # the same batches at every evaluation
-        self.model.eval()
-        total = torch.zeros((), device=self.world.device)
+    # -- evaluation ------------------------------------------------------------------------
+
+    def _build_evaluators(self, built: dict[str, Any], run_dir: Path) -> Schedule:
+        """``trainer.eval_every``'s validation loss, then ``trainer.evaluators``, built on
+        every rank (each scores its share of the examples)."""
+        s, world = self.settings, self.world
+        scheduled = []
+        if s.eval_every:
+            validation = ValidationLoss(built["eval_dataset"], self.loss_fn, s.eval_batches,
+                                        s.micro_batch_size, world)
+            scheduled.append(Scheduled("validation", s.eval_every, validation,
+                                       on_error="stop", legacy_keys=True))
+        provided = {"world": world, "trainer": s, "loss": self.loss_fn, "run_dir": run_dir,
+                    **{k: built[k] for k in ("tokenizer", "eval_dataset") if k in built}}
+        for choice in s.evaluators:
+            c = choice.config
+            scheduled.append(Scheduled(c.name, c.every, build_choice(choice, provided),
+                                       on_error=c.on_error))
+        return Schedule(scheduled, s.max_steps)
+
+    def _evaluate_due(self, *, ended_early: bool = False) -> None:
+        """Run the evaluators due at this step and log their records. A stop (Ctrl-C,
+        SIGTERM) requested meanwhile is honoured between batches: the ranks agree there,
+        so a stop waits for one batch, never for a whole evaluation."""
         stop = getattr(self, "_stop", None)
-        for _ in range(s.eval_batches):
-            if stop is not None and self.stop_agreement.agreed(stop.requested):
-                return None
-            batch = data.next_batch(s.micro_batch_size).to(self.world.device)
-            total += self.loss_fn(self.model(batch[:, :-1]), batch[:, 1:])
-        loss = all_reduce_mean(total / s.eval_batches, self.world).item()
-        return {
-            "step": self.step,
-            "eval_loss": loss,
-            "eval_perplexity": math.exp(loss) if loss < 50 else math.inf,
-        }
+
+        def should_stop() -> bool:
+            return stop is not None and self.stop_agreement.agreed(stop.requested)
+
+        records = self.evaluators.run(self.step, self.model, should_stop,
+                                      self.metrics.message, ended_early=ended_early)
+        if records is None:
+            self._stop_on_request()
+        for record in records:
+            self.metrics.log_eval(record)
 
     @torch.no_grad()
     def sample(self, prompt: str, max_new_tokens: int) -> str:
