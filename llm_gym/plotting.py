@@ -1,8 +1,10 @@
 """Training curves from ``RUN_DIR/metrics.jsonl`` as a PNG (``llm_gym plot``, the Curves logger).
 
 Two rows, the same three panels against optimizer steps and against tokens seen: loss
-with eval loss, learning rate, throughput. One colour per run, so several runs compare
-side by side. matplotlib is an optional extra (``llm_gym[plot]``), imported here only.
+with eval loss, learning rate, throughput; then one row more per downstream evaluator
+(``eval/<name>/<metric>`` records), a panel per metric against steps. One colour per run,
+so several runs compare side by side. matplotlib is an optional extra
+(``llm_gym[plot]``), imported here only.
 ``plot_runs`` is the one drawing function: the Curves logger and ``llm_gym plot`` share it.
 """
 
@@ -20,6 +22,8 @@ EXTRA_HINT = "pip install 'llm_gym[plot]' (or matplotlib)"
 
 # Ticks per token axis: token counts are long numbers, even in engineering notation.
 _TOKEN_TICKS = 5
+# An evaluator's metrics that are bookkeeping (time, counts), not a curve worth a panel.
+_BOOKKEEPING = ("seconds", "examples", "tokens", "bytes", "truncated")
 
 
 def matplotlib_missing() -> str | None:
@@ -41,6 +45,8 @@ class RunCurves:
     tokens_per_s: list[float | None] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
     eval_loss: list[float | None] = field(default_factory=list)
+    # "eval/<name>/<metric>" -> (steps, values), in record order.
+    evaluators: dict[str, tuple[list[int], list[float | None]]] = field(default_factory=dict)
 
     def eval_tokens(self) -> list[float] | None:
         """Eval records carry only their step; tokens per step is constant within a run."""
@@ -72,7 +78,13 @@ def read_run(run_dir: Path, label: str | None = None) -> RunCurves:
         elif "eval_loss" in rec:
             run.eval_steps.append(rec["step"])
             run.eval_loss.append(rec["eval_loss"])
-    if not run.steps and not run.eval_steps:
+        for key, value in rec.items():
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == "eval" and parts[2] not in _BOOKKEEPING:
+                steps, values = run.evaluators.setdefault(key, ([], []))
+                steps.append(rec["step"])
+                values.append(value if isinstance(value, (int, float)) else None)
+    if not run.steps and not run.eval_steps and not run.evaluators:
         raise UserError(f"{path}: no training records yet")
     return run
 
@@ -128,9 +140,11 @@ def draw_curves(runs: Sequence[RunCurves], title: str | None = None) -> Any:
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    figure = Figure(figsize=(15, 8.5), layout="constrained")
+    extra = evaluator_panels(runs)
+    extra_rows = math.ceil(len(extra) / 3)
+    figure = Figure(figsize=(15, 8.5 + 4 * extra_rows), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(2, 3)
+    axes = figure.subplots(2 + extra_rows, 3, squeeze=False)
     palette = [f"C{i % 10}" for i in range(len(runs))]
     for row, by_tokens in enumerate((False, True)):
         loss_ax, lr_ax, speed_ax = axes[row]
@@ -155,10 +169,25 @@ def draw_curves(runs: Sequence[RunCurves], title: str | None = None) -> Any:
                 ax.xaxis.set_major_locator(MaxNLocator(_TOKEN_TICKS))
                 ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: engineering(x)))
         lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    flat = [ax for row in axes[2:] for ax in row]
+    for ax, key in zip(flat, extra, strict=False):
+        for run, colour in zip(runs, palette, strict=True):
+            if key in run.evaluators:
+                _line(ax, *run.evaluators[key], colour, run.label, marker="o", markersize=4)
+        ax.set_title(f"{key.removeprefix('eval/')} vs steps", fontsize=11)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    for ax in flat[len(extra):]:
+        ax.set_visible(False)
     axes[0][0].set_ylabel("cross-entropy")
     axes[0][0].legend(fontsize=9)
     figure.suptitle(title or ", ".join(r.label for r in runs), fontsize=13)
     return figure
+
+
+def evaluator_panels(runs: Sequence[RunCurves]) -> list[str]:
+    """The ``eval/<name>/<metric>`` keys of any run, each once, in order of appearance."""
+    return list(dict.fromkeys(key for run in runs for key in run.evaluators))
 
 
 def _line(ax: Any, xs: Sequence[float], ys: Sequence[float | None], colour: str, label: str,
