@@ -42,10 +42,6 @@ class ShardedTokens:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        whole = self[:]
-        return whole if dtype is None else whole.astype(dtype)
-
     def tolist(self) -> list[int]:
         return self[:].tolist()
 
@@ -90,6 +86,36 @@ class ShardedTokens:
             mask = which == part
             out[mask] = self._parts[part][idx[mask] - self._starts[part]]
         return out
+
+
+class _GatheredRows:
+    """``rows[b] = tokens[b * step : b * step + span]`` over a ShardedTokens, gathered on use."""
+
+    def __init__(self, tokens: ShardedTokens, n_rows: int, step: int, span: int) -> None:
+        self._tokens, self._step = tokens, step
+        self._window = np.arange(span, dtype=np.int64)
+        self.shape = (n_rows, span)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(self.shape[0]), dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._tokens[rows[..., None] * self._step + self._window]
+
+
+def block_rows(tokens: np.ndarray | ShardedTokens, n_rows: int, step: int,
+               span: int) -> Any:
+    """Every block of ``span`` tokens starting at a multiple of ``step`` as a row: for one
+    pack's array a strided view (no copy; a batch is a gather of whole rows), for a
+    sharded pack an object that gathers the same rows when indexed by rows or a slice."""
+    if isinstance(tokens, ShardedTokens):
+        return _GatheredRows(tokens, n_rows, step, span)
+    size = tokens.itemsize
+    return np.lib.stride_tricks.as_strided(tokens, shape=(n_rows, span),
+                                           strides=(step * size, size), writeable=False)
 
 
 def manifest_path_of(path: str | Path) -> Path:

@@ -17,7 +17,7 @@ from llm_gym.data.packed import PackedTokens
 from llm_gym.data.packed_dataset import PackedMemMapDataset
 from llm_gym.data.shard_manifest import merge_jobs, read_manifest
 from llm_gym.data.shard_pack import job_share, pack_shards
-from llm_gym.data.sharded_pack import ShardedTokens
+from llm_gym.data.sharded_pack import ShardedTokens, block_rows
 from llm_gym.data.sources import expand_inputs
 from llm_gym.errors import UserError
 from llm_gym_components.tokenizers import ByteLevelTokenizer
@@ -94,6 +94,11 @@ def test_sharded_tokens_index_like_one_array() -> None:
     assert np.array_equal(view[idx], whole[idx]) and view[-1] == 19 and view[5] == 5
     with pytest.raises(IndexError):
         view[np.array([20])]
+    # Blocks of 6 tokens every 5 (the dataset's rows): the same from the view as the array.
+    strided, gathered = block_rows(whole, 3, 5, 6), block_rows(view, 3, 5, 6)
+    blocks = np.array([2, 0, 1, 1])
+    assert np.array_equal(gathered[blocks], strided[blocks]) and gathered[blocks].shape == (4, 6)
+    assert np.array_equal(gathered[1:], strided[1:]) and gathered[:0].shape == (0, 6)
 
 
 def test_job_shares_are_contiguous_and_cover_every_input() -> None:
