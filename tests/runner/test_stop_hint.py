@@ -9,8 +9,9 @@ import signal
 
 import pytest
 
-from llm_gym.runner import entry, launcher
-from llm_gym.runner.launcher import WorkerFailure, launch_local
+from llm_gym.runner import entry, launch_failures, launcher
+from llm_gym.runner.launch_failures import WorkerFailure
+from llm_gym.runner.launcher import launch_local
 from llm_gym.runner.safety import Interrupted
 
 from . import stop_hint_helpers as sh
@@ -21,7 +22,7 @@ def _hint() -> str:
 
 
 def test_a_launcher_signal_before_the_workers_saved_names_the_hint():
-    error = launcher._signal_stop(signal.SIGTERM, 2, {}, _hint)
+    error = launch_failures._signal_stop(signal.SIGTERM, 2, {}, _hint)
     assert isinstance(error, Interrupted) and error.exit_code == 130
     assert str(error) == ("interrupted by signal SIGTERM before ranks 0, 1 could stop at a "
                           "step boundary and save (still starting, or killed after the "
@@ -33,7 +34,7 @@ def test_workers_killed_while_starting_are_a_stop_with_the_hint():
                                  "stopped", signal="SIGTERM"),
                 0: WorkerFailure(0, 1, "stopped by SIGTERM", "", True, 130,
                                  "stopped", signal="SIGTERM")}
-    error = launcher._as_user_error(failures, _hint)
+    error = launch_failures._as_user_error(failures, _hint)
     assert isinstance(error, Interrupted)
     assert "signal SIGTERM before ranks 0, 1 could stop" in str(error)
     assert str(error).endswith("; continue with --run-dir runs/x --resume")
@@ -43,7 +44,7 @@ def test_a_real_error_is_not_hidden_by_peers_the_agent_then_stopped():
     failures = {1: WorkerFailure(1, 1, "the recipe is wrong", "", True),
                 0: WorkerFailure(0, -15, "killed by signal 15 (SIGTERM)", "", True, 130,
                                  "stopped", signal="SIGTERM")}
-    error = launcher._as_user_error(failures, _hint)
+    error = launch_failures._as_user_error(failures, _hint)
     assert not isinstance(error, Interrupted) and str(error) == "the recipe is wrong"
 
 
@@ -54,7 +55,7 @@ def test_a_worker_killed_by_sigterm_counts_as_stopped_not_crashed(tmp_path):
         def signal_name(self) -> str:
             return "SIGTERM"
 
-    failure = launcher._collect_failures({1: Killed()}, tmp_path)[1]
+    failure = launch_failures._collect_failures({1: Killed()}, tmp_path)[1]
     assert failure.user_error and failure.signal == "SIGTERM"
     assert failure.user_exit_code == 130
 
@@ -68,12 +69,12 @@ def test_a_worker_records_an_early_signal_as_a_stop(tmp_path, monkeypatch):
     def starting() -> None:
         raise SignalException("Process 1 got signal: 15", signal.SIGTERM)
 
-    with pytest.raises(launcher._WorkerUserError) as stopped:
+    with pytest.raises(launch_failures._WorkerUserError) as stopped:
         launcher._worker_main(starting)
     assert (stopped.value.exit_code, stopped.value.label) == (130, "stopped")
     record = json.loads((tmp_path / "failure.json").read_text())
     assert record["signal"] == "SIGTERM" and record["exit_code"] == 130
-    failure = launcher._failure(1, 1, f"_WorkerUserError: {stopped.value}", "", record)
+    failure = launch_failures._failure(1, 1, f"_WorkerUserError: {stopped.value}", "", record)
     assert failure.user_error and failure.signal == "SIGTERM"
 
 
