@@ -108,7 +108,8 @@ def test_the_third_party_model_is_planned_from_its_declarations(
         logits = model(ids)
         torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids.flatten())
     measured = sum(saved.values())
-    assert activations(plan.shape, plan.setup) == pytest.approx(measured, rel=0.10)
+    # Within 2%: the toy's root (embedding, head input) alone is 5% of it.
+    assert activations(plan.shape, plan.setup) == pytest.approx(measured, rel=0.02)
 
 
 def test_the_third_party_model_samples(registry: ResolverRegistry) -> None:
@@ -123,6 +124,7 @@ def test_the_third_party_model_samples(registry: ResolverRegistry) -> None:
 def shard_the_toy(recipe_path: str) -> dict[str, object]:
     """In a launch_local worker: build ToyLM from the recipe, shard it as the trainer does,
     take one step; report what is sharded and the loss."""
+    from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
     from llm_gym.runner.distributed import distributed_world
@@ -144,6 +146,8 @@ def shard_the_toy(recipe_path: str) -> dict[str, object]:
             "sharded": sorted(n for n, p in params.items() if isinstance(p, DTensor)),
             "all": sorted(params),
             "local_rows": params["stack.0.up.weight"].to_local().shape[0],
+            # The model's declared blocks are the FSDP units, each sharded on its own.
+            "blocks_sharded": [isinstance(b, FSDPModule) for b in model.stack],
             "loss": float(loss),
         }
 
@@ -155,6 +159,7 @@ def test_the_third_party_model_shards_over_two_processes(tmp_path: Path) -> None
     for result in results.values():
         assert result["sharded"] == result["all"]  # every parameter is a DTensor shard
         assert result["local_rows"] == 32  # 64 rows of stack.0.up over 2 ranks
+        assert result["blocks_sharded"] == [True, True, True]
     assert results[0]["loss"] == results[1]["loss"]  # the same step on both ranks
 
 
