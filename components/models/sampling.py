@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_gym.runner.sampling_args import check_sampling_args
+
 
 @torch.no_grad()
 def sample_tokens(
@@ -24,10 +26,8 @@ def sample_tokens(
 ) -> torch.Tensor:
     """``input_ids[B, T]`` with ``max_new_tokens`` tokens appended (``temperature=0``:
     argmax); the model sees the last ``max_seq_len`` tokens at each step."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    # llm_gym's one check of sampling arguments: a ValueError naming the argument.
+    check_sampling_args(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
     for _ in range(max_new_tokens):
         logits = model(input_ids[:, -max_seq_len:])[:, -1, :]
         if temperature == 0:

@@ -9,6 +9,7 @@ import torch
 
 from llm_gym.errors import UserError
 from llm_gym.runner.generation import stream_tokens
+from tests.model import test_llama
 from tests.model.test_gpt2 import random_ids, tiny
 
 BAD = [
@@ -26,9 +27,10 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("family", ["GPT2", "Llama"])
 @pytest.mark.parametrize(("change", "argument"), BAD, ids=lambda v: repr(v))
-def test_generate_refuses_by_argument_name(change, argument):
-    model = tiny().eval()
+def test_generate_refuses_by_argument_name(change, argument, family):
+    model = (tiny() if family == "GPT2" else test_llama.tiny()).eval()
     kwargs = {"max_new_tokens": 3, "temperature": 1.0, "top_k": None, **change}
     with pytest.raises(ValueError, match=rf"^{argument} must be") as refused:
         model.generate(random_ids(batch=1, seq=4), **kwargs)
