@@ -121,14 +121,14 @@ def _parse_choice(record: dict[str, Any], fmt: str, number: int
 
 
 def read_texts(path: Path, field: str = "text", limit: int | None = None) -> list[str]:
-    """The ``field`` of the first ``limit`` lines of a JSONL file. An empty text is
+    """The ``field`` of the first ``limit`` (non-blank) lines of a JSONL file. An empty text is
     skipped (it has no token to score); a missing or non-string field is a bad line."""
     path = Path(path)
     what = "the text file"
     texts: list[str] = []
     problems: list[str] = []
-    for number, record, problem in _records(path, what):
-        if limit is not None and len(texts) + len(problems) >= limit:
+    for seen, (number, record, problem) in enumerate(_records(path, what)):
+        if limit is not None and seen >= limit:
             break
         if problem is None and not isinstance(record, dict):
             problem = f"not a JSON object but {type(record).__name__}"
