@@ -404,17 +404,23 @@ class Trainer:
 
     def _stop_on_request(self) -> None:
         self.stop_agreement.finish()
-        where = "no checkpoint written (trainer.checkpoint_on_interrupt is off)"
+        resume = f"continue with the same command and --run-dir {self.run_dir} --resume"
         if self.step == self.start_step and self.plan.resumed:
             # Nothing trained since the resume: that checkpoint is this state, and a
             # segment writes checkpoints only past its start (run_dir.checkpoint_recipe).
             where = f"nothing trained since {self.plan.checkpoint}"
-        elif self.settings.checkpoint_on_interrupt and self.step:
+        elif self.step == 0:
+            where = "nothing trained yet, so no checkpoint was written"
+            resume = f"start again with the same command and --run-dir {self.run_dir}"
+        elif self.settings.checkpoint_on_interrupt:
             where = f"checkpoint saved to {self.save()}"
-        raise Interrupted(
-            f"interrupted at step {self.step}; {where}; continue with the same command "
-            f"and --run-dir {self.run_dir} --resume"
-        )
+        else:
+            where = "no checkpoint written (trainer.checkpoint_on_interrupt is off)"
+            latest = latest_checkpoint(self.run_dir)
+            resume = (f"continue from {latest} with the same command and --run-dir "
+                      f"{self.run_dir} --resume" if latest else
+                      f"start again with the same command and --run-dir {self.run_dir}")
+        raise Interrupted(f"interrupted at step {self.step}; {where}; {resume}")
 
     def _describe_latest(self) -> str:
         latest = latest_checkpoint(self.run_dir)

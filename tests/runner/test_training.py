@@ -205,3 +205,18 @@ def test_a_stop_during_evaluation_waits_for_one_eval_batch_not_all(tmp_path, mon
     assert len(calls) == 5  # one more check, before the next eval batch, and it stopped
     assert not [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval_loss" in r]
     assert (run_dir / "checkpoints" / "step_00000002" / "COMPLETE").exists()
+
+
+def test_a_stop_before_the_first_step_says_there_is_nothing_to_resume(tmp_path, monkeypatch):
+    from llm_gym.runner.checkpoint import latest_checkpoint
+    from llm_gym.runner.safety import Interrupted
+    from llm_gym.runner.stop_agreement import StopAgreement
+
+    monkeypatch.setattr(StopAgreement, "agreed", lambda self, requested: True)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Interrupted) as caught:
+        _run(run_dir, "trainer.max_steps=8")
+    message = str(caught.value)
+    assert message.startswith("interrupted at step 0; nothing trained yet, so no checkpoint")
+    assert message.endswith(f"start again with the same command and --run-dir {run_dir}")
+    assert "--resume" not in message and latest_checkpoint(run_dir) is None
