@@ -37,3 +37,12 @@ def test_llama_tiny_loss_falls(tmp_path: Path, use_demo_cache: Path) -> None:
     assert len(losses) == 12
     first, last = sum(losses[:2]) / 2, sum(losses[-2:]) / 2
     assert last < first - 1.0, f"loss fell from {first:.3f} to {last:.3f} only"
+
+
+def test_the_llama_recipes_are_locked() -> None:
+    # Without allow_drift, an unpinned or drifted recipe is refused.
+    for name in ("llama-tiny", "llama-124m"):
+        loaded = load_recipe(name)
+        assert loaded.drift == [] and loaded.recipe.model.type_hint.name == "Llama"
+    big = load_recipe("llama-124m").recipe.trainer
+    assert (big.param_dtype, big.compile) == ("bf16", True)
