@@ -39,7 +39,7 @@ from llm_gym.data.shard_manifest import (
 from llm_gym.data.sources import InputFile
 from llm_gym.data.tokenizer import Tokenizer
 from llm_gym.errors import UserError
-from llm_gym.fileio import fsync_dir, make_parent_dirs
+from llm_gym.fileio import fsync_dir, make_parent_dirs, output_error
 
 MAX_JOBS = 99_999  # the width of the job number in file names
 
@@ -137,7 +137,10 @@ def pack_shards(
     started = time.perf_counter()
     tally = Tally()
     stage = out_dir / f".staging-{job_manifest.stem}-{os.getpid()}"
-    stage.mkdir()
+    try:
+        stage.mkdir()
+    except OSError as e:
+        raise output_error(stage, e) from None
     writer = ShardWriter(stage, job_index, shard_tokens, tokenizer)
     try:
         if mine:
@@ -149,7 +152,8 @@ def pack_shards(
         shards = writer.finish()
         if mine and not shards:
             raise tally.nothing_packed([f.path for f in mine])
-        _move_into_place(stage, out_dir, shards, [f.path for f in files])
+        inputs = [f.path for f in files] + list(getattr(tokenizer, "files", ()))
+        _move_into_place(stage, out_dir, shards, inputs)
     except BaseException:
         writer.abort()
         raise
