@@ -68,6 +68,7 @@ def trace(recipe: Any, registry: ResolverRegistry, *, ranks: int, gpus_per_node:
     import torch.distributed as dist
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from llm_gym.model_contract import as_language_model
     from llm_gym.planning.plan import build_on_meta
     from llm_gym.runner.distributed import World
     from llm_gym.runner.parallelize import parallelize_as_configured
@@ -88,6 +89,8 @@ def trace(recipe: Any, registry: ResolverRegistry, *, ranks: int, gpus_per_node:
         with FakeTensorMode(allow_non_fake_inputs=True):
             step = "materialising the shards"
             model.to_empty(device="cpu")
+            step = "initialising the shards (the model's init_weights)"
+            as_language_model(model).init_weights()
             step = "building the loss and the optimizer"
             wanted = {k: entries[k] for k in ("loss", "optimizer") if k in entries}
             built = registry.build_components(

@@ -131,7 +131,7 @@ def _compute_table(plan: Plan) -> Table:
                   f"{s.micro_batch_size} x {s.seq_len} x {s.grad_accumulation} accumulation "
                   f"x {s.ranks} data-parallel")
     table.add_row("FLOPs per token", f"{shape.flops_per_token / 1e9:,.3f} G",
-                  "the model's: 6N + 12·L·H·Q·T")
+                  "the model's own count (flops_per_token)")
     table.add_row("FLOPs per step", _flops(plan.model_flops_per_step), "model FLOPs")
     ckpt = checkpointed_blocks(shape, s.activation_checkpointing)
     if ckpt:
