@@ -25,6 +25,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
         "import": "llm_gym.cli.model_cmds:import_group",
         "generate": "llm_gym.cli.model_cmds:generate",
         "plot": "llm_gym.cli.plot_cmds:plot",
+        "eval": "llm_gym.cli.eval_cmds:eval_cmd",
         # The original LLMgym's command names keep working.
         "run": "llm_gym.cli.aliases:run_alias",
         "create_mmap_index": "llm_gym.cli.aliases:create_mmap_index",

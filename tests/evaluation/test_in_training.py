@@ -11,23 +11,8 @@ import torch
 
 from llm_gym.evaluation.multiple_choice import encode_examples, score_example
 from llm_gym.evaluation.task_files import read_choice_examples
-from llm_gym.runner.entry import run_recipe
-from llm_gym.runner.metrics import read_metrics
+from tests.evaluation.conftest import EXAMPLES, cli
 from tests.evaluation.task_data import evaluators_override, write_hellaswag, write_texts
-
-EXAMPLES, TEXTS = 24, 10
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("eval-run")
-    hellaswag = write_hellaswag(root / "hellaswag_val.jsonl", EXAMPLES, long_contexts=2)
-    texts = write_texts(root / "texts.jsonl", TEXTS)
-    run_dir = root / "run"
-    run_recipe("gpt2-debug", [evaluators_override(hellaswag, texts), "trainer.loggers=[]"],
-               run_dir=run_dir)
-    return {"run_dir": run_dir, "hellaswag": hellaswag, "texts": texts,
-            "records": read_metrics(run_dir / "metrics.jsonl")}
 
 
 def test_records_of_both_evaluators_at_their_steps(run) -> None:
@@ -95,16 +80,6 @@ def test_choices_agree_with_transformers_on_the_export(run, tmp_path) -> None:
         p == a for (p, _), a in zip(theirs, answers, strict=True)) / EXAMPLES
     assert last["eval/hellaswag/acc_norm"] == sum(
         p == a for (_, p), a in zip(theirs, answers, strict=True)) / EXAMPLES
-
-
-def cli(capsys, *args: str) -> tuple[int, str]:
-    """``llm_gym ARGS`` in this process: its exit code and what it printed."""
-    from llm_gym.cli.main import main
-
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    out = capsys.readouterr()
-    return exited.value.code, out.out + out.err
 
 
 def test_recipe_validate_names_a_bad_task_file_by_yaml_path_and_line(tmp_path, capsys) -> None:
