@@ -21,6 +21,12 @@ When a source runs out (``on_exhausted``): ``cycle`` lets it start its next epoc
 order; ``stop`` ends the mixture before the first batch that would need a sample past any
 source's first epoch: ``next_batch`` raises ``DataExhausted`` and takes nothing.
 
+Reading: a rank reads its next few hundred samples at once (about ``READ_AHEAD_TOKENS``)
+and hands batches out as slices of that buffer. Locating samples and gathering from each
+source cost a dozen array operations, per batch more than one pack's whole batch; read
+together they are spread thin. What is read ahead is a pure function of the cursor, so it
+changes no sample and no state, and stays valid when the cursor moves back.
+
 State (``state_dict``): plain ints, as a checkpoint's ``rank{r}.pt`` holds them. The
 global cursor (samples taken by all ranks) is the position; each source's position is
 saved beside it for the record (and checked); seed, world size, seq_len, the per-chunk
@@ -37,6 +43,7 @@ are given by the caller, e.g. ``"0:PackedTokens:data/web"``; their sum is the ru
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -48,6 +55,7 @@ from llm_gym.errors import UserError
 
 OnExhausted = Literal["cycle", "stop"]
 CHUNK = 4096  # samples per shuffled chunk: weights resolve to 1/4096 of the samples
+READ_AHEAD_TOKENS = 1 << 18  # read ahead up to 2 MiB of int64 tokens per rank
 
 
 def chunk_counts(weights: Sequence[float], chunk: int = CHUNK) -> list[int]:
@@ -106,40 +114,68 @@ class MixtureDataset:
         self.chunk_counts = np.array(counts, dtype=np.int64)
         self.source_samples = np.array([s.samples_per_epoch for s in sources], dtype=np.int64)
         self.cursor = 0  # global samples taken, all ranks together
-        self._chunks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._chunks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._chunks_lock = threading.Lock()
+        # Read ahead: this rank's next samples, gathered together, handed out as slices.
+        self._ahead = np.empty((0, self.seq_len + 1), dtype=np.int64)
+        self._ahead_start = 0  # the rank's sample number (cursor // world_size) of row 0
+        self._ahead_rows = max(1, min(CHUNK, READ_AHEAD_TOKENS // (self.seq_len + 1)))
 
-    def _chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(source of each sample, its index among that source's samples in the chunk)``."""
-        found = self._chunks.get(chunk)
-        if found is None:
-            which = np.repeat(np.arange(len(self.sources)), self.chunk_counts)
-            np.random.default_rng([self.seed, chunk]).shuffle(which)
-            nth = np.empty(CHUNK, dtype=np.int64)
-            for i in range(len(self.sources)):
-                nth[which == i] = np.arange(self.chunk_counts[i])
-            # Two chunks: a batch straddles at most a boundary, then moves on.
-            self._chunks = {c: v for c, v in self._chunks.items() if c == chunk - 1}
-            found = self._chunks[chunk] = (which, nth)
+    def _chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each sample of the chunk: its source and its global sample in that source;
+        and the samples each source gave before each offset in the chunk (``[CHUNK + 1, S]``)."""
+        with self._chunks_lock:  # a feed's thread reads on while the loop asks for tokens
+            found = self._chunks.get(chunk)
+            if found is None:
+                found = self._chunks[chunk] = self._make_chunk(chunk)
+                if len(self._chunks) > 4:  # a batch, a read-ahead, a stop check: a few chunks
+                    del self._chunks[next(iter(self._chunks))]
         return found
+
+    def _make_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n_sources = len(self.sources)
+        which = np.repeat(np.arange(n_sources), self.chunk_counts)
+        np.random.default_rng([self.seed, chunk]).shuffle(which)
+        nth = np.empty(CHUNK, dtype=np.int64)
+        for i in range(n_sources):
+            nth[which == i] = chunk * self.chunk_counts[i] + np.arange(self.chunk_counts[i])
+        before = np.zeros((CHUNK + 1, n_sources), dtype=np.int64)
+        np.cumsum(which[:, None] == np.arange(n_sources), axis=0, out=before[1:])
+        return which, nth, before
 
     def positions_at(self, cursor: int) -> np.ndarray:
         """Samples each source has given before global sample ``cursor``."""
         chunk, offset = divmod(cursor, CHUNK)
-        within = np.bincount(self._chunk(chunk)[0][:offset], minlength=len(self.sources))
-        return chunk * self.chunk_counts + within
+        return chunk * self.chunk_counts + self._chunk(chunk)[2][offset]
 
-    def locate(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For global mixture samples: the source of each, and its global sample there."""
-        chunks, offsets = np.divmod(samples, CHUNK)
-        first, last = int(chunks[0]), int(chunks[-1])  # samples ascend
-        which = np.empty_like(samples)
-        nth = np.empty_like(samples)
-        for chunk in range(first, last + 1):
-            here = slice(None) if first == last else chunks == chunk
-            chunk_which, chunk_nth = self._chunk(chunk)
-            which[here] = chunk_which[offsets[here]]
-            nth[here] = chunk * self.chunk_counts[which[here]] + chunk_nth[offsets[here]]
-        return which, nth
+    def locate(self, start: int, count: int, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """For global samples ``start, start + step, ...`` (``count`` of them): the source
+        of each, and its global sample in that source (ascending, per source)."""
+        parts, stop = [], start + step * (count - 1) + 1
+        while start < stop:
+            chunk, offset = divmod(start, CHUNK)
+            end = min(stop - chunk * CHUNK, CHUNK)
+            which, nth, _ = self._chunk(chunk)
+            parts.append((which[offset:end:step], nth[offset:end:step]))
+            start += step * len(parts[-1][0])
+        if len(parts) == 1:
+            return parts[0]
+        return (np.concatenate([w for w, _ in parts]), np.concatenate([n for _, n in parts]))
+
+    def read(self, start: int, count: int, step: int = 1) -> np.ndarray:
+        """Global samples ``start, start + step, ...`` as ``[count, seq_len + 1]`` int64."""
+        which, nth = self.locate(start, count, step)
+        out = np.empty((count, self.seq_len + 1), dtype=np.int64)
+        by_source = np.argsort(which, kind="stable")  # each source's rows, ascending
+        counts = np.bincount(which, minlength=len(self.sources)).tolist()
+        lo = 0
+        for source, n in zip(self.sources, counts, strict=True):
+            if n:
+                rows = by_source[lo : lo + n]
+                # Widened while placed: one pass over the tokens, as one source's astype.
+                out[rows] = source.sample_tokens(nth[rows])
+                lo += n
+        return out
 
     def next_batch(self, batch_size: int) -> torch.Tensor:
         """This rank's share of the next ``batch_size * world_size`` global samples."""
@@ -149,15 +185,18 @@ class MixtureDataset:
         if self.on_exhausted == "stop":
             # The whole world's window, so every rank stops at the same batch.
             self._refuse_exhausted(end)
-        samples = self.cursor + self.rank + self.world_size * np.arange(batch_size)
-        which, nth = self.locate(samples)
-        batch = np.empty((batch_size, self.seq_len + 1), dtype=np.int64)
-        for i, source in enumerate(self.sources):
-            rows = np.flatnonzero(which == i)
-            if len(rows):
-                batch[rows] = source.sample_tokens(nth[rows])
+        mine = self.cursor // self.world_size  # this rank's samples taken so far
+        first = mine - self._ahead_start
+        if first < 0 or first + batch_size > len(self._ahead):
+            # Locating samples and one gather per source cost a dozen array operations:
+            # per batch, more than one source's whole batch. Reading many batches at once
+            # spreads them thin.
+            rows = batch_size * max(1, self._ahead_rows // batch_size)  # none left over
+            self._ahead = self.read(mine * self.world_size + self.rank, rows, self.world_size)
+            self._ahead_start, first = mine, 0
         self.cursor = end
-        return torch.from_numpy(batch)
+        # A fresh buffer per read-ahead: no batch handed out is ever written again.
+        return torch.from_numpy(self._ahead[first : first + batch_size])
 
     def _refuse_exhausted(self, end: int) -> None:
         used = self.positions_at(end)

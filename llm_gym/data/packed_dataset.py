@@ -95,8 +95,13 @@ class PackedMemMapDataset:
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
         self._epoch_orders: dict[int, np.ndarray] = {}  # the last epochs' full orders
-        self._window = np.arange(seq_len + 1, dtype=np.int64)
         self._tokens, self._span = self.packed.tokens, seq_len + 1
+        # Every block of the file as a row of one strided view (no copy): a batch is then a
+        # gather of whole rows, each one memcpy, instead of an index per token.
+        tokens = self._tokens
+        self._rows = np.lib.stride_tricks.as_strided(
+            tokens, shape=(total, self._span), strides=(seq_len * tokens.itemsize,
+                                                        tokens.itemsize), writeable=False)
 
     def __len__(self) -> int:
         """Blocks per rank per epoch."""
@@ -121,10 +126,11 @@ class PackedMemMapDataset:
         return np.arange(self.n_blocks, dtype=np.int64)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        """``_visiting_order``, kept for the global reads (a mixture asks every batch)."""
+        """``_visiting_order`` as blocks of the file, kept for the global reads (a mixture
+        asks every batch)."""
         order = self._epoch_orders.get(epoch)
         if order is None:
-            order = self._visiting_order(epoch)
+            order = self._visiting_order(epoch) + self.first_block
             # Two epochs: a batch that straddles a boundary asks for both, then moves on.
             self._epoch_orders = {e: o for e, o in self._epoch_orders.items() if e == epoch - 1}
             self._epoch_orders[epoch] = order
@@ -139,19 +145,19 @@ class PackedMemMapDataset:
         """Global samples ``samples`` as ``[len, seq_len + 1]`` tokens of the pack's dtype
         (``IndexedSamples``): sample ``j`` is block ``j % n_blocks`` of epoch
         ``j // n_blocks``, independent of this dataset's rank and position."""
-        epochs, positions = np.divmod(np.asarray(samples, dtype=np.int64), self.n_blocks)
-        if len(epochs) == 0:
-            return self._tokens[:0].reshape(0, self._span)
-        first, last = int(epochs.min()), int(epochs.max())
-        if first == last:
-            blocks = self._epoch_order(first)[positions]
+        samples = np.asarray(samples, dtype=np.int64)
+        if len(samples) == 0:
+            return self._rows[:0]
+        first, last = int(samples.min()) // self.n_blocks, int(samples.max()) // self.n_blocks
+        if first == last:  # the usual case, kept to few array operations: a mixture's path
+            blocks = self._epoch_order(first).take(samples, mode="wrap")
         else:
+            epochs, positions = np.divmod(samples, self.n_blocks)
             blocks = np.empty_like(positions)
             for epoch in range(first, last + 1):
                 here = epochs == epoch
                 blocks[here] = self._epoch_order(epoch)[positions[here]]
-        idx = (blocks + self.first_block)[:, None] * self.seq_len + self._window
-        return self._tokens[idx]
+        return self._rows[blocks]
 
     def read_block(self, block: int) -> torch.Tensor:
         """Block ``block`` of the file as a ``[seq_len + 1]`` int64 tensor."""
@@ -175,9 +181,8 @@ class PackedMemMapDataset:
             if self.position == len(order):
                 self.epoch, self.position = self.epoch + 1, 0
         blocks = np.concatenate(picked) if len(picked) > 1 else picked[0]
-        # One gather for the whole batch: far cheaper than a slice per block.
-        idx = blocks[:, None] * self.seq_len + self._window
-        return torch.from_numpy(self._tokens[idx].astype(_INT64))
+        # One gather of rows for the whole batch: far cheaper than a slice per block.
+        return torch.from_numpy(self._rows[blocks].astype(_INT64))
 
     # Pickled (e.g. into a spawned worker) as its arguments and position, never as the
     # mapped tokens: the receiver maps the same file again.

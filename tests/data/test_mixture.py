@@ -122,6 +122,9 @@ def test_the_sequence_is_a_function_of_the_seed(prefixes) -> None:
 def test_ranks_take_the_global_sequence_by_stride(prefixes, world_size) -> None:
     one = mixture(prefixes)
     ranks = [mixture(prefixes, rank=r, world_size=world_size) for r in range(world_size)]
+    one.load_state_dict({"cursor": 4080})  # the batches straddle the first chunk's end
+    for ds in ranks:
+        ds.load_state_dict({"cursor": 4080})
     for _ in range(5):
         whole = one.next_batch(6 * world_size)
         for r, ds in enumerate(ranks):
@@ -156,6 +159,18 @@ def test_stop_ends_before_the_first_batch_past_an_epoch(prefixes) -> None:
     with pytest.raises(DataExhausted):
         ranks[0].next_batch(16)
     assert ranks[0].state_dict() == state  # nothing was taken
+
+
+def test_batches_are_slices_of_one_sequence_whatever_their_sizes(prefixes) -> None:
+    """Read-ahead is invisible: any batch sizes, and going back (as evaluation does)."""
+    whole = mixture(prefixes).next_batch(3000)
+    mix = mixture(prefixes)
+    start = mix.state_dict()
+    sizes = [1, 7, 64, 500, 3, 1200, 225]
+    got = torch.cat([mix.next_batch(n) for n in sizes])
+    assert torch.equal(got, whole[: sum(sizes)])
+    mix.load_state_dict(start)
+    assert torch.equal(mix.next_batch(10), whole[:10])
 
 
 # -- state -----------------------------------------------------------------------------
