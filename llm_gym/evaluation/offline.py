@@ -45,16 +45,19 @@ class OfflineResult:
 
 
 def pick_checkpoint(run_dir: Path, step: int | None) -> tuple[int, Path]:
-    """``(step, checkpoint)``: that step's complete checkpoint, or the newest."""
+    """``(step, checkpoint)``: that step's complete checkpoint, or the newest; step 0 and
+    the run directory itself for a run with none yet."""
     found = complete_checkpoints(checkpoints_root(run_dir))
-    if not found:
-        raise UserError(f"{run_dir}: no complete checkpoint to evaluate")
+    if not found and step in (None, 0):
+        # A run started by `import hf` has the imported weights before any checkpoint
+        # (load_run_model refuses a run whose model would have none).
+        return 0, run_dir
     if step is None:
         return found[-1][0], found[-1][1]
     for have, path in found:
         if have == step:
             return have, path
-    steps = ", ".join(str(s) for s, _ in found)
+    steps = ", ".join(str(s) for s, _ in found) or "none"
     raise UserError(f"{run_dir}: no complete checkpoint of step {step} "
                     f"({checkpoint_path(run_dir, step)}); complete ones: steps {steps}")
 

@@ -53,3 +53,17 @@ def test_a_missing_step_or_a_bad_file_is_refused_and_nothing_written(run, tmp_pa
     assert not (run_dir / "eval" / "3.json").exists()
     code, out = cli(capsys, "eval", str(tmp_path), "--task", "perplexity", "--data", str(bad))
     assert code == 2 and "not a run directory" in out
+
+
+def test_an_imported_run_is_evaluated_before_any_checkpoint(run, tmp_path, capsys) -> None:
+    """``import hf`` then ``eval``: step 0, the imported weights, the same numbers."""
+    last = [r for r in run["records"] if r["step"] == 8 and "eval/text/loss" in r][0]
+    assert cli(capsys, "export", "hf", str(run["run_dir"]), str(tmp_path / "hf"))[0] == 0
+    code, out = cli(capsys, "import", "hf", str(tmp_path / "hf"), "--out",
+                    str(tmp_path / "imported"), "--recipe", "gpt2-debug")
+    assert code == 0, out
+    code, out = cli(capsys, "eval", str(tmp_path / "imported"), "--task", "perplexity",
+                    "--data", str(run["texts"]))
+    assert code == 0 and "perplexity at step 0" in out, out
+    results = json.loads((tmp_path / "imported" / "eval" / "0.json").read_text())
+    assert results["tasks"]["perplexity"]["loss"] == last["eval/text/loss"]
