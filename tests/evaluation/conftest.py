@@ -27,8 +27,10 @@ def run(tmp_path_factory) -> dict:
     hellaswag = write_hellaswag(root / "hellaswag_val.jsonl", EXAMPLES, long_contexts=2)
     texts = write_texts(root / "texts.jsonl", TEXTS)
     run_dir = root / "run"
-    run_recipe("gpt2-debug", [evaluators_override(hellaswag, texts), "trainer.loggers=[]"],
-               run_dir=run_dir)
+    # ValidationLoss as an evaluator too, with the recipe's eval_every settings.
+    validation = "{type_hint: ValidationLoss, config: {every: 4, batches: 2}}"
+    run_recipe("gpt2-debug", [evaluators_override(hellaswag, texts, 4, validation),
+                              "trainer.loggers=[]"], run_dir=run_dir)
     return {"run_dir": run_dir, "hellaswag": hellaswag, "texts": texts,
             "records": read_metrics(run_dir / "metrics.jsonl")}
 

@@ -35,7 +35,8 @@ def write_texts(path: Path, n: int, seed: int = 1) -> Path:
     return path
 
 
-def evaluators_override(hellaswag: Path, texts: Path, every: int = 4) -> str:
+def evaluators_override(hellaswag: Path, texts: Path, every: int = 4, *extra: str) -> str:
     return ("trainer.evaluators=["
             f"{{type_hint: MultipleChoice, config: {{path: '{hellaswag}', every: {every}}}}}, "
-            f"{{type_hint: TextPerplexity, config: {{path: '{texts}', every: {every}}}}}]")
+            f"{{type_hint: TextPerplexity, config: {{path: '{texts}', every: {every}}}}}"
+            + "".join(f", {e}" for e in extra) + "]")

@@ -27,9 +27,12 @@ def test_records_of_both_evaluators_at_their_steps(run) -> None:
         assert r["eval/text/tokens"] == r["eval/text/bytes"]
         assert r["eval/text/bits_per_byte"] == pytest.approx(r["eval/text/loss"] / math.log(2))
         assert r["eval/text/perplexity"] == pytest.approx(math.exp(r["eval/text/loss"]))
-    # trainer.eval_every's records are as they were.
-    assert [sorted(r) for r in run["records"] if "eval_loss" in r] == [
-        ["eval_loss", "eval_perplexity", "step"]] * 2
+    # trainer.eval_every's records are as they were, and the ValidationLoss evaluator
+    # with the same batches gives the same numbers.
+    legacy = [r for r in run["records"] if "eval_loss" in r]
+    assert [sorted(r) for r in legacy] == [["eval_loss", "eval_perplexity", "step"]] * 2
+    assert [(r["eval_loss"], r["eval_perplexity"]) for r in legacy] == [
+        (r["eval/validation/loss"], r["eval/validation/perplexity"]) for r in records]
 
 
 def test_the_plot_draws_a_panel_per_evaluator_metric(run, tmp_path) -> None:
@@ -39,7 +42,8 @@ def test_the_plot_draws_a_panel_per_evaluator_metric(run, tmp_path) -> None:
     curves = read_run(run["run_dir"])
     assert list(curves.evaluators) == ["eval/hellaswag/acc", "eval/hellaswag/acc_norm",
                                        "eval/text/loss", "eval/text/perplexity",
-                                       "eval/text/bits_per_byte"]
+                                       "eval/text/bits_per_byte", "eval/validation/loss",
+                                       "eval/validation/perplexity"]
     assert curves.evaluators["eval/hellaswag/acc"][0] == [4, 8]
     titles = [ax.get_title() for ax in draw_curves([curves]).axes if ax.get_visible()]
     assert "hellaswag/acc_norm vs steps" in titles and "text/bits_per_byte vs steps" in titles
