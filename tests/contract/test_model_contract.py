@@ -177,3 +177,34 @@ def test_the_third_party_model_trains_with_mfu(registry: ResolverRegistry, tmp_p
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     mfu = [r["mfu"] for r in rows if r.get("mfu") is not None]
     assert mfu and all(0 < m <= 1 for m in mfu)
+
+
+def test_recipe_validate_exits_2_naming_the_missing_parts(
+        registry: ResolverRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from llm_gym.cli.main import main
+
+    monkeypatch.setattr(ResolverRegistry, "from_installed_plugins",
+                        classmethod(lambda cls: registry))
+    path = recipe_with_model(tmp_path, "Incomplete")
+    with pytest.raises(SystemExit) as exit_:
+        main(["recipe", "validate", str(path), "--allow-drift"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert "model Incomplete" in err and "missing flops_per_token, block_activation_bytes" in err
+
+
+def test_a_gpt2_checkpoint_does_not_resume_into_a_llama_recipe(
+        tmp_path: Path, use_demo_cache: Path) -> None:
+    from llm_gym.runner.entry import run_recipe
+
+    run_dir = tmp_path / "run"
+    quick = ["trainer.max_steps=1", "trainer.eval_every=null"]
+    run_recipe("gpt2-debug", quick, run_dir=run_dir)
+    llama = recipe_with_model(tmp_path, "Llama", '{vocab_size: 257, max_seq_len: '
+                              '"${trainer.seq_len}", n_embd: 32, n_layer: 2, n_head: 2}')
+    with pytest.raises(UserError) as refused:
+        run_recipe(str(llama), ["trainer.max_steps=2", "trainer.eval_every=null"],
+                   run_dir=run_dir, resume=True, allow_drift=True)
+    text = str(refused.value) + "\n".join(refused.value.problems)
+    assert "model.type_hint" in text and "belong to the old model" in text, text
