@@ -1,0 +1,124 @@
+"""dataset/Mixture in a recipe: bad weights and sources are refused by ``recipe validate``
+with their YAML paths and exit code 2; a built mixture labels its sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from llm_gym.cli.main import main
+from llm_gym.data.packed import PackedWriter
+from llm_gym_components.datasets.mixture import MixtureConfig, source_label
+
+RECIPE = """\
+recipe: {{description: a mixture to validate}}
+trainer: {{max_steps: 2, seq_len: 16, micro_batch_size: 2, seed: 0, loggers: []}}
+model:
+  type_hint: GPT2
+  config: {{vocab_size: 257, n_positions: 16, n_embd: 16, n_layer: 1, n_head: 2}}
+tokenizer: ByteLevel
+train_dataset:
+  type_hint: Mixture
+  config:
+    weights: {weights}
+    sources:
+      - {{type_hint: PackedTokens, config: {{path: "{pack}"}}}}
+      - {second}
+loss: CrossEntropy
+optimizer: {{type_hint: AdamW, config: {{lr: 1.0e-3}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory) -> Path:
+    prefix = tmp_path_factory.mktemp("mixcfg") / "p"
+    with PackedWriter(prefix, vocab_size=257, eod_id=256, fingerprint="c" * 64) as w:
+        w.add_documents(np.arange(1000, dtype=np.int64) % 256, np.array([1000]))
+    return prefix
+
+
+def _validate(capsys, tmp_path: Path, pack: Path, *, weights: str = "[3, 1]",
+              second: str | None = None) -> tuple[int, str]:
+    second = second or f'{{type_hint: PackedTokens, config: {{path: "{pack}"}}}}'
+    path = tmp_path / "mix.yaml"
+    path.write_text(RECIPE.format(weights=weights, pack=pack, second=second))
+    with pytest.raises(SystemExit) as exited:
+        main(["recipe", "validate", str(path), "--allow-drift"])
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out + captured.err
+
+
+@pytest.mark.parametrize(("weights", "expected"), [
+    ("[3, -1]", "train_dataset.config.weights[1]: input should be greater than 0"),
+    ("[3, 0]", "train_dataset.config.weights[1]: input should be greater than 0"),
+    ("[3, .nan]", "train_dataset.config.weights[1]"),
+    ("[3]", "train_dataset.config.weights: value error, 1 given for 2 sources"),
+    ("[3, 1, 1]", "train_dataset.config.weights: value error, 3 given for 2 sources"),
+])
+def test_bad_weights_are_named_by_their_yaml_path(capsys, tmp_path, pack, weights,
+                                                  expected) -> None:
+    code, out = _validate(capsys, tmp_path, pack, weights=weights)
+    assert code == 2 and expected in out and "Traceback" not in out
+
+
+def test_a_good_mixture_validates(capsys, tmp_path, pack) -> None:
+    code, out = _validate(capsys, tmp_path, pack)
+    assert code == 0, out
+
+
+@pytest.mark.parametrize(("second", "expected"), [
+    # A Mixture inside a Mixture: refused before anything is built.
+    ('{type_hint: Mixture, config: {weights: [1], sources: [{type_hint: PackedTokens, '
+     'config: {path: "PACK"}}]}}',
+     "train_dataset.config.sources[1]: a Mixture cannot be a source of another Mixture"),
+    # A nested source's own checks run at its own path.
+    ('{type_hint: PackedTokens, config: {path: "PACK-missing"}}',
+     "train_dataset.config.sources[1].config.path: "),
+    # Not a dataset at all: the registry's own error, at the nested path.
+    ("{type_hint: JSONL, config: {path: x.jsonl}}", "train_dataset.config.sources[1]"),
+])
+def test_bad_sources_are_named_by_their_yaml_path(capsys, tmp_path, pack, second,
+                                                  expected) -> None:
+    code, out = _validate(capsys, tmp_path, pack, second=second.replace("PACK", str(pack)))
+    assert code == 2 and expected in out and "Traceback" not in out
+
+
+class Unmixable:
+    """A dataset class without global sample access."""
+
+    def next_batch(self, batch_size: int) -> None: ...
+
+
+class UnmixableConfig:
+    def build(self) -> Unmixable: ...
+
+
+class UndeclaredConfig:
+    def build(self):  # noqa: ANN201 -- declares nothing: checked when built
+        ...
+
+
+def test_preflight_refuses_a_source_whose_build_declares_an_unmixable_class() -> None:
+    def choice(config: object) -> SimpleNamespace:
+        return SimpleNamespace(type_hint=SimpleNamespace(name="Custom"), config=config)
+
+    mixture = SimpleNamespace(sources=[choice(UndeclaredConfig()), choice(UnmixableConfig())])
+    problems = list(MixtureConfig.preflight(mixture))
+    assert problems == [
+        "sources[1]: Custom builds a Unmixable, which cannot be mixed: a mixture source "
+        "numbers its samples globally (samples_per_epoch and sample_tokens, see "
+        "llm_gym.data.indexed)"
+    ]
+
+
+def test_source_labels_name_the_index_type_and_path_or_part() -> None:
+    def choice(name: str, **config: object) -> SimpleNamespace:
+        return SimpleNamespace(type_hint=SimpleNamespace(name=name),
+                               config=SimpleNamespace(**config))
+
+    assert source_label(0, choice("PackedTokens", path="data/web")) == "0:PackedTokens:data/web"
+    assert source_label(1, choice("DemoCorpus", part="stdlib")) == "1:DemoCorpus:stdlib"
+    assert source_label(2, choice("Custom")) == "2:Custom"
