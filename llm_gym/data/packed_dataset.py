@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from llm_gym.data.packed import PackedTokens
+from llm_gym.data.sharded_pack import block_rows
 from llm_gym.errors import UserError
 
 Split = Literal["train", "val"]
@@ -97,11 +98,9 @@ class PackedMemMapDataset:
         self._epoch_orders: dict[int, np.ndarray] = {}  # the last epochs' full orders
         self._tokens, self._span = self.packed.tokens, seq_len + 1
         # Every block of the file as a row of one strided view (no copy): a batch is then a
-        # gather of whole rows, each one memcpy, instead of an index per token.
-        tokens = self._tokens
-        self._rows = np.lib.stride_tricks.as_strided(
-            tokens, shape=(total, self._span), strides=(seq_len * tokens.itemsize,
-                                                        tokens.itemsize), writeable=False)
+        # gather of whole rows, each one memcpy, instead of an index per token. A sharded
+        # pack's rows are gathered across its shards alike.
+        self._rows = block_rows(self._tokens, total, seq_len, self._span)
 
     def __len__(self) -> int:
         """Blocks per rank per epoch."""
