@@ -208,6 +208,15 @@ class MixtureDataset:
                 f"samples of one epoch, at global sample {self.cursor} (on_exhausted: stop)"
             )
 
+    # Pickled (into a spawned worker, as a pack is) without the lock and the caches.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__, _chunks={}, _ahead=self._ahead[:0])
+        del state["_chunks_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _chunks_lock=threading.Lock())
+
     def consumed_tokens(self, state: dict[str, Any] | None = None) -> dict[str, int]:
         """Tokens taken from each source by all ranks, at the current position or ``state``'s."""
         cursor = self.cursor if state is None else int(state["cursor"])

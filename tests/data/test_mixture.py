@@ -4,6 +4,7 @@ and the global sample access of PackedMemMapDataset that it is built on."""
 from __future__ import annotations
 
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -174,6 +175,13 @@ def test_batches_are_slices_of_one_sequence_whatever_their_sizes(prefixes) -> No
 
 
 # -- state -----------------------------------------------------------------------------
+
+
+def test_pickles_at_the_same_position(prefixes) -> None:
+    mix = mixture(prefixes)
+    mix.next_batch(30)
+    copy = pickle.loads(pickle.dumps(mix))
+    assert torch.equal(copy.next_batch(30), mix.next_batch(30))
 
 
 def test_resume_is_exact_through_a_weights_only_checkpoint(prefixes) -> None:
