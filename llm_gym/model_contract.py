@@ -139,9 +139,9 @@ def contract_problems(recipe: Any) -> Iterator[str]:
     config_cls = type(choice.config)
     declared = declared_model_class(config_cls)
     if declared is None:
-        yield (f"model: {name}: {config_cls.__qualname__}.build() declares no model class "
-               "(annotate its return type with the class it builds), so the model contract "
-               "(llm_gym.model_contract.LanguageModel) cannot be checked")
+        yield (f"model.type_hint: model {name}: {config_cls.__qualname__}.build() declares no "
+               "model class (annotate its return type with the class it builds), so the model "
+               "contract (llm_gym.model_contract.LanguageModel) cannot be checked")
         return
     missing = missing_parts(declared)
     if missing:
@@ -149,4 +149,5 @@ def contract_problems(recipe: Any) -> Iterator[str]:
         if {"vocab_size", "max_seq_len"} & set(missing):
             hint = ("; an attribute set in __init__ is found on the class by its annotation "
                     "in the class body (`vocab_size: int`) or as a property")
-        yield "model: " + _refusal(name, f"class {declared.__qualname__}", missing) + hint
+        yield ("model.type_hint: " + _refusal(name, f"class {declared.__qualname__}", missing)
+               + hint)

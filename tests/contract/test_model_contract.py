@@ -62,8 +62,8 @@ def test_an_incomplete_model_is_refused_at_validation(registry: ResolverRegistry
     with pytest.raises(UserError) as refused:
         load_recipe(str(path), registry=registry, allow_drift=True, preflight=True)
     problems = "\n".join(refused.value.problems)
-    assert ("model: model Incomplete (class Incomplete) does not satisfy the model contract "
-            "(llm_gym.model_contract.LanguageModel): missing flops_per_token, "
+    assert ("model.type_hint: model Incomplete (class Incomplete) does not satisfy the model "
+            "contract (llm_gym.model_contract.LanguageModel): missing flops_per_token, "
             "block_activation_bytes") in problems
 
 
