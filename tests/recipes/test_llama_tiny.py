@@ -46,3 +46,23 @@ def test_the_llama_recipes_are_locked() -> None:
         assert loaded.drift == [] and loaded.recipe.model.type_hint.name == "Llama"
     big = load_recipe("llama-124m").recipe.trainer
     assert (big.param_dtype, big.compile) == ("bf16", True)
+
+
+def _losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_llama_resumes_bitwise(tmp_path: Path, use_demo_cache: Path) -> None:
+    recipe = str(quick_recipe(tmp_path))
+    short = ["trainer.seq_len=32", "trainer.micro_batch_size=4", "trainer.eval_every=null",
+             "trainer.log_every=1", "trainer.checkpoint_every=2", "trainer.loggers=[]",
+             "scheduler.config.warmup_steps=1", "scheduler.config.decay_steps=4"]
+    run_recipe(recipe, [*short, "trainer.max_steps=4"], run_dir=tmp_path / "straight",
+               allow_drift=True)
+    run_recipe(recipe, [*short, "trainer.max_steps=2"], run_dir=tmp_path / "halves",
+               allow_drift=True)
+    run_recipe(recipe, [*short, "trainer.max_steps=4"], run_dir=tmp_path / "halves",
+               resume=True, allow_drift=True)
+    straight, halves = _losses(tmp_path / "straight"), _losses(tmp_path / "halves")
+    assert len(straight) == 4 and halves == straight  # float for float
