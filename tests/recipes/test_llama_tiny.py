@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from llm_gym.recipes.loading import load_recipe
 from llm_gym.runner.entry import run_recipe
 
@@ -66,3 +68,19 @@ def test_llama_resumes_bitwise(tmp_path: Path, use_demo_cache: Path) -> None:
                resume=True, allow_drift=True)
     straight, halves = _losses(tmp_path / "straight"), _losses(tmp_path / "halves")
     assert len(straight) == 4 and halves == straight  # float for float
+
+
+@pytest.mark.dist
+def test_llama_trains_alike_on_one_and_two_fsdp_processes(tmp_path: Path,
+                                                          use_demo_cache: Path) -> None:
+    recipe = str(quick_recipe(tmp_path))
+    short = ["trainer.seq_len=32", "trainer.eval_every=null", "trainer.log_every=1",
+             "trainer.loggers=[]", "trainer.max_steps=3", "scheduler.config.warmup_steps=1"]
+    # micro_batch_size is per rank: 4 on one process, 2 on each of two, the same batch.
+    run_recipe(recipe, [*short, "trainer.micro_batch_size=4"], run_dir=tmp_path / "one",
+               allow_drift=True)
+    run_recipe(recipe, [*short, "trainer.micro_batch_size=2"], run_dir=tmp_path / "two",
+               nproc=2, allow_drift=True)
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    # Only the order of the gradient sums differs (FSDP2's reduce-scatter over 2 ranks).
+    assert len(one) == 3 and two == pytest.approx(one, rel=1e-5)
