@@ -7,7 +7,10 @@ numbers); it returns None when ``should_stop()`` (a collective: every rank calls
 equally often) says a stop was requested. Its config has a ``name`` (the records' key:
 ``eval/<name>/<metric>``), ``every`` (steps between calls; the run's last step counts
 too) and ``on_error`` (``warn``: a failure is reported and that evaluator switched off,
-so it never stops a run; ``stop``: it ends the run).
+so it never stops a run; ``stop``: it ends the run). Every rank reads the same files and
+runs the same passes, so a failure (a bug, a device out of memory) happens on every rank
+alike; one that struck a single rank mid-evaluation would leave the others waiting in
+their next collective until the process group's timeout ends the run.
 """
 
 from __future__ import annotations
