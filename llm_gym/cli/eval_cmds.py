@@ -24,8 +24,10 @@ TASK_NAMES = ("hellaswag", "multiple-choice", "perplexity")  # llm_gym.evaluatio
 @click.option("--limit", type=BoundedInt(min=1, max=10**12), default=None,
               help="Score only the first K examples (lines).")
 @click.option("--name", default=None, help="The result's key in the file (default: TASK).")
+@click.option("--nproc", type=BoundedInt(min=1, max=1024), default=1, show_default=True,
+              help="Local processes to split the examples across (one GPU each, if any).")
 def eval_cmd(run_dir: Path, task: str, data: Path, step: int | None, limit: int | None,
-             name: str | None) -> None:
+             name: str | None, nproc: int) -> None:
     """Score RUN_DIR's model on a task; print a table and add it to RUN_DIR/eval/STEP.json.
 
     \b
@@ -36,12 +38,13 @@ def eval_cmd(run_dir: Path, task: str, data: Path, step: int | None, limit: int 
     from llm_gym.cli.output import out
     from llm_gym.evaluation.offline import evaluate_checkpoint
 
-    result = evaluate_checkpoint(run_dir, task, data, step=step, limit=limit, name=name)
+    result = evaluate_checkpoint(run_dir, task, data, step=step, limit=limit, name=name,
+                                 nproc=nproc)
     table = Table(title=f"{result.task} at step {result.step}", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.metrics.items():
-        if key in ("data", "limit"):
+        if key in ("data", "limit", "processes"):
             continue
         text = f"{value:.4f}" if isinstance(value, float) else str(value)
         table.add_row(key, text)

@@ -1,5 +1,5 @@
 """``llm_gym eval``: one task on one checkpoint of a finished (or running) run, in one
-process, its result added to ``RUN_DIR/eval/<step>.json``.
+process or several, its result added to ``RUN_DIR/eval/<step>.json``.
 
 The file holds ``{"step", "checkpoint", "tasks": {name: {metric: value, ...}}}``; a task
 evaluated again replaces its own entry and leaves the others, so one file gathers every
@@ -17,14 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llm_gym.errors import UserError
 from llm_gym.fileio import atomic_output, describe_file_type, read_json_object
 from llm_gym.recipes.resolved import RESOLVED_FILE
 from llm_gym.runner.checkpoint import checkpoint_path
 from llm_gym.runner.checkpoint_dirs import checkpoints_root, complete_checkpoints
-from llm_gym.runner.distributed import World
 
 EVAL_DIR = "eval"
 # --task -> (evaluator, multiple-choice format): what the task's file holds.
@@ -64,42 +61,62 @@ def pick_checkpoint(run_dir: Path, step: int | None) -> tuple[int, Path]:
 
 def evaluate_checkpoint(run_dir: Path, task: str, data: Path, *, step: int | None = None,
                         limit: int | None = None, name: str | None = None,
-                        batch_size: int = 8) -> OfflineResult:
+                        batch_size: int = 8, nproc: int = 1) -> OfflineResult:
     """Score ``data`` as ``task`` with the run's model at ``step`` (default: the newest
-    checkpoint) and add the result to ``RUN_DIR/eval/<step>.json``."""
-    from llm_gym.evaluation.multiple_choice import MultipleChoice, encode_examples
-    from llm_gym.evaluation.perplexity import TextPerplexity
-    from llm_gym.evaluation.task_files import read_choice_examples, read_texts
-    from llm_gym.runner.loading_model import load_run_model
-
+    checkpoint), over ``nproc`` local processes (the examples split among them), and add
+    the result to ``RUN_DIR/eval/<step>.json``."""
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     run_dir = Path(run_dir)
     if not (run_dir / RESOLVED_FILE).is_file():
-        raise UserError(f"{run_dir}: not a run directory (no {RESOLVED_FILE}); pick a "
-                        "checkpoint with --step")
+        raise UserError(f"{run_dir}: not a run directory (no {RESOLVED_FILE})")
     step, checkpoint = pick_checkpoint(run_dir, step)
     out = _output_path(run_dir, step)
-    kind, fmt = TASKS[task]
-    # The file first: a bad one is refused before the model is loaded.
-    items: Any = (read_choice_examples(data, fmt, limit) if kind == "multiple_choice"
-                  else read_texts(data, limit=limit))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = load_run_model(checkpoint, device=device)
-    if loaded.tokenizer is None:
-        raise UserError(f"{run_dir}: the run's recipe has no tokenizer to encode {data} with")
-    world = World(rank=0, local_rank=0, world_size=1, device=torch.device(device),
-                  backend="none")
-    evaluator: Any = (MultipleChoice(encode_examples(items, loaded.tokenizer), world)
-                      if kind == "multiple_choice"
-                      else TextPerplexity(items, loaded.tokenizer, world, batch_size))
-    started = time.perf_counter()
-    metrics = evaluator.evaluate(loaded.model, lambda: False)
-    metrics = {**metrics, "seconds": time.perf_counter() - started, "data": str(data),
-               "limit": limit}
+    _read_task(task, data, limit)  # a bad file is refused before any model is loaded
+    args = (str(checkpoint), task, str(data), limit, batch_size)
+    if nproc == 1:
+        metrics = score_checkpoint(*args)
+    else:
+        from llm_gym.runner.launcher import launch_local
+
+        metrics = launch_local(nproc, score_checkpoint, args)[0]
+    metrics = {**metrics, "data": str(data), "limit": limit, "processes": nproc}
     name = name or task
     _add_result(out, step, checkpoint, name, metrics)
     return OfflineResult(step, checkpoint, name, metrics, out)
+
+
+def _read_task(task: str, data: Path, limit: int | None) -> Any:
+    from llm_gym.evaluation.task_files import read_choice_examples, read_texts
+
+    kind, fmt = TASKS[task]
+    if kind == "multiple_choice":
+        return read_choice_examples(Path(data), fmt, limit)
+    return read_texts(Path(data), limit=limit)
+
+
+def score_checkpoint(checkpoint: str, task: str, data: str, limit: int | None,
+                     batch_size: int) -> dict[str, Any]:
+    """One rank's part (every rank returns the reduced metrics): the whole model on each
+    rank's device, the examples split across ranks. A module-level function, for the
+    launcher's workers."""
+    from llm_gym.evaluation.multiple_choice import MultipleChoice, encode_examples
+    from llm_gym.evaluation.perplexity import TextPerplexity
+    from llm_gym.runner.distributed import distributed_world
+    from llm_gym.runner.loading_model import load_run_model
+
+    items = _read_task(task, Path(data), limit)
+    with distributed_world() as world:
+        loaded = load_run_model(Path(checkpoint), device=world.device)
+        if loaded.tokenizer is None:
+            raise UserError(f"{checkpoint}: the run's recipe has no tokenizer to encode "
+                            f"{data} with")
+        evaluator: Any = (MultipleChoice(encode_examples(items, loaded.tokenizer), world)
+                          if TASKS[task][0] == "multiple_choice"
+                          else TextPerplexity(items, loaded.tokenizer, world, batch_size))
+        started = time.perf_counter()
+        metrics = evaluator.evaluate(loaded.model, lambda: False)
+        return {**metrics, "seconds": time.perf_counter() - started}
 
 
 def _output_path(run_dir: Path, step: int) -> Path:

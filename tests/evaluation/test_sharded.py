@@ -25,3 +25,15 @@ def test_two_processes_count_like_one(tmp_path) -> None:
     t1, t2 = one["text"], two[0]["text"]
     assert (t2["tokens"], t2["bytes"]) == (t1["tokens"], t1["bytes"])
     assert t2["loss"] == pytest.approx(t1["loss"], rel=1e-6)
+
+
+@pytest.mark.dist
+def test_eval_over_two_processes_counts_like_one(run, tmp_path) -> None:
+    from llm_gym.evaluation.offline import evaluate_checkpoint
+
+    one = evaluate_checkpoint(run["run_dir"], "hellaswag", run["hellaswag"], name="one")
+    two = evaluate_checkpoint(run["run_dir"], "hellaswag", run["hellaswag"], name="two",
+                              nproc=2)
+    for metric in ("examples", "truncated", "acc", "acc_norm"):
+        assert two.metrics[metric] == one.metrics[metric]
+    assert two.metrics["processes"] == 2
