@@ -33,7 +33,9 @@ def install(session: nox.Session, extras: str = "test,plot,tensorboard") -> None
 def tests(session: nox.Session) -> None:
     """The default CPU suite, then the dist tests, in one environment (what CI runs)."""
     install(session)
-    session.run("pytest", "-q", "-m", "not gpu and not dist", DURATIONS, *session.posargs)
+    # One worker per core, a test module per worker (its module fixtures built once).
+    session.run("pytest", "-q", "-n", "auto", "--dist", "loadscope",
+                "-m", "not gpu and not dist", DURATIONS, *session.posargs)
     if not session.posargs:  # posargs narrow the run to what was asked for
         session.run("pytest", "-q", "-m", "dist", DURATIONS)
 

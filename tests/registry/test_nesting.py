@@ -213,7 +213,7 @@ def test_components_show_names_the_kind_a_field_holds(tmp_path):
     site = write_fake_distribution(tmp_path / "site", "schedule_pkg",
                                    {"__init__.py": SCHEDULE_PLUGIN})
     shown = run_cli("components", "show", "schedule", "Sequence",
-                    env={"PYTHONPATH": f"{site}:{REPO}"})
+                    env={"PYTHONPATH": f"{site}:{REPO}", "COLUMNS": "200"})
     assert shown.returncode == 0, shown.stderr
     assert "list[scheduler component]" in shown.stdout
     assert "built from: optimizer" in shown.stdout

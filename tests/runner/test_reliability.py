@@ -158,6 +158,7 @@ def test_a_dying_worker_takes_the_job_down_naming_its_rank(tmp_path):
         capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 1
     assert "rank 1 (exit code -9): killed by signal 9 (SIGKILL)" in result.stderr
-    assert result.stderr.index("rank 1") < result.stderr.index("rank 0")  # cause first
+    if "rank 0" in result.stderr:  # a peer the agent stopped (when it got that far) comes after
+        assert result.stderr.index("rank 1") < result.stderr.index("rank 0")  # cause first
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 240  # it did not hang
