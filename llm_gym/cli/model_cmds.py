@@ -124,11 +124,13 @@ def generate(source: Path, prompt: str, max_new_tokens: int, temperature: float,
     except UnicodeEncodeError as exc:  # bytes that are not UTF-8 arrive as lone surrogates
         raise bad_parameter("--prompt", f"is not valid UTF-8 text ({exc.reason} at "
                             f"character {exc.start})") from None
+    from llm_gym.model_contract import as_language_model
+
     run = load_run_model(source, device=_device(device))
     for note in run.notes:
         print_note(note)
-    vocab_size = getattr(run.model, "vocab_size", None)
-    if top_k is not None and vocab_size is not None and top_k > vocab_size:
+    vocab_size = as_language_model(run.model).vocab_size
+    if top_k is not None and top_k > vocab_size:
         raise bad_parameter("--top-k", f"{top_k} exceeds the model's vocabulary of "
                             f"{vocab_size} tokens")
     tokenizer = run.tokenizer

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from llm_gym.errors import UserError
+from llm_gym.model_contract import as_language_model
 from llm_gym.runner.sampling_args import check_sampling_args
 
 _INCOMPLETE = "\ufffd"  # what decoders emit for a character whose bytes are not all there yet
@@ -33,14 +34,12 @@ def stream_tokens(
 
     ``temperature=0`` is greedy decoding. Deterministic for a given seed and device.
     """
-    generate = getattr(model, "generate", None)
-    if generate is None:
-        raise UserError(f"{type(model).__name__} has no generate(); it cannot sample text")
+    lm = as_language_model(model)  # the contract promises generate() and vocab_size
     check_sampling_args(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
     if not prompt_ids:
         raise UserError("the prompt encodes to no tokens")
-    vocab_size = getattr(model, "vocab_size", None)
-    if vocab_size is not None and max(prompt_ids) >= vocab_size:
+    vocab_size = lm.vocab_size
+    if max(prompt_ids) >= vocab_size:
         raise UserError(f"the prompt has token id {max(prompt_ids)}, outside the model's "
                         f"vocabulary of {vocab_size}: tokenizer and model do not match")
     device = next(model.parameters()).device
@@ -48,7 +47,7 @@ def stream_tokens(
     generator = torch.Generator(device=device).manual_seed(seed)
     stop = set(stop_ids)
     for _ in range(max_new_tokens):
-        ids = generate(ids, 1, temperature=temperature, top_k=top_k, generator=generator)
+        ids = lm.generate(ids, 1, temperature=temperature, top_k=top_k, generator=generator)
         token = int(ids[0, -1])
         if token in stop:
             return
