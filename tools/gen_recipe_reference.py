@@ -110,6 +110,12 @@ def _short_type(text: str) -> str:
     """Readable types: ``list[llm_gym.runner.settings.Entry]`` -> ``list[Entry]``,
     ``Optional[Annotated[int, Gt(gt=0)]]`` -> ``int > 0 | None``."""
     text = re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text)
+    # Finite floats are the rule (STRICT_MODEL_CONFIG), not a field's bound; pydantic
+    # versions spell that marker differently, so it is left out.
+    text = re.sub(r", \w+\(allow_inf_nan=False\)", "", text)
+    text = re.sub(r"Annotated\[(\w+), FieldInfo\(annotation=NoneType, required=True, "
+                  r"metadata=\[(\w+)\((gt|ge|lt|le)=([^)]*)\)\]\)\]",
+                  lambda m: f"{m[1]} {_BOUNDS[m[3]]} {m[4]}", text)
     text = re.sub(r"Annotated\[(\w+), \w+\((gt|ge|lt|le)=([^)]*)\)\]",
                   lambda m: f"{m[1]} {_BOUNDS[m[2]]} {m[3]}", text)
     for wrapper, tail in (("Optional[", " | None"), ("Union[", "")):
