@@ -1,4 +1,5 @@
-"""GPT-2 as a plain torch module: one file, no llm_gym imports, no device assumptions.
+"""GPT-2 as a plain torch module: one file, no device assumptions; it samples with the
+loop every built-in family shares (``sampling.py``).
 
 Parameter names match Hugging Face's ``GPT2LMHeadModel`` so checkpoints map one to one,
 with one difference: every projection here is an ``nn.Linear``, whose weight is stored
@@ -17,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .sampling import sample_tokens
 
 
 class CausalSelfAttention(nn.Module):
@@ -248,22 +251,5 @@ class GPT2(nn.Module):
         ``n_positions`` tokens. No KV cache: this is for samples during training, not
         serving. Call ``eval()`` first if the model has dropout.
         """
-        # llm_gym's one check of sampling arguments (the only llm_gym import here, kept
-        # local): a ValueError naming the argument for nan, inf, negative, tiny values.
-        from llm_gym.runner.sampling_args import check_sampling_args
-
-        check_sampling_args(max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_k=top_k)
-        for _ in range(max_new_tokens):
-            logits = self(input_ids[:, -self.n_positions :])[:, -1, :]
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
-            input_ids = torch.cat([input_ids, next_id], dim=1)
-        return input_ids
+        return sample_tokens(self, input_ids, max_new_tokens, self.n_positions,
+                             temperature=temperature, top_k=top_k, generator=generator)

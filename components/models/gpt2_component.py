@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, PositiveInt, model_validator
 
-from llm_gym.recipes.preflight import tokenizer_vocab_size
+from llm_gym.recipes.preflight import embedding_covers_tokenizer
 from llm_gym.registry import ComponentConfig, component
 
 from .gpt2 import GPT2
@@ -38,11 +38,7 @@ class GPT2Config(ComponentConfig):
             yield (f"n_positions: {self.n_positions}, shorter than trainer.seq_len ({seq_len}):"
                    f" positions past {self.n_positions} have no embedding; set "
                    f"model.config.n_positions={seq_len} or trainer.seq_len={self.n_positions}")
-        vocab = tokenizer_vocab_size(tokenizer)
-        if vocab is not None and self.vocab_size < vocab:
-            yield (f"vocab_size: {self.vocab_size}, below the tokenizer's {vocab} ids: token ids"
-                   f" {self.vocab_size}..{vocab - 1} would index past the embedding; set "
-                   f"model.config.vocab_size={vocab} (or more)")
+        yield from embedding_covers_tokenizer(self.vocab_size, tokenizer)
 
     def build(self) -> GPT2:
         return GPT2(**self.model_dump())

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from llm_gym.recipes.preflight import tokenizer_vocab_size
+from llm_gym.recipes.preflight import embedding_covers_tokenizer
 from llm_gym.registry import ComponentConfig, component
 
 from .llama import Llama
@@ -57,11 +57,7 @@ class LlamaConfig(ComponentConfig):
             yield (f"max_seq_len: {self.max_seq_len}, shorter than trainer.seq_len ({seq_len}); "
                    f"set model.config.max_seq_len={seq_len} or trainer.seq_len="
                    f"{self.max_seq_len}")
-        vocab = tokenizer_vocab_size(tokenizer)
-        if vocab is not None and self.vocab_size < vocab:
-            yield (f"vocab_size: {self.vocab_size}, below the tokenizer's {vocab} ids: token ids"
-                   f" {self.vocab_size}..{vocab - 1} would index past the embedding; set "
-                   f"model.config.vocab_size={vocab} (or more)")
+        yield from embedding_covers_tokenizer(self.vocab_size, tokenizer)
 
     def build(self) -> Llama:
         return Llama(**self.model_dump())

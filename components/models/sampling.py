@@ -1,7 +1,7 @@
 """Token-by-token sampling for the built-in models, without a KV cache.
 
-The same loop as ``GPT2.generate`` (context crop, temperature, top-k, one multinomial
-draw per step from the given generator), so every family samples alike for a seed.
+One loop for GPT-2 and Llama (context crop, temperature, top-k, one multinomial draw per
+step from the given generator), so every family samples alike for a seed.
 """
 
 from __future__ import annotations

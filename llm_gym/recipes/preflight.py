@@ -11,6 +11,7 @@ data that a component prepares on first use (the demo corpus) is not refused.
 from __future__ import annotations
 
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 from llm_gym.errors import UserError
@@ -43,6 +44,16 @@ def check_recipe(recipe: Any, registry: ResolverRegistry) -> list[str]:
     for _, check in registry.recipe_checks():
         problems += list(check(recipe))
     return problems
+
+
+def embedding_covers_tokenizer(vocab_size: int, tokenizer_config: Any) -> Iterator[str]:
+    """A model config's check that its ``vocab_size`` embeds every id the tokenizer
+    declares (see ``tokenizer_vocab_size``); one ``"vocab_size: ..."`` problem, or none."""
+    vocab = tokenizer_vocab_size(tokenizer_config)
+    if vocab is not None and vocab_size < vocab:
+        yield (f"vocab_size: {vocab_size}, below the tokenizer's {vocab} ids: token ids"
+               f" {vocab_size}..{vocab - 1} would index past the embedding; set "
+               f"model.config.vocab_size={vocab} (or more)")
 
 
 def tokenizer_vocab_size(tokenizer_config: Any) -> int | None:

@@ -66,20 +66,29 @@ class TrainerSettings(BaseModel):
     @field_validator("evaluators")
     @classmethod
     def _names_unique(cls, evaluators: list[Any]) -> list[Any]:
-        names = [choice.config.name for choice in evaluators]
-        for i, name in enumerate(names):
-            if name in names[:i]:
-                raise ValueError(f"two evaluators are named {name!r} ([{names.index(name)}] "
-                                 f"and [{i}]): give one another name, their records' keys "
-                                 "are eval/<name>/<metric>")
+        repeat = _first_repeat([choice.config.name for choice in evaluators])
+        if repeat:
+            name, first, i = repeat
+            raise ValueError(f"two evaluators are named {name!r} ([{first}] and [{i}]): give "
+                             "one another name, their records' keys are eval/<name>/<metric>")
         return evaluators
 
     @field_validator("loggers")
     @classmethod
     def _each_logger_once(cls, loggers: list[Any]) -> list[Any]:
-        names = [choice.type_hint.name for choice in loggers]
-        for i, name in enumerate(names):
-            if name in names[:i]:
-                raise ValueError(f"{name} is listed twice ([{names.index(name)}] and [{i}]): "
-                                 "each logger subscribes once")
+        repeat = _first_repeat([choice.type_hint.name for choice in loggers])
+        if repeat:
+            name, first, i = repeat
+            raise ValueError(f"{name} is listed twice ([{first}] and [{i}]): each logger "
+                             "subscribes once")
         return loggers
+
+
+def _first_repeat(names: list[str]) -> tuple[str, int, int] | None:
+    """``(name, first index, repeated index)`` of the first name listed twice, if any."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            return name, seen[name], i
+        seen[name] = i
+    return None
