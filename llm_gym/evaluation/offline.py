@@ -71,7 +71,7 @@ def evaluate_checkpoint(run_dir: Path, task: str, data: Path, *, step: int | Non
     if not (run_dir / RESOLVED_FILE).is_file():
         raise UserError(f"{run_dir}: not a run directory (no {RESOLVED_FILE})")
     step, checkpoint = pick_checkpoint(run_dir, step)
-    out = _output_path(run_dir, step)
+    out = output_path(run_dir, step)
     _read_task(task, data, limit)  # a bad file is refused before any model is loaded
     args = (str(checkpoint), task, str(data), limit, batch_size)
     if nproc == 1:
@@ -82,7 +82,7 @@ def evaluate_checkpoint(run_dir: Path, task: str, data: Path, *, step: int | Non
         metrics = launch_local(nproc, score_checkpoint, args)[0]
     metrics = {**metrics, "data": str(data), "limit": limit, "processes": nproc}
     name = name or task
-    _add_result(out, step, checkpoint, name, metrics)
+    add_result(out, step, checkpoint, name, metrics)
     return OfflineResult(step, checkpoint, name, metrics, out)
 
 
@@ -119,7 +119,9 @@ def score_checkpoint(checkpoint: str, task: str, data: str, limit: int | None,
         return {**metrics, "seconds": time.perf_counter() - started}
 
 
-def _output_path(run_dir: Path, step: int) -> Path:
+def output_path(run_dir: Path, step: int) -> Path:
+    """``RUN_DIR/eval/<step>.json``; refused (nothing written) where ``eval`` is not a
+    directory."""
     directory = run_dir / EVAL_DIR
     try:
         mode = os.lstat(directory).st_mode
@@ -131,8 +133,10 @@ def _output_path(run_dir: Path, step: int) -> Path:
     return directory / f"{step}.json"
 
 
-def _add_result(out: Path, step: int, checkpoint: Path, name: str,
+def add_result(out: Path, step: int, checkpoint: Path, name: str,
                 metrics: dict[str, Any]) -> None:
+    """Put ``metrics`` under ``tasks[name]`` of ``out``, keeping the other tasks' entries
+    (the lm-eval bridge adds its tasks to the same file)."""
     results: dict[str, Any] = {"step": step, "checkpoint": str(checkpoint), "tasks": {}}
     if out.exists() or out.is_symlink():
         results = read_json_object(out, what="the run's earlier evaluation results")
