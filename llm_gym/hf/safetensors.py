@@ -1,33 +1,43 @@
-"""The safetensors file format, read and written with torch alone.
+"""Safetensors files: read and written with the ``safetensors`` package (what transformers
+uses), behind a strict check of the header that refuses a malformed file, naming it.
 
-Written here rather than taken from the ``safetensors`` package so that export and import
-need no extra dependency; the format is small and fully specified:
+The format: 8 bytes, the little-endian length N of the header; N bytes of UTF-8 JSON
+``{name: {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, "__metadata__":
+{str: str}}``; then the tensors' raw bytes, offsets relative to the end of the header,
+packed without gaps or overlaps. Nothing in a safetensors file is executed, which is why
+import prefers it to pickles.
 
-- 8 bytes: little-endian unsigned length N of the header;
-- N bytes: a UTF-8 JSON object ``{name: {"dtype": "F32", "shape": [...],
-  "data_offsets": [begin, end]}, "__metadata__": {str: str}}``, padded with spaces;
-- the tensors' raw little-endian bytes, offsets relative to the end of the header, packed
-  without gaps or overlaps.
+Why a check of our own before the package reads a file: the package refuses 35 of the 36
+malformed headers of tests/hf/test_safetensors.py itself, but accepts the 36th (a zero-size
+tensor whose other sizes overflow torch's 64-bit strides), and its messages name neither
+the file nor, for most, the tensor ("invalid offset for tensor `b`" where we say which
+tensor it overlaps). ``read_header`` also serves the import's check of config.json against
+the weights, which must not read any tensor data.
 
-Nothing in a safetensors file is executed, which is why import prefers it to pickles.
+The file is opened once (a regular file, checked on the open descriptor, so a FIFO cannot
+block the read): the header is checked on that descriptor, and the package maps the same
+open file (``/proc/self/fd/N`` on Linux), so a file swapped for another between the check
+and the read is never the one read.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import struct
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+import safetensors
+import safetensors.torch
 import torch
 
 from llm_gym.errors import UserError
-from llm_gym.fileio import atomic_output
+from llm_gym.fileio import AtomicFile, open_input, output_error
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -36,41 +46,44 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
-# The reference implementation refuses larger headers; so do we, before allocating one.
+# The package refuses larger headers; so do we, before allocating one.
 _MAX_HEADER = 100_000_000
-_ALIGN = 8
+# Where the open descriptor N of this process can be opened again as the very same file.
+_FD_DIR = Path("/proc/self/fd")
 
-if sys.byteorder != "little":  # raw bytes are written as the host lays them out
+if sys.byteorder != "little":  # the format is little-endian; torch lays tensors out natively
     raise ImportError("llm_gym.hf.safetensors supports little-endian hosts only")
 
 
 def save_file(
     tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Write ``tensors`` to ``path`` (atomically). Tensors must not share memory."""
-    items = []
+    """Write ``tensors`` to ``path`` atomically (a temporary file renamed over it); a full
+    disk or an unwritable directory is an ``OutputError`` naming ``path``, which is then
+    untouched. Tensors must not share memory (a tied weight is saved once)."""
+    items = {}
     for name, tensor in tensors.items():
         if tensor.dtype not in _NAMES:
             raise TypeError(f"{name}: dtype {tensor.dtype} has no safetensors name")
-        items.append((name, tensor.detach().to("cpu").contiguous()))
-    # Widest elements first: with the header padded to 8 bytes, every tensor then starts
-    # at a multiple of its element size, so readers can map it without copying.
-    items.sort(key=lambda item: (-item[1].element_size(), item[0]))
-    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
-    offset = 0
-    for name, tensor in items:
-        size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": _NAMES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % _ALIGN)
-    with atomic_output(Path(path), "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for _, tensor in items:
-            if tensor.numel():
-                f.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        items[name] = tensor.detach().to("cpu").contiguous()
+    target = AtomicFile(Path(path), "wb")
+    try:
+        # The package writes the temporary file by name: it truncates and fills the
+        # inode ``target`` holds open, so the commit's fsync covers what it wrote.
+        safetensors.torch.save_file(items, target.tmp,
+                                    metadata=dict(metadata) if metadata else None)
+    except safetensors.SafetensorError as exc:  # I/O errors come back as this, ENOSPC too
+        target.discard()
+        raise output_error(target.path, OSError(None, _reason(exc))) from None
+    except BaseException:
+        target.discard()
+        raise
+    target.commit()
+
+
+def _reason(exc: Exception) -> str:
+    # "Error while serializing: I/O error: No space left on device (os error 28)"
+    return str(exc).removeprefix("Error while serializing: ").removeprefix("I/O error: ")
 
 
 class TensorInfo(NamedTuple):
@@ -94,42 +107,42 @@ def read_header(path: Path) -> Header:
     What this accepts allocates at most the file's size when loaded: each tensor's bytes
     lie inside the file, no two overlap, and together they cover the data exactly.
     """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            return _read_header(f, os.fstat(f.fileno()).st_size, path)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc}") from None
+    with _opened(Path(path)) as (f, header):
+        return header
 
 
 def load_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read every tensor of ``path`` (each a fresh CPU tensor); ``UserError`` if malformed."""
+    """Every tensor of ``path``, memory-mapped copy-on-write by the ``safetensors``
+    package (writing to one never reaches the file); ``UserError`` if malformed."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            header = _read_header(f, os.fstat(f.fileno()).st_size, path)
-            # Copy-on-write map: torch wants a writable buffer; nothing reaches the file.
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc}") from None
-    with mapped:
-        return {name: _tensor(mapped, header.data_start, info)
-                for name, info in header.tensors.items()}
-
-
-def _tensor(mapped: mmap.mmap, start: int, info: TensorInfo) -> torch.Tensor:
-    if info.begin == info.end:
-        return torch.empty(info.shape, dtype=info.dtype)
-    raw = torch.frombuffer(mapped, dtype=torch.uint8, count=info.end - info.begin,
-                           offset=start + info.begin)
-    # clone: an aligned copy that outlives the map (the view dies with this call, so the
-    # map can close), then viewed as the stored dtype.
-    return raw.clone().view(info.dtype).reshape(info.shape)
+    with _opened(path) as (f, header):
+        fd_path = _FD_DIR / str(f.fileno())
+        source = fd_path if _FD_DIR.is_dir() else path
+        try:
+            with safetensors.safe_open(str(source), framework="pt") as opened:
+                tensors = {name: opened.get_tensor(name) for name in header.tensors}
+        except safetensors.SafetensorError as exc:
+            raise UserError(f"{path}: not a valid safetensors file: {exc}") from None
+    for name, info in header.tensors.items():  # the file changed in place since the check
+        if tensors[name].dtype != info.dtype or tuple(tensors[name].shape) != info.shape:
+            raise UserError(f"{path}: tensor {name!r} changed while the file was read")
+    return tensors
 
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The ``__metadata__`` strings of ``path``'s header."""
     return read_header(path).metadata
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[tuple[BinaryIO, Header]]:
+    """``path`` open (a regular file, checked on the open descriptor) and its checked header."""
+    with open_input(path, "a safetensors file") as f:
+        try:
+            header = _read_header(f, os.fstat(f.fileno()).st_size, path)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read: {exc}") from None
+        yield f, header
 
 
 # Torch sizes and byte counts are signed 64-bit: a larger dimension cannot be a tensor.

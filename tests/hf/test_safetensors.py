@@ -1,8 +1,11 @@
-"""Our safetensors reader and writer: every dtype, odd shapes, and malformed files."""
+"""Our safetensors reader and writer (the safetensors package behind a strict header check):
+every dtype, odd shapes, malformed files, FIFOs, a file swapped mid-read, a full disk."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import struct
 from pathlib import Path
 
@@ -10,6 +13,8 @@ import pytest
 import torch
 
 from llm_gym.errors import UserError
+from llm_gym.fileio import OutputError
+from llm_gym.hf import safetensors
 from llm_gym.hf.safetensors import load_file, read_header, read_metadata, save_file
 
 
@@ -147,5 +152,62 @@ def test_truncated_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "short").write_bytes(b"\x01\x02")
     with pytest.raises(UserError, match="shorter"):
         load_file(tmp_path / "short")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="missing.safetensors: no such file"):
         load_file(tmp_path / "missing.safetensors")
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+
+    def blocked(*args: object) -> None:
+        raise TimeoutError("the read blocked on the FIFO")
+
+    # Opening a FIFO for reading blocks until a writer comes: never, here.
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(10)
+    try:
+        for read in (load_file, read_header):
+            with pytest.raises(UserError, match="is a FIFO"):
+                read(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_the_file_checked_is_the_file_read(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file renamed over the path after its header was checked is not the one loaded."""
+    path, other = tmp_path / "x.safetensors", tmp_path / "other.safetensors"
+    save_file({"a": torch.zeros(3)}, path)
+    save_file({"a": torch.ones(3), "b": torch.ones(2)}, other)
+    check = safetensors._read_header
+
+    def check_then_swap(*args: object):
+        header = check(*args)
+        os.replace(other, path)
+        return header
+
+    monkeypatch.setattr(safetensors, "_read_header", check_then_swap)
+    back = load_file(path)
+    assert set(back) == {"a"} and torch.equal(back["a"], torch.zeros(3))
+
+
+def test_a_full_disk_leaves_the_old_file(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors as package
+
+    path = tmp_path / "x.safetensors"
+    save_file({"a": torch.zeros(3)}, path)
+    before = path.read_bytes()
+
+    def full_disk(tensors: object, filename: str, metadata: object = None) -> None:
+        Path(filename).write_bytes(b"partial")
+        raise package.SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(package.torch, "save_file", full_disk)
+    with pytest.raises(OutputError, match=f"{path}: cannot write the output: No space left "
+                       "on device .*unchanged"):
+        save_file({"a": torch.ones(3)}, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["x.safetensors"]
