@@ -254,6 +254,17 @@ def open_input(path: Path, what: str = "the input", *, buffering: int = -1) -> B
         raise
 
 
+_FD_DIR = Path("/proc/self/fd")
+
+
+def same_file_path(f: IO[Any], path: Path) -> Path:
+    """A name for the very file ``f`` has open, for a library that opens files only by
+    name: ``/proc/self/fd/N`` on Linux, which reopens the open file itself, so a file
+    renamed over ``path`` since it was opened (and checked) cannot be the one read; ``path``
+    where there is no such directory."""
+    return _FD_DIR / str(f.fileno()) if _FD_DIR.is_dir() else Path(path)
+
+
 def _require_regular(path: Path, st: os.stat_result, what: str) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise UserError(
