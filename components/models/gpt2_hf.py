@@ -11,7 +11,6 @@ exports zero biases, which is exact: Hugging Face's GPT-2 always has biases.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -22,9 +21,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from llm_gym.data.tokenizer import EOD_TOKEN
 from llm_gym.errors import UserError
 from llm_gym.hf.files import WeightInfo, read_config, read_weight_infos, read_weights
+from llm_gym.hf.tokenizer_files import tokenizer_entry
 from llm_gym.registry import ComponentConfig, component
 
 from .gpt2 import GPT2
@@ -93,28 +92,7 @@ class GPT2HFAdapter:
     def tokenizer_entry(
         self, directory: Path, config: Mapping[str, Any]
     ) -> dict[str, Any] | None:
-        directory = Path(directory)
-        eos = config.get("eos_token_id")
-        if (directory / "tokenizer.json").is_file():
-            from tokenizers import Tokenizer
-
-            path = directory / "tokenizer.json"
-            try:
-                name = Tokenizer.from_file(str(path)).id_to_token(eos) if eos is not None else None
-            except Exception as exc:  # the Rust side raises plain Exception
-                raise UserError(f"{path}: not a valid Hugging Face tokenizer.json: {exc}") from None
-            return {"type_hint": "HFJson",
-                    "config": {"path": str(path), "eod_token": name or EOD_TOKEN}}
-        encoder, merges = directory / "vocab.json", directory / "merges.txt"
-        if encoder.is_file() and merges.is_file():
-            try:
-                by_id = {v: k for k, v in json.loads(encoder.read_text(encoding="utf-8")).items()}
-            except (ValueError, AttributeError, OSError) as exc:
-                raise UserError(f"{encoder}: not a GPT-2 vocab.json: {exc}") from None
-            return {"type_hint": "GPT2BPE",
-                    "config": {"encoder_json": str(encoder), "vocab_bpe": str(merges),
-                               "eod_token": by_id.get(eos, EOD_TOKEN)}}
-        return None
+        return tokenizer_entry(directory, config)
 
 
 def load_gpt2(directory: Path, *, dropout: float = 0.0) -> GPT2:

@@ -23,6 +23,7 @@ from llm_gym.hf.adapter import adapter_for_model
 from llm_gym.hf.directory_output import directory_output
 from llm_gym.hf.files import CONFIG, SAFETENSORS, write_model_dir
 from llm_gym.hf.tokenizer_files import TOKENIZER_FILES, write_tokenizer_files
+from llm_gym.model_contract import as_language_model
 from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.component import spec_of
 from llm_gym.runner.loading_model import load_run_model, locate
@@ -59,7 +60,7 @@ def export_hf(
         write_model_dir(output.path, config, tensors)
         written, note = write_tokenizer_files(
             run.tokenizer, output.path, name=_type_hint(run.recipe, "tokenizer"),
-            max_length=config.get("n_positions"),
+            max_length=as_language_model(run.model).max_seq_len,
         )
     files = [CONFIG, SAFETENSORS, *written]
     notes = [*run.notes, *([note] if note else [])]

@@ -9,6 +9,7 @@ executed: no ``trust_remote_code``, no custom classes.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 
 from llm_gym.errors import UserError
-from llm_gym.fileio import atomic_output, read_json_object
+from llm_gym.fileio import atomic_output, open_input, read_json_object, same_file_path
 from llm_gym.hf.safetensors import load_file, read_header, save_file
 
 CONFIG = "config.json"
@@ -67,7 +68,7 @@ def read_weight_infos(directory: Path) -> dict[str, WeightInfo]:
             found = {n: (i.dtype, i.shape) for n, i in read_header(path).tensors.items()}
         else:
             # Only the zip format can be mapped; a legacy pickle is read (its file's size).
-            state = _load_pickle(path, mmap=zipfile.is_zipfile(path))
+            state = _load_pickle(path, mmap_zip=True)
             found = {n: (t.dtype, tuple(t.shape)) for n, t in state.items()}
         for name, (dtype, shape) in found.items():
             if name in infos:
@@ -79,9 +80,11 @@ def read_weight_infos(directory: Path) -> dict[str, WeightInfo]:
 def _weight_files(directory: Path) -> tuple[Callable[..., dict[str, torch.Tensor]], list[Path]]:
     for name, reader in ((SAFETENSORS, load_file), (PICKLE, _load_pickle)):
         single, index = directory / name, directory / f"{name}.index.json"
-        if single.is_file():
+        # Anything of that name is the weights: the reader opens it once and refuses what
+        # is not a regular file (a FIFO, a directory), naming it, rather than passing over it.
+        if os.path.lexists(single):
             return reader, [single]
-        if index.is_file():
+        if os.path.lexists(index):
             return reader, _shards(index)
     present = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
     raise UserError(
@@ -118,14 +121,20 @@ def _shards(index: Path) -> list[Path]:
     return [index.parent / shard for shard in sorted(shards)]
 
 
-def _load_pickle(path: Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except Exception as exc:  # weights_only refusals and corrupt files alike
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: cannot be loaded as plain tensors: {first}") from None
+def _load_pickle(path: Path, *, mmap_zip: bool = False) -> dict[str, torch.Tensor]:
+    """``path``'s state_dict, opened once (a regular file, checked on the descriptor);
+    ``mmap_zip``: a zip-format file is mapped rather than read."""
+    with open_input(path, "a pytorch_model.bin") as f:
+        try:
+            mapped = mmap_zip and zipfile.is_zipfile(f)
+            f.seek(0)
+            # torch maps only a file it opens by name: the name of this open file.
+            source = same_file_path(f, path) if mapped else f
+            state = torch.load(source, map_location="cpu", weights_only=True, mmap=mapped)
+        except Exception as exc:  # weights_only refusals and corrupt files alike
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise UserError(f"{path}: cannot be loaded as plain tensors: {first}") from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

@@ -17,6 +17,7 @@ headers before it allocates anything.
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import shutil
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ import yaml
 
 from llm_gym.config.recipe_model import validate_recipe
 from llm_gym.errors import UserError
-from llm_gym.fileio import atomic_output
+from llm_gym.fileio import atomic_output, open_input
 from llm_gym.hf.adapter import component_for_model_type
 from llm_gym.hf.directory_output import directory_output, existing_entries
 from llm_gym.hf.files import CONFIG, read_config, write_model_dir
@@ -91,8 +92,8 @@ def import_hf(
         out_config, tensors = adapter.to_hf(model, eod_id=eos_id)
         write_model_dir(staged_hf, out_config, tensors)
         for name in TOKENIZER_FILES:  # plain data; anything else (code above all) stays behind
-            if (source / name).is_file():
-                shutil.copyfile(source / name, staged_hf / name)
+            if os.path.lexists(source / name):
+                _copy_input(source / name, staged_hf / name)
 
         # Checked where the files are now, then written naming where they will be.
         data = copy.deepcopy(loaded.data)
@@ -124,6 +125,18 @@ def import_hf(
             f.write(header + body)
     num_params = sum(p.numel() for p in model.parameters())
     return ImportResult(run_dir, recipe_path, adapter.model_type, num_params, notes)
+
+
+def _copy_input(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target``, reading the file that was opened and checked (a
+    FIFO or a directory of a tokenizer file's name is a UserError, not a hang)."""
+    with open_input(source, "a tokenizer file") as f, atomic_output(target, "wb") as out:
+        try:
+            shutil.copyfileobj(f, out)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise  # the output's: atomic_output says so, naming it
+            raise UserError(f"{source}: cannot read: {exc}") from None
 
 
 def _token_id(config: dict[str, Any], key: str, vocab_size: int | None,

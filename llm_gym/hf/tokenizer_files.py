@@ -9,10 +9,14 @@ on, a package holding vocabulary files).
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llm_gym.fileio import atomic_output
+from llm_gym.data.tokenizer import EOD_TOKEN
+from llm_gym.errors import UserError
+from llm_gym.fileio import atomic_output, open_input
 from llm_gym.hf.files import write_json
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -70,8 +74,53 @@ def write_tokenizer_files(
 def saved_eod_token(directory: Path) -> str | None:
     """The end-of-document token ``write_tokenizer_files`` recorded in ``directory``."""
     try:
-        config = json.loads((Path(directory) / "tokenizer_config.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
+        text = _read_text(Path(directory) / "tokenizer_config.json")
+        config = json.loads(text) if text is not None else None
+    except (UserError, ValueError, RecursionError):
+        return None  # not written by us, or not readable: no recorded token
     eos = config.get("eos_token") if isinstance(config, dict) else None
     return eos if isinstance(eos, str) else None
+
+
+def tokenizer_entry(directory: Path, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The recipe ``tokenizer`` entry that reads ``directory``'s tokenizer files, with the
+    end-of-document token named by config.json's ``eos_token_id``: ``HFJson`` for a
+    ``tokenizer.json``, else ``GPT2BPE`` for ``vocab.json`` + ``merges.txt``; None without.
+
+    Shared by the architectures' adapters: tokenizer files do not depend on the model.
+    """
+    directory = Path(directory)
+    eos = config.get("eos_token_id")
+    path = directory / "tokenizer.json"
+    text = _read_text(path)
+    if text is not None:
+        from tokenizers import Tokenizer
+
+        try:
+            name = Tokenizer.from_str(text).id_to_token(eos) if eos is not None else None
+        except Exception as exc:  # the Rust side raises plain Exception
+            raise UserError(f"{path}: not a valid Hugging Face tokenizer.json: {exc}") from None
+        return {"type_hint": "HFJson",
+                "config": {"path": str(path), "eod_token": name or EOD_TOKEN}}
+    encoder, merges = directory / "vocab.json", directory / "merges.txt"
+    if os.path.lexists(merges) and (vocab := _read_text(encoder)) is not None:
+        try:
+            by_id = {v: k for k, v in json.loads(vocab).items()}
+        except (ValueError, AttributeError, RecursionError) as exc:
+            raise UserError(f"{encoder}: not a GPT-2 vocab.json: {exc}") from None
+        return {"type_hint": "GPT2BPE",
+                "config": {"encoder_json": str(encoder), "vocab_bpe": str(merges),
+                           "eod_token": by_id.get(eos, EOD_TOKEN)}}
+    return None
+
+
+def _read_text(path: Path) -> str | None:
+    """``path``'s UTF-8 text, None if there is nothing at ``path``; opened once and checked
+    on the open descriptor (a FIFO or a directory there is a UserError, not a hang)."""
+    if not os.path.lexists(path):
+        return None
+    with open_input(path, "a tokenizer file") as f:
+        try:
+            return f.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: cannot read: {exc}") from None

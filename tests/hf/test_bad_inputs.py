@@ -5,7 +5,9 @@ byte-for-byte as it was, with no temporary directory left behind."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,33 @@ def test_crafted_sizes_fail_from_the_header_without_building_the_model(
                       registry=shared_registry)
         grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
         assert grown_mb < 100, f"{name}: peak RSS grew {grown_mb:.0f} MB"
+
+
+@pytest.mark.usefixtures("one_registry")
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "tokenizer_config.json"])
+def test_a_fifo_in_the_source_is_refused_not_waited_on(
+    world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """Every file of the source is opened once and checked on the open descriptor: a FIFO
+    (which a reader would wait on forever) is an error naming it."""
+    source = tmp_path / "src"
+    shutil.copytree(world["hf"], source)
+    (source / name).unlink(missing_ok=True)
+    os.mkfifo(source / name)
+
+    def blocked(*args: object) -> None:
+        raise TimeoutError(f"the import blocked reading the FIFO {name}")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(20)
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["import", "hf", str(source), "--out", str(tmp_path / "new"),
+                  "--recipe", "gpt2-debug"])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    output = " ".join(capsys.readouterr().err.split())
+    assert info.value.code == 2, output
+    assert f"{source / name}: is a FIFO (named pipe), not a regular file" in output, output
+    assert not (tmp_path / "new").exists()
