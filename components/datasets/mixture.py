@@ -31,6 +31,9 @@ class MixtureConfig(ComponentConfig):
     on_exhausted: Literal["cycle", "stop"] = Field(
         "cycle", description="when a source has given every sample of an epoch: cycle "
         "(it starts its next epoch, reshuffled) or stop (the run ends there)")
+    document_boundaries: bool = Field(
+        False, description="hand the model, with each block, the index of every input "
+        "token's document, each source's from its own pack's document index")
 
     @field_validator("weights")
     @classmethod
@@ -55,6 +58,18 @@ class MixtureConfig(ComponentConfig):
                 yield (f"sources[{i}]: {name} builds a {built.__name__}, which cannot be "
                        "mixed: a mixture source numbers its samples globally "
                        "(samples_per_epoch and sample_tokens, see llm_gym.data.indexed)")
+            elif (self.document_boundaries and built is not None
+                  and not hasattr(built, "sample_document_ids")):
+                yield (f"sources[{i}]: {name} builds a {built.__name__}, which does not say "
+                       "where its documents start (sample_document_ids, see "
+                       "llm_gym.data.indexed): document_boundaries needs it of every source")
+            if (not self.document_boundaries
+                    and getattr(choice.config, "document_boundaries", False) is True):
+                # The mixture reads its sources by global sample, never their batches: a
+                # source's own flag would be ignored without a word.
+                yield (f"sources[{i}].config.document_boundaries: the mixture hands its "
+                       "sources' boundaries on only when it is told to: set "
+                       "document_boundaries: true on the Mixture")
 
     def build(self, world: Any, trainer: Any, sources: list[Any]) -> MixtureDataset:
         labels = [source_label(i, choice) for i, choice in enumerate(self.sources)]
@@ -62,6 +77,7 @@ class MixtureConfig(ComponentConfig):
             sources, self.weights, labels=labels,
             seed=trainer.seed if self.seed is None else self.seed,
             on_exhausted=self.on_exhausted, rank=world.rank, world_size=world.world_size,
+            document_boundaries=self.document_boundaries,
         )
 
 

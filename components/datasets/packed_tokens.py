@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from llm_gym.data.document_ids import document_starts
 from llm_gym.data.packed import PackedTokens, pack_paths
 from llm_gym.data.packed_dataset import PackedMemMapDataset
 from llm_gym.errors import UserError
@@ -25,28 +26,35 @@ class PackedTokensConfig(ComponentConfig):
     split: Literal["train", "val"] = Field("train", description="which part of the blocks")
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0,
                                 description="last fraction of blocks kept for validation")
+    document_boundaries: bool = Field(
+        False, description="hand the model, with each block, the index of every input "
+        "token's document (from the pack's document index), for a model that masks "
+        "attention at document boundaries; in a Mixture, set it on the Mixture instead")
 
     def preflight(self, trainer: Any = None, model: Any = None) -> Iterator[str]:
         """The pack's two files are there, their headers agree, the split has a block of
         trainer.seq_len + 1 tokens, and the model embeds every id the pack holds."""
-        yield from check_pack(self.path, self.split, self.val_fraction, trainer, model)
+        yield from check_pack(self.path, self.split, self.val_fraction, trainer, model,
+                              document_boundaries=self.document_boundaries)
 
     def build(self, world: Any, trainer: Any, tokenizer: Any = None) -> PackedMemMapDataset:
-        return open_packed(self.path, self.split, self.val_fraction, world, trainer, tokenizer)
+        return open_packed(self.path, self.split, self.val_fraction, world, trainer, tokenizer,
+                           document_boundaries=self.document_boundaries)
 
 
 def open_packed(path: str, split: str, val_fraction: float, world: Any, trainer: Any,
-                tokenizer: Any) -> PackedMemMapDataset:
+                tokenizer: Any, *, document_boundaries: bool = False) -> PackedMemMapDataset:
     """The dataset for this rank; refuses a pack made with another tokenizer than ``tokenizer``."""
     return PackedMemMapDataset(
         path, trainer.seq_len, split=split, val_fraction=val_fraction, seed=trainer.seed,
         rank=world.rank, world_size=world.world_size,
         tokenizer_fingerprint=tokenizer.fingerprint() if tokenizer is not None else None,
+        document_boundaries=document_boundaries,
     )
 
 
 def check_pack(path: str, split: str, val_fraction: float, trainer: Any,
-               model: Any) -> Iterator[str]:
+               model: Any, *, document_boundaries: bool = False) -> Iterator[str]:
     """Problems with the pack at ``path``, from its headers and sizes alone."""
     for file in pack_paths(path):
         if file.exists() and not file.is_file():
@@ -67,6 +75,11 @@ def check_pack(path: str, split: str, val_fraction: float, trainer: Any,
     except UserError as exc:
         yield f"path: {exc.message}{hint}"
         return
+    if document_boundaries:
+        try:
+            document_starts(packed)
+        except UserError as exc:
+            yield f"document_boundaries: {exc.message}"
     seq_len = getattr(trainer, "seq_len", None)
     if seq_len is not None:
         total = max(packed.n_tokens - 1, 0) // seq_len

@@ -36,6 +36,17 @@ class IndexedSamples(Protocol):
         ...
 
 
+@runtime_checkable
+class DocumentBoundaries(Protocol):
+    """A mixable source that also says where documents start in its samples, for a
+    mixture with ``document_boundaries`` on (``PackedTokens`` and ``DemoCorpus`` do)."""
+
+    def sample_document_ids(self, samples: np.ndarray) -> np.ndarray:
+        """For global samples ``samples``, the index of each input token's document
+        within its block (0, 1, ... along the row), int64 ``[len(samples), seq_len]``."""
+        ...
+
+
 class DataExhausted(Exception):  # noqa: N818 -- it is a signal, not an error
     """The data ran out and the recipe said to stop there (``on_exhausted: stop``).
 

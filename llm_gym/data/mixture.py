@@ -33,6 +33,11 @@ saved beside it for the record (and checked); seed, world size, seq_len, the per
 counts and every source's samples per epoch must match to resume, and a mismatch is
 refused naming the field.
 
+Document boundaries (``document_boundaries=True``): every source must say where
+documents start in its samples (``llm_gym.data.indexed.DocumentBoundaries``); they are
+read ahead with the tokens, row for row, and a batch is a ``Batch(tokens,
+document_ids)``. Off, a batch is the bare token tensor.
+
 Accounting (``consumed_tokens``): ``{label: tokens}``, the tokens (``seq_len`` per sample,
 the targets the loss sees, as the metrics' ``tokens`` counts them) taken from each source
 by all ranks together since the start of the run, at the current cursor or at a saved
@@ -50,7 +55,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from llm_gym.data.indexed import DataExhausted, IndexedSamples
+from llm_gym.data.batch import Batch
+from llm_gym.data.indexed import DataExhausted, DocumentBoundaries, IndexedSamples
 from llm_gym.errors import UserError
 
 OnExhausted = Literal["cycle", "stop"]
@@ -82,6 +88,7 @@ class MixtureDataset:
         on_exhausted: OnExhausted = "cycle",
         rank: int = 0,
         world_size: int = 1,
+        document_boundaries: bool = False,
     ) -> None:
         labels = list(labels) if labels is not None else [str(i) for i in range(len(sources))]
         if not sources or len(labels) != len(sources):
@@ -89,7 +96,7 @@ class MixtureDataset:
                             f"got {len(sources)} sources and {len(labels)} labels")
         _check_weights(weights, len(sources))
         for i, source in enumerate(sources):
-            _check_source(source, f"sources[{i}] ({labels[i]})")
+            _check_source(source, f"sources[{i}] ({labels[i]})", document_boundaries)
         seq_lens = {source.seq_len for source in sources}
         if len(seq_lens) > 1:
             each = (f"{label}: {s.seq_len}" for label, s in zip(labels, sources, strict=True))
@@ -113,11 +120,13 @@ class MixtureDataset:
         self.rank, self.world_size = rank, world_size
         self.chunk_counts = np.array(counts, dtype=np.int64)
         self.source_samples = np.array([s.samples_per_epoch for s in sources], dtype=np.int64)
+        self.document_boundaries = document_boundaries
         self.cursor = 0  # global samples taken, all ranks together
         self._chunks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._chunks_lock = threading.Lock()
         # Read ahead: this rank's next samples, gathered together, handed out as slices.
         self._ahead = np.empty((0, self.seq_len + 1), dtype=np.int64)
+        self._ahead_ids = np.empty((0, self.seq_len), dtype=np.int64)  # with boundaries
         self._ahead_start = 0  # the rank's sample number (cursor // world_size) of row 0
         self._ahead_rows = max(1, min(CHUNK, READ_AHEAD_TOKENS // (self.seq_len + 1)))
 
@@ -164,8 +173,13 @@ class MixtureDataset:
 
     def read(self, start: int, count: int, step: int = 1) -> np.ndarray:
         """Global samples ``start, start + step, ...`` as ``[count, seq_len + 1]`` int64."""
+        return self._read(start, count, step)[0]
+
+    def _read(self, start: int, count: int, step: int = 1, *, with_ids: bool = False
+              ) -> tuple[np.ndarray, np.ndarray | None]:
         which, nth = self.locate(start, count, step)
         out = np.empty((count, self.seq_len + 1), dtype=np.int64)
+        ids = np.empty((count, self.seq_len), dtype=np.int64) if with_ids else None
         by_source = np.argsort(which, kind="stable")  # each source's rows, ascending
         counts = np.bincount(which, minlength=len(self.sources)).tolist()
         lo = 0
@@ -174,10 +188,12 @@ class MixtureDataset:
                 rows = by_source[lo : lo + n]
                 # Widened while placed: one pass over the tokens, as one source's astype.
                 out[rows] = source.sample_tokens(nth[rows])
+                if ids is not None:
+                    ids[rows] = source.sample_document_ids(nth[rows])
                 lo += n
-        return out
+        return out, ids
 
-    def next_batch(self, batch_size: int) -> torch.Tensor:
+    def next_batch(self, batch_size: int) -> torch.Tensor | Batch:
         """This rank's share of the next ``batch_size * world_size`` global samples."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -192,11 +208,18 @@ class MixtureDataset:
             # per batch, more than one source's whole batch. Reading many batches at once
             # spreads them thin.
             rows = batch_size * max(1, self._ahead_rows // batch_size)  # none left over
-            self._ahead = self.read(mine * self.world_size + self.rank, rows, self.world_size)
+            self._ahead, ahead_ids = self._read(mine * self.world_size + self.rank, rows,
+                                                self.world_size,
+                                                with_ids=self.document_boundaries)
+            if ahead_ids is not None:
+                self._ahead_ids = ahead_ids
             self._ahead_start, first = mine, 0
         self.cursor = end
         # A fresh buffer per read-ahead: no batch handed out is ever written again.
-        return torch.from_numpy(self._ahead[first : first + batch_size])
+        tokens = torch.from_numpy(self._ahead[first : first + batch_size])
+        if not self.document_boundaries:
+            return tokens
+        return Batch(tokens, torch.from_numpy(self._ahead_ids[first : first + batch_size]))
 
     def _refuse_exhausted(self, end: int) -> None:
         used = self.positions_at(end)
@@ -210,7 +233,8 @@ class MixtureDataset:
 
     # Pickled (into a spawned worker, as a pack is) without the lock and the caches.
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__, _chunks={}, _ahead=self._ahead[:0])
+        state = dict(self.__dict__, _chunks={}, _ahead=self._ahead[:0],
+                     _ahead_ids=self._ahead_ids[:0])
         del state["_chunks_lock"]
         return state
 
@@ -276,7 +300,7 @@ def _check_weights(weights: Sequence[float], n_sources: int) -> None:
             raise UserError(f"weights[{i}]: must be a finite number above 0, got {w!r}")
 
 
-def _check_source(source: Any, where: str) -> None:
+def _check_source(source: Any, where: str, document_boundaries: bool) -> None:
     if isinstance(source, MixtureDataset):
         raise UserError(f"{where}: a Mixture cannot be a source of another Mixture; list "
                         "its sources in this one, with their weights multiplied")
@@ -285,6 +309,13 @@ def _check_source(source: Any, where: str) -> None:
             f"{where}: a {type(source).__name__} cannot be mixed: a mixture source numbers "
             "its samples globally (samples_per_epoch and sample_tokens, see "
             "llm_gym.data.indexed), as PackedTokens and DemoCorpus do"
+        )
+    if document_boundaries and not isinstance(source, DocumentBoundaries):
+        raise UserError(
+            f"{where}: a {type(source).__name__} does not say where its documents start "
+            "(sample_document_ids, see llm_gym.data.indexed), so a mixture with "
+            "document_boundaries cannot hand them on; mix packed datasets (PackedTokens, "
+            "DemoCorpus), or turn document_boundaries off"
         )
     if source.samples_per_epoch < 1:
         raise UserError(f"{where}: has no sample of seq_len + 1 tokens")

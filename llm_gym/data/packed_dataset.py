@@ -21,6 +21,13 @@ For a mixture (``llm_gym.data.indexed``), the dataset also numbers the split's s
 globally, whatever the rank: sample ``j`` is block ``j % n_blocks`` of epoch
 ``j // n_blocks``'s order, every block of the split (no remainder dropped), so a mixture
 can stride its own sequence across ranks.
+
+Document boundaries (``document_boundaries=True``): each batch is a ``Batch`` of the
+tokens and, for every input token, the index of its document within the row
+(``llm_gym.data.document_ids``, from the pack's offsets index); off, a batch is the bare
+token tensor, as it always was. A mixture asks for the same numbers per global sample
+(``sample_document_ids``) whatever this flag says: it is the mixture's own flag that
+counts there.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from llm_gym.data.batch import Batch
+from llm_gym.data.document_ids import block_document_ids, document_starts
 from llm_gym.data.packed import PackedTokens
 from llm_gym.data.sharded_pack import block_rows
 from llm_gym.errors import UserError
@@ -44,7 +53,8 @@ class PackedMemMapDataset:
     """Batches of ``[batch_size, seq_len + 1]`` int64 tokens from ``PREFIX.bin``/``.idx``.
 
     ``inputs, targets = batch[:, :-1], batch[:, 1:]``. Pass ``tokenizer_fingerprint`` to
-    refuse a pack made with another tokenizer.
+    refuse a pack made with another tokenizer. With ``document_boundaries`` a batch is a
+    ``Batch(tokens, document_ids)``.
     """
 
     def __init__(
@@ -59,6 +69,7 @@ class PackedMemMapDataset:
         rank: int = 0,
         world_size: int = 1,
         tokenizer_fingerprint: str | None = None,
+        document_boundaries: bool = False,
     ) -> None:
         if seq_len < 1:
             raise UserError(f"seq_len must be >= 1, got {seq_len}")
@@ -74,6 +85,7 @@ class PackedMemMapDataset:
             prefix=prefix, seq_len=seq_len, split=split, val_fraction=val_fraction,
             shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
             tokenizer_fingerprint=tokenizer_fingerprint,
+            document_boundaries=document_boundaries,
         )  # fmt: skip
         self.packed = PackedTokens.open(prefix)
         if tokenizer_fingerprint is not None:
@@ -101,6 +113,10 @@ class PackedMemMapDataset:
         # gather of whole rows, each one memcpy, instead of an index per token. A sharded
         # pack's rows are gathered across its shards alike.
         self._rows = block_rows(self._tokens, total, seq_len, self._span)
+        self.document_boundaries = document_boundaries
+        # Read (and checked) at build when the batches carry them, on first use when only
+        # a mixture asks.
+        self._doc_starts = document_starts(self.packed) if document_boundaries else None
 
     def __len__(self) -> int:
         """Blocks per rank per epoch."""
@@ -144,9 +160,26 @@ class PackedMemMapDataset:
         """Global samples ``samples`` as ``[len, seq_len + 1]`` tokens of the pack's dtype
         (``IndexedSamples``): sample ``j`` is block ``j % n_blocks`` of epoch
         ``j // n_blocks``, independent of this dataset's rank and position."""
+        return self._rows[self._sample_blocks(samples)]
+
+    def sample_document_ids(self, samples: np.ndarray) -> np.ndarray:
+        """For global samples ``samples``, each input token's document index within its
+        block, ``[len, seq_len]`` int64 (``llm_gym.data.indexed.DocumentBoundaries``)."""
+        return self.document_ids(self._sample_blocks(samples))
+
+    def document_ids(self, blocks: np.ndarray) -> np.ndarray:
+        """``[len(blocks), seq_len]`` int64: the document index (0, 1, ... within the
+        block) of every input token of the file's blocks ``blocks``."""
+        if self._doc_starts is None:
+            self._doc_starts = document_starts(self.packed)
+        return block_document_ids(self._doc_starts, np.asarray(blocks) * self.seq_len,
+                                  self.seq_len)
+
+    def _sample_blocks(self, samples: np.ndarray) -> np.ndarray:
+        """The file's blocks of global samples ``samples``."""
         samples = np.asarray(samples, dtype=np.int64)
         if len(samples) == 0:
-            return self._rows[:0]
+            return samples
         first, last = int(samples.min()) // self.n_blocks, int(samples.max()) // self.n_blocks
         if first == last:  # the usual case, kept to few array operations: a mixture's path
             blocks = self._epoch_order(first).take(samples, mode="wrap")
@@ -156,7 +189,7 @@ class PackedMemMapDataset:
             for epoch in range(first, last + 1):
                 here = epochs == epoch
                 blocks[here] = self._epoch_order(epoch)[positions[here]]
-        return self._rows[blocks]
+        return blocks
 
     def read_block(self, block: int) -> torch.Tensor:
         """Block ``block`` of the file as a ``[seq_len + 1]`` int64 tensor."""
@@ -165,7 +198,7 @@ class PackedMemMapDataset:
         # through Python code) and a prebuilt dtype object.
         return torch.from_numpy(self._tokens[start : start + self._span].astype(_INT64))
 
-    def next_batch(self, batch_size: int) -> torch.Tensor:
+    def next_batch(self, batch_size: int) -> torch.Tensor | Batch:
         """The next ``batch_size`` blocks of this rank, crossing into new epochs as needed."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -181,7 +214,10 @@ class PackedMemMapDataset:
                 self.epoch, self.position = self.epoch + 1, 0
         blocks = np.concatenate(picked) if len(picked) > 1 else picked[0]
         # One gather of rows for the whole batch: far cheaper than a slice per block.
-        return torch.from_numpy(self._rows[blocks].astype(_INT64))
+        tokens = torch.from_numpy(self._rows[blocks].astype(_INT64))
+        if not self.document_boundaries:
+            return tokens
+        return Batch(tokens, torch.from_numpy(self.document_ids(blocks)))
 
     # Pickled (e.g. into a spawned worker) as its arguments and position, never as the
     # mapped tokens: the receiver maps the same file again.

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llm_gym.data.batch import model_call
 from llm_gym.runner.distributed import World, all_reduce_mean
 
 
@@ -33,6 +34,7 @@ class ValidationLoss:
             if should_stop():
                 return None
             batch = self.data.next_batch(self.micro_batch_size).to(self.world.device)
-            total += self.loss_fn(model(batch[:, :-1]), batch[:, 1:])
+            inputs, targets, kwargs = model_call(batch)  # kwargs: document_ids, if any
+            total += self.loss_fn(model(inputs, **kwargs), targets)
         loss = all_reduce_mean(total / self.batches, self.world).item()
         return {"loss": loss, "perplexity": math.exp(loss) if loss < 50 else math.inf}

@@ -3,6 +3,10 @@
 The dataset's position is what a checkpoint saves, so a feed that reads ahead must not
 save the dataset's own (advanced) position but the one right after the last batch the
 loop actually consumed: each prefetched batch travels with the position after it.
+
+A batch is a token tensor, or a ``Batch`` that also carries document ids (a dataset with
+``document_boundaries``); both move to the device and pin alike, so the feed reads
+either ahead unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from llm_gym.data.batch import Batch
 from llm_gym.data.indexed import DataExhausted
 
 
@@ -36,7 +41,7 @@ class BatchFeed:
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
 
-    def next(self) -> torch.Tensor:
+    def next(self) -> torch.Tensor | Batch:
         started = time.perf_counter()
         if self.prefetch == 0:
             batch = self.dataset.next_batch(self.batch_size)

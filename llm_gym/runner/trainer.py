@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 from torch.distributed.tensor import DTensor
 
+from llm_gym.data.batch import model_call
 from llm_gym.data.indexed import DataExhausted
 from llm_gym.errors import ReportedError, UserError
 from llm_gym.evaluation.evaluator import Schedule, Scheduled
@@ -317,8 +318,9 @@ class Trainer:
             # Gradients are reduce-scattered only on the last micro-batch.
             if hasattr(model, "set_requires_gradient_sync"):  # absent when not sharded
                 model.set_requires_gradient_sync(micro == s.grad_accumulation - 1)
-            batch = self.train_feed.next()
-            loss = self.loss_fn(model(batch[:, :-1]), batch[:, 1:]) / s.grad_accumulation
+            # A dataset with document boundaries adds document_ids to the model's call.
+            inputs, targets, kwargs = model_call(self.train_feed.next())
+            loss = self.loss_fn(model(inputs, **kwargs), targets) / s.grad_accumulation
             loss.backward()
             total += loss.detach()
         # The same global norm on every rank, so every rank skips the same steps.

@@ -105,7 +105,8 @@ def test_preflight_refuses_a_source_whose_build_declares_an_unmixable_class() ->
     def choice(config: object) -> SimpleNamespace:
         return SimpleNamespace(type_hint=SimpleNamespace(name="Custom"), config=config)
 
-    mixture = SimpleNamespace(sources=[choice(UndeclaredConfig()), choice(UnmixableConfig())])
+    mixture = SimpleNamespace(sources=[choice(UndeclaredConfig()), choice(UnmixableConfig())],
+                              document_boundaries=False)
     problems = list(MixtureConfig.preflight(mixture))
     assert problems == [
         "sources[1]: Custom builds a Unmixable, which cannot be mixed: a mixture source "
