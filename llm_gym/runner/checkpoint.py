@@ -10,7 +10,8 @@ Layout of ``<run_dir>/checkpoints/step_00000100/``:
   RNG states. Loaded with ``weights_only=True``, so it holds only tensors and plain
   Python values; ``save_checkpoint`` checks that before writing anything.
 - ``COMPLETE``: a small JSON marker (step, world size, time, and the size and SHA-256 of
-  every other file), written last (checkpoint_marker.py, checkpoint_digests.py).
+  every other file, hashed as it is written), written last (checkpoint_marker.py,
+  checkpoint_digests.py, checkpoint_writer.py).
 
 A checkpoint is written under a temporary name that carries this run directory's id
 (checkpoint_dirs.py) and renamed once every rank is done and the marker exists, so a
@@ -40,7 +41,6 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
@@ -65,6 +65,7 @@ from llm_gym.runner.checkpoint_dirs import (
 from llm_gym.runner.checkpoint_marker import MARKER, marker_bytes, read_marker
 from llm_gym.runner.checkpoint_metadata import METADATA_FILE
 from llm_gym.runner.checkpoint_reading import dcp_error_text, load_state, open_checkpoint
+from llm_gym.runner.checkpoint_writer import DigestingWriter
 from llm_gym.runner.distributed import World, is_main
 
 __all__ = ["CHECKPOINTS", "MARKER", "CheckpointWriteError", "capture_rng_state",
@@ -76,6 +77,11 @@ class CheckpointWriteError(RuntimeError):
     """Writing a checkpoint's files failed (on any rank): a full disk, a quota, an I/O
     error. Raised on every rank; the partial checkpoint is already removed and the
     earlier complete ones are untouched."""
+
+
+# DCP's writer for a checkpoint directory; a name here so that the benchmark can measure
+# saving with DCP's plain FileSystemWriter beside it.
+storage_writer = DigestingWriter
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -123,14 +129,14 @@ def save_checkpoint(
     tmp = temp_path(final, run_id(run_dir), writer)
     state = _dcp_state(model, optimizer)
     try:
+        own: dict[str, FileDigest] = {}  # filled by the writer as DCP writes each file
         try:
-            saved = dcp.save(state, checkpoint_id=tmp)
+            dcp.save(state, checkpoint_id=tmp, storage_writer=storage_writer(tmp, own))
         except dcp.CheckpointException as exc:
             # Raised on every rank when any rank failed to write (disk full, ...). It is a
             # BaseException; re-raise as an ordinary error with the ranks' actual causes.
             raise CheckpointWriteError(dcp_error_text(exc)) from exc
-        own: dict[str, FileDigest] = {}
-        write_own = functools.partial(_write_own, tmp, world.rank, payload, saved, own)
+        write_own = functools.partial(_write_own, tmp, world.rank, payload, own)
         _together(world, write_own, "writing")
         digests = gather_digests(own, world)
     except (CheckpointWriteError, OSError, RuntimeError) as exc:
@@ -159,21 +165,17 @@ def _prepare(run_dir: Path, root: Path, final: Path, writer: str) -> None:
         raise UserError(f"cannot write checkpoints under {root}: {exc}") from exc
 
 
-def _write_own(tmp: Path, rank: int, payload: bytes, saved: Metadata | None,
-               digests: dict[str, FileDigest]) -> None:
-    """This rank's state file, and the digests of the files this rank wrote."""
+def _write_own(tmp: Path, rank: int, payload: bytes, digests: dict[str, FileDigest]) -> None:
+    """This rank's state file, and its digest beside those of the DCP files it wrote."""
     name = _rank_file(rank)
     _write_durably(tmp / name, payload)
     digests[name] = digest_bytes(payload)
-    written = {info.relative_path for info in getattr(saved, "storage_data", {}).values()}
-    for data_file in sorted(written):
-        if data_file.startswith(f"__{rank}_"):  # FileSystemWriter's name for rank's files
-            digests[data_file] = digest_file(tmp / data_file)
 
 
 def _commit(tmp: Path, final: Path, step: int, world_size: int, keep_last: int | None,
             digests: dict[str, FileDigest], aside: Path) -> None:
-    # What no rank digested (.metadata, rank 0 wrote it) is digested here.
+    # Every file was digested as it was written; anything else in the directory (none
+    # today) is digested here rather than left unverified.
     for child in sorted(tmp.iterdir()):
         if child.name not in digests and child.name != MARKER and child.is_file():
             digests[child.name] = digest_file(child)

@@ -14,7 +14,11 @@ have) but a checksum, which anyone can make match a changed file; with SHA-256 a
 that matches the recorded digest is the file that was written. (The marker itself is not
 signed: whoever can rewrite the checkpoint can rewrite the digests too. What protects
 against a crafted file is that loading runs no code from it; see checkpoint_metadata.py.)
-benchmarks/test_bench_checkpoint_digest.py measures the cost against saving without.
+
+At save time the data files are digested while DCP writes them (checkpoint_writer.py),
+so the digest hides behind the writing; benchmarks/test_bench_checkpoint_digest.py
+measures the cost against saving without. Checkpoints written before the hash tree
+recorded ``sha256`` (SHA-256 of the whole file, ``LEGACY``); they still verify.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from llm_gym.errors import UserError
 from llm_gym.runner.distributed import World
 
 ALGORITHM = "sha256_tree"  # the marker's name for the digest (see above)
-_CHUNK = 8 << 20
+LEGACY = "sha256"  # whole-file SHA-256, recorded by llm_gym before the hash tree
+ALGORITHMS = (ALGORITHM, LEGACY)
+CHUNK = 8 << 20
 _THREADS = max(1, min(8, os.cpu_count() or 1))
 
 # How a file differs from its record, as a code all ranks can reduce with MAX.
@@ -44,28 +50,38 @@ _WHY = {
     _UNRECORDED: "it has no digest in the marker",
 }
 
-FileDigest = dict[str, int | str]  # {"bytes": n, "sha256": hex}
+FileDigest = dict[str, int | str]  # {"bytes": n, "sha256_tree": hex} (or "sha256": hex)
 
 
 def digest_bytes(data: bytes) -> FileDigest:
     """The digest of a file holding ``data`` (as ``digest_file`` would compute it)."""
     view = memoryview(data)
-    return _digest(len(data), lambda offset: view[offset:offset + _CHUNK])
+    return _digest(len(data), lambda offset: view[offset:offset + CHUNK])
 
 
 def digest_file(path: Path) -> FileDigest:
     fd = os.open(path, os.O_RDONLY)
     try:
-        return _digest(os.fstat(fd).st_size, lambda offset: os.pread(fd, _CHUNK, offset))
+        return _digest(os.fstat(fd).st_size, lambda offset: os.pread(fd, CHUNK, offset))
     finally:
         os.close(fd)
 
 
+def chunk_digest(data: bytes | memoryview) -> bytes:
+    """The digest of one chunk (up to ``CHUNK`` bytes, at a multiple of it in the file)."""
+    return hashlib.sha256(data).digest()
+
+
+def tree_digest(size: int, parts: Sequence[bytes]) -> FileDigest:
+    """The digest of a file of ``size`` bytes whose chunks' digests are ``parts``."""
+    return {"bytes": size, ALGORITHM: hashlib.sha256(b"".join(parts)).hexdigest()}
+
+
 def _digest(size: int, chunk: Callable[[int], bytes | memoryview]) -> FileDigest:
-    offsets: Sequence[int] = range(0, size, _CHUNK)
+    offsets: Sequence[int] = range(0, size, CHUNK)
 
     def one(offset: int) -> bytes:
-        return hashlib.sha256(chunk(offset)).digest()
+        return chunk_digest(chunk(offset))
 
     if len(offsets) <= 1:
         parts = [one(offset) for offset in offsets]
@@ -73,7 +89,15 @@ def _digest(size: int, chunk: Callable[[int], bytes | memoryview]) -> FileDigest
         # A pool per call: no threads outlive it (the run forks data workers later).
         with ThreadPoolExecutor(min(_THREADS, len(offsets))) as pool:
             parts = list(pool.map(one, offsets))
-    return {"bytes": size, ALGORITHM: hashlib.sha256(b"".join(parts)).hexdigest()}
+    return tree_digest(size, parts)
+
+
+def _legacy_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
 
 
 def gather_digests(own: Mapping[str, FileDigest], world: World) -> dict[str, FileDigest]:
@@ -118,6 +142,8 @@ def _code(checkpoint: Path, name: str, recorded: Mapping[str, FileDigest]) -> in
             return _MISSING
         if path.stat().st_size != expected["bytes"]:
             return _SIZE  # cheap, and the usual damage: a truncated copy
-        return _OK if digest_file(path)[ALGORITHM] == expected[ALGORITHM] else _CHANGED
+        if ALGORITHM in expected:
+            return _OK if digest_file(path)[ALGORITHM] == expected[ALGORITHM] else _CHANGED
+        return _OK if _legacy_digest(path) == expected[LEGACY] else _CHANGED
     except OSError:
         return _MISSING

@@ -1,8 +1,9 @@
 """The ``COMPLETE`` marker: the last file of a checkpoint, written once every rank is done.
 
 A small JSON object: ``step``, ``world_size``, ``time`` and ``files``, each file's size
-and digest (see checkpoint_digests.py). Checkpoints written before digests were recorded
-have no ``files``; they load, with a note that they are unverified. Anything else that
+and digest (see checkpoint_digests.py; older markers record a whole-file ``sha256``).
+Checkpoints written before digests were recorded have no ``files``; they load, with a
+note that they are unverified. Anything else that
 does not parse into exactly this is a ``UserError`` naming the marker.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_gym.errors import UserError
-from llm_gym.runner.checkpoint_digests import ALGORITHM, FileDigest
+from llm_gym.runner.checkpoint_digests import ALGORITHM, ALGORITHMS, FileDigest
 
 MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^step_(\d{8,})$")
@@ -80,7 +81,14 @@ def _problem(data: Any, dir_name: str) -> str | None:
         return "files must be an object"
     for name, digest in files.items():
         if not (isinstance(digest, dict) and _is_int(digest.get("bytes"))
-                and digest["bytes"] >= 0 and isinstance(digest.get(ALGORITHM), str)
-                and _HEX_DIGEST.match(digest[ALGORITHM])):
+                and digest["bytes"] >= 0 and _one_hex_digest(digest)):
             return f"files.{name} must be {{bytes: integer, {ALGORITHM}: 64 hex digits}}"
     return None
+
+
+def _one_hex_digest(digest: dict[str, Any]) -> bool:
+    # Exactly one known algorithm: a marker naming two would leave which one is checked
+    # to the reader's choice. (Older markers recorded the whole-file sha256.)
+    named = [key for key in ALGORITHMS if key in digest]
+    return (len(named) == 1 and isinstance(digest[named[0]], str)
+            and _HEX_DIGEST.match(digest[named[0]]) is not None)

@@ -192,7 +192,7 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_usable(
 ) -> None:
     _save_steps(tmp_path, [1])
 
-    def dying_save(state: dict, checkpoint_id: Path) -> None:
+    def dying_save(state: dict, checkpoint_id: Path, **_: object) -> None:
         (Path(checkpoint_id) / "__0_0.distcp").write_bytes(b"half written")
         # What DCP raises on every rank: each failed rank's (exception, traceback).
         raise ckpt.dcp.CheckpointException("write", {0: (OSError("disk full"), [])})
