@@ -46,6 +46,7 @@ from llm_gym.runner.distributed import (
 )
 from llm_gym.runner.entry import RunJob
 from llm_gym.runner.flops import MfuMeter
+from llm_gym.runner.host_memory import keep_freed_host_memory
 from llm_gym.runner.metrics import (
     MetricsLog,
     Subscribers,
@@ -88,6 +89,8 @@ def train_worker(
             allow_drift=job.allow_drift,
         )
     with distributed_world() as world:
+        if world.device.type == "cpu":
+            keep_freed_host_memory()  # a CPU step reuses its tensors' pages (host_memory.py)
         # Under torchrun each rank picked its default run directory from its own clock.
         run_dir = broadcast_from_main(job.run_dir, world)
         lock = RunDirLock(run_dir)
