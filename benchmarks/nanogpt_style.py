@@ -194,3 +194,14 @@ def nanogpt_tokens_per_s(bin_path: Path, n_tokens: int, *, steps: int, log_every
             times.append(time.perf_counter() - start)
             start = time.perf_counter()
     return batch_size * shape.block_size * log_every / statistics.median(times[1:])
+
+
+if __name__ == "__main__":
+    # The loop in a process of its own, as nanoGPT's train.py runs: nothing the runner set
+    # up in the benchmark's process (threads, allocator settings, caches) carries over.
+    import sys
+
+    path, tokens, steps, log_every, threads = sys.argv[1:6]
+    torch.set_num_threads(int(threads))
+    print(nanogpt_tokens_per_s(Path(path), int(tokens), steps=int(steps),
+                               log_every=int(log_every)))

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from llm_gym.data.packed_dataset import PackedMemMapDataset
+from llm_gym.runner.host_memory import keep_freed_host_memory
 from llm_gym_components.models.gpt2 import GPT2
 
 SEQ, WIDTH, LAYERS, HEADS, VOCAB = 128, 192, 4, 4, 257
@@ -50,6 +51,7 @@ def train_tokens_per_s(model: torch.nn.Module, data: PackedMemMapDataset, batch:
 
 
 def plain_single(prefix: Path, batch: int, steps: int, log_every: int) -> float:
+    keep_freed_host_memory()  # one of the runner's choices on a CPU (runner/host_memory.py)
     model, _ = _model_and_optimizer()
     data = PackedMemMapDataset(prefix, SEQ, split="train", val_fraction=0.1)
     return train_tokens_per_s(model, data, batch, steps, log_every)

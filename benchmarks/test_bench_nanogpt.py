@@ -2,18 +2,21 @@
 
 The same model dimensions (4 layers, 4 heads, 128 wide, vocabulary 4096, sequence 128,
 batch 16, fp32, no compile), the same packed demo tokens, the same AdamW settings and the
-same thread count (one process runs both). Rounds alternate which side goes first, so
-the shared machine's drift hits both alike; the ratio of the medians is reported
-(target: runner / nanoGPT-style >= 1.02). ``nanogpt_style.py`` says what the loop does.
+same thread count (the loop runs in a fresh process each round, as nanoGPT's train.py
+would, so the runner's process-wide settings cannot help or hurt it). Rounds alternate
+which side goes first, so the shared machine's drift hits both alike; the ratio of the
+medians is reported (target: runner / nanoGPT-style >= 1.02). ``nanogpt_style.py`` says
+what the loop does.
 """
 
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
-from nanogpt_style import nanogpt_tokens_per_s
 
 from llm_gym.data.packed import HEADER_SIZE
 from llm_gym.runner.entry import run_recipe
@@ -43,7 +46,13 @@ def test_runner_vs_nanogpt_style_loop(benchmark, bench_targets, demo_cache, tmp_
     n_tokens = int((bin_path.stat().st_size - HEADER_SIZE) // 2 * 0.95)
 
     def nano() -> float:
-        return nanogpt_tokens_per_s(bin_path, n_tokens, steps=STEPS, log_every=LOG_EVERY)
+        # A fresh process each round: the runner's process-wide settings (its allocator
+        # tuning, runner/host_memory.py) must not speed up the yardstick, nor the reverse.
+        out = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("nanogpt_style.py")), str(bin_path),
+             str(n_tokens), str(STEPS), str(LOG_EVERY), str(torch.get_num_threads())],
+            capture_output=True, text=True, check=True)
+        return float(out.stdout.split()[-1])
 
     runner, nanogpt = [], []
     for i in range(ROUNDS):
