@@ -37,7 +37,7 @@ import safetensors.torch
 import torch
 
 from llm_gym.errors import UserError
-from llm_gym.fileio import AtomicFile, open_input, output_error
+from llm_gym.fileio import AtomicFile, open_input, output_error, same_file_path
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -48,8 +48,6 @@ DTYPES: dict[str, torch.dtype] = {
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 # The package refuses larger headers; so do we, before allocating one.
 _MAX_HEADER = 100_000_000
-# Where the open descriptor N of this process can be opened again as the very same file.
-_FD_DIR = Path("/proc/self/fd")
 
 if sys.byteorder != "little":  # the format is little-endian; torch lays tensors out natively
     raise ImportError("llm_gym.hf.safetensors supports little-endian hosts only")
@@ -116,10 +114,8 @@ def load_file(path: Path) -> dict[str, torch.Tensor]:
     package (writing to one never reaches the file); ``UserError`` if malformed."""
     path = Path(path)
     with _opened(path) as (f, header):
-        fd_path = _FD_DIR / str(f.fileno())
-        source = fd_path if _FD_DIR.is_dir() else path
         try:
-            with safetensors.safe_open(str(source), framework="pt") as opened:
+            with safetensors.safe_open(str(same_file_path(f, path)), framework="pt") as opened:
                 tensors = {name: opened.get_tensor(name) for name in header.tensors}
         except safetensors.SafetensorError as exc:
             raise UserError(f"{path}: not a valid safetensors file: {exc}") from None
