@@ -7,6 +7,7 @@ layout elsewhere in the file survive.
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from llm_gym.config.yaml_files import parse_yaml
 from llm_gym.errors import UserError
-from llm_gym.fileio import atomic_output
+from llm_gym.fileio import atomic_output, open_input
 from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.component import spec_of
 from llm_gym.registry.nesting import iter_choices
@@ -97,7 +98,7 @@ def render_pins(pins: dict[str, dict[str, Any]]) -> str:
 
 def write_pins(path: Path, pins: dict[str, dict[str, Any]]) -> None:
     """Replace the top-level ``pins:`` block of ``path`` (or append one), atomically."""
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = _read_recipe_text(path).splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if _PINS_LINE.match(line.rstrip("\n"))), None)
     block = render_pins(pins)
     if start is None:
@@ -115,3 +116,14 @@ def write_pins(path: Path, pins: dict[str, dict[str, Any]]) -> None:
         raise UserError(f"{path}: could not rewrite its pins block safely; edit it by hand")
     with atomic_output(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def _read_recipe_text(path: Path) -> str:
+    # Opened once and checked on the open descriptor (open_input): the recipe was read
+    # before, but what is at the path now may be a FIFO swapped in, which would block.
+    with open_input(path, "the recipe file") as raw, \
+            io.TextIOWrapper(raw, encoding="utf-8") as text:  # universal newlines, as read
+        try:
+            return text.read()
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}: the recipe file is not UTF-8 text ({exc})") from None

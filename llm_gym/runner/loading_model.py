@@ -19,6 +19,7 @@ from torch import nn
 
 from llm_gym.config.recipe_model import RecipeBase, validate_recipe
 from llm_gym.errors import UserError
+from llm_gym.fileio import open_input
 from llm_gym.hf.adapter import adapter_for_model
 from llm_gym.hf.tokenizer_files import RUN_TOKENIZER_DIR, saved_eod_token
 from llm_gym.recipes.pins import find_drift
@@ -108,7 +109,8 @@ def _saved_tokenizer(registry: ResolverRegistry, model: nn.Module, run_dir: Path
     Hugging Face adapter names for such files; None where the run saved none (a tokenizer
     with no such form, an older run) or no adapter handles the model."""
     directory = run_dir / RUN_TOKENIZER_DIR
-    if not (directory / "tokenizer.json").is_file():
+    path = directory / "tokenizer.json"
+    if not path.exists() and not path.is_symlink():
         return None
     try:
         adapter = adapter_for_model(registry, model)
@@ -117,16 +119,28 @@ def _saved_tokenizer(registry: ResolverRegistry, model: nn.Module, run_dir: Path
     from tokenizers import Tokenizer
 
     eod = saved_eod_token(directory)
+    text = _read_text(path, "the run's saved tokenizer")
     try:
-        eod_id = Tokenizer.from_file(str(directory / "tokenizer.json")).token_to_id(eod or "")
+        eod_id = Tokenizer.from_str(text).token_to_id(eod or "")
     except Exception as exc:  # the Rust side raises plain Exception
-        raise UserError(f"{directory / 'tokenizer.json'}: the run's saved tokenizer does "
-                        f"not load: {exc}") from None
+        raise UserError(f"{path}: the run's saved tokenizer does not load: {exc}") from None
     entry = adapter.tokenizer_entry(directory, {"eos_token_id": eod_id})
     if entry is None:
         return None
     return registry.build_component_by_key_query("tokenizer", entry["type_hint"],
                                                  entry["config"])
+
+
+def _read_text(path: Path, what: str) -> str:
+    # Opened once and checked on the open descriptor (open_input), then parsed from the
+    # text: Tokenizer.from_file would open the path again, and a FIFO put there after a
+    # check would block it forever.
+    with open_input(path, what) as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: {what} is not UTF-8 text ({exc})") from None
 
 
 def _build(registry: ResolverRegistry, entry: ComponentChoice, recipe: RecipeBase,
