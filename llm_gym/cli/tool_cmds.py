@@ -248,31 +248,40 @@ def tokenizer() -> None:
 
 
 @tokenizer.command("train")
-@click.argument("corpus", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
 @click.option("--vocab-size", type=BoundedInt(257, 2**32), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="tokenizer.json to write")
-@click.option("--field", default="text", show_default=True)
+@click.option("--format", "input_format", type=click.Choice(_FORMATS), default="auto",
+              show_default=True, help="Format of the inputs; auto: by file name.")
+@click.option("--field", default="text", show_default=True,
+              help="JSON key (or dotted path), or the text column of a table.")
 @click.option("--on-bad-line", type=_ON_BAD_LINE, default="fail", show_default=True,
-              help="Stop at a bad line, or leave bad lines out (listed).")
-def train_tokenizer(corpus: Path, vocab_size: int, out: Path, field: str,
-                    on_bad_line: str) -> None:
-    """Train a byte-level BPE tokenizer (Hugging Face tokenizers) on a JSONL corpus."""
+              help="Stop at a bad line or row, or leave bad ones out (listed).")
+def train_tokenizer(inputs: tuple[str, ...], vocab_size: int, out: Path, input_format: str,
+                    field: str, on_bad_line: str) -> None:
+    """Train a byte-level BPE tokenizer (Hugging Face tokenizers) on a corpus.
+
+    INPUTS are read as `tools pack` reads them: files (JSONL, .jsonl.gz, .jsonl.zst,
+    .parquet, .arrow), directories (searched for such files, or a Hugging Face
+    save_to_disk directory) and globs, in the order given.
+    """
     from llm_gym.cli.output import out as console
     from llm_gym.data.line_scan import MAX_BAD_LINES_KEPT
     from llm_gym.data.tokenizer_training import train_bpe_tokenizer
 
-    skipped: list[Any] = []
+    skipped: list[tuple[str, str]] = []
     count = 0
 
-    def on_skip(bad: Any) -> None:
+    def on_skip(where: str, reason: str) -> None:
         nonlocal count
         count += 1
         if len(skipped) < MAX_BAD_LINES_KEPT:
-            skipped.append(bad)
+            skipped.append((where, reason))
 
     with _named_as_flags():
-        path = train_bpe_tokenizer(corpus, vocab_size, out, field=field,
-                                   on_bad_line=on_bad_line, on_skip=on_skip)
-    _print_skipped(_at_lines(corpus, skipped), count)
+        path = train_bpe_tokenizer(list(inputs), vocab_size, out, field=field,
+                                   input_format=input_format, on_bad_line=on_bad_line,
+                                   on_skip=on_skip)
+    _print_skipped(skipped, count)
     console.print(f"wrote {path}", markup=False)
