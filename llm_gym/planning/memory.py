@@ -8,8 +8,9 @@ the last re-shards after forward; the root keeps its parameters through backward
 
 Activations are the model's own declaration (``llm_gym.model_contract``: bytes a block
 saves per token, with and without checkpointing, and those of the layers outside the
-blocks); the loss's are counted here. GPT-2's were checked against ``saved_tensors_hooks``
-on the real model, see tests/planning.
+blocks); the loss's are counted here. GPT-2's and Llama's (grouped-query attention,
+qk_norm, tied or not) were checked against ``saved_tensors_hooks`` on the real models,
+see tests/planning/test_agreement.py.
 """
 
 from __future__ import annotations

@@ -30,12 +30,36 @@ BASE = (
     "model.config.n_embd=64", "model.config.n_layer=3", "model.config.n_head=4",
     "trainer.seq_len=64", "trainer.micro_batch_size=4", "trainer.grad_accumulation=2",
 )
+# Llama's variants: what changes its shapes, FLOPs and saved activations. The vocabulary
+# (301) is odd, so it too splits unevenly; the SwiGLU hidden sizes come from the
+# multiplier and multiple_of (2/3 x 4 x 64 = 170 -> 192; x 1.3 = 221 -> 240).
+_LLAMA = ("model.config.vocab_size=301", "model.config.n_embd=64", "model.config.n_layer=3",
+          "model.config.n_head=4", "trainer.seq_len=64", "trainer.micro_batch_size=4",
+          "trainer.grad_accumulation=2")
+MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "gpt2": (RECIPE, BASE),
+    "llama GQA, tied": ("llama-tiny", (*_LLAMA, "model.config.n_kv_head=2",
+                                       "model.config.multiple_of=64",
+                                       "model.config.tie_embeddings=true")),
+    "llama MQA, qk_norm, untied, ffn x1.3": (
+        "llama-tiny", (*_LLAMA, "model.config.n_kv_head=1", "model.config.qk_norm=true",
+                       "model.config.tie_embeddings=false", "model.config.ffn_multiplier=1.3",
+                       "model.config.multiple_of=48")),
+}
 
 
-def build(overrides: Sequence[str], world: World) -> tuple[nn.Module, Any, Any, Any]:
+def recipe_of(model: str, overrides: Sequence[str]) -> tuple[str, list[str]]:
+    """The recipe name and overrides of the model variant ``model`` (a MODELS key)."""
+    name, base = MODELS[model]
+    return name, [*base, *overrides]
+
+
+def build(overrides: Sequence[str], world: World, model: str = "gpt2",
+          ) -> tuple[nn.Module, Any, Any, Any]:
     """(model, loss, optimizer, trainer settings) built and sharded as the trainer does."""
     registry = ResolverRegistry.from_installed_plugins()
-    recipe = load_recipe(RECIPE, [*BASE, *overrides], registry=registry).recipe
+    name, all_overrides = recipe_of(model, overrides)
+    recipe = load_recipe(name, all_overrides, registry=registry).recipe
     s, entries = recipe.trainer, recipe.components()
     seed_everything(s.seed, 0)
     with torch.device(world.device):
@@ -74,13 +98,14 @@ def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 @single_threaded
-def measure_states(configs: Sequence[Sequence[str]]) -> list[dict[str, int]]:
+def measure_states(configs: Sequence[Sequence[str]], model_name: str = "gpt2",
+                   ) -> list[dict[str, int]]:
     """Per config: bytes of this rank's parameters, gradients and optimizer states after
     one training step."""
     out = []
     with distributed_world() as world:
         for overrides in configs:
-            model, loss_fn, optimizer, s = build(overrides, world)
+            model, loss_fn, optimizer, s = build(overrides, world, model_name)
             train_step(model, loss_fn, optimizer, s)
             params = list(model.parameters())
             states = [v for p in params for v in optimizer.state[p].values()
@@ -115,16 +140,17 @@ def saved_activation_bytes(model: nn.Module, loss_fn: Any, s: Any) -> int:
     return sum(seen.values())
 
 
-def measure_activations(configs: Sequence[Sequence[str]]) -> list[int]:
+def measure_activations(configs: Sequence[Sequence[str]], model_name: str = "gpt2",
+                        ) -> list[int]:
     with distributed_world() as world:
         out = []
         for overrides in configs:
-            model, loss_fn, _, s = build(overrides, world)
+            model, loss_fn, _, s = build(overrides, world, model_name)
             out.append(saved_activation_bytes(model, loss_fn, s))
     return out
 
 
-def measure_flops(overrides: Sequence[str]) -> int:
+def measure_flops(overrides: Sequence[str], model_name: str = "gpt2") -> int:
     """FLOPs FlopCounterMode counts in one training step (all micro-batches and the
     optimizer step).
 
@@ -135,7 +161,7 @@ def measure_flops(overrides: Sequence[str]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with distributed_world() as world:
-        model, loss_fn, optimizer, s = build(overrides, world)
+        model, loss_fn, optimizer, s = build(overrides, world, model_name)
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             train_step(model, loss_fn, optimizer, s)
     return counter.get_total_flops()
