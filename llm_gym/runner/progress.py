@@ -78,6 +78,9 @@ class Progress:
             ("tokens_per_s", "tokens/s"),
             ("mfu", "MFU"),
             ("eval_loss", "eval loss"),
+            ("mem/peak_rss_mib", "peak RSS"),
+            ("mem/cuda_peak_allocated_gib", "CUDA allocated"),
+            ("mem/cuda_peak_reserved_gib", "CUDA reserved"),
         ):
             if rec.get(key) is not None:
                 table.add_row(label, _format(key, rec[key]))
@@ -89,7 +92,8 @@ class Progress:
 
 def _plain_line(rec: dict[str, Any], total: int, eta: float | None) -> str:
     parts = [f"step {rec['step']}/{total}"]
-    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "eval_loss", "eval_perplexity"):
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "eval_loss", "eval_perplexity",
+                "mem/peak_rss_mib", "mem/cuda_peak_allocated_gib", "mem/cuda_peak_reserved_gib"):
         if rec.get(key) is not None:
             parts.append(f"{key} {_format(key, rec[key])}")
     if eta is not None:
@@ -104,6 +108,10 @@ def _format(key: str, value: float) -> str:
         return f"{value:,.0f}"
     if key == "eval_perplexity":
         return f"{value:.2f}"
+    if key.endswith("_mib"):
+        return f"{value:,.0f} MiB"
+    if key.endswith("_gib"):
+        return f"{value:.2f} GiB"
     if key == "lr":
         return f"{value:.2e}"
     return f"{value:.4f}"

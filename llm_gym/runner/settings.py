@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PositiveInt, field_validator
+from pydantic import BaseModel, Field, PositiveInt, field_validator, model_validator
 
 from llm_gym.registry import Component
 from llm_gym.registry.component import STRICT_MODEL_CONFIG
@@ -13,6 +13,15 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # A registered component of kind logger, validated against the registry like a slot.
 LoggerChoice = Component["logger"]
 EvaluatorChoice = Component["evaluator"]
+
+
+class ProfileSettings(BaseModel):
+    """``trainer.profile``: which optimizer steps torch.profiler records (runner/profiling.py)."""
+
+    model_config = STRICT_MODEL_CONFIG
+
+    start_step: PositiveInt = Field(description="first profiled step (1 is the first step)")
+    steps: PositiveInt = Field(description="how many consecutive steps to profile")
 
 
 class TrainerSettings(BaseModel):
@@ -50,6 +59,15 @@ class TrainerSettings(BaseModel):
     checkpoint_on_interrupt: bool = Field(True, description="save a checkpoint on Ctrl-C")
     sample_prompt: str | None = Field(None, description="text to continue after training")
     sample_tokens: PositiveInt = Field(48, description="tokens to generate for the sample")
+    profile: ProfileSettings | None = Field(
+        None, description="torch.profiler trace of steps start_step .. start_step+steps-1, "
+        "one Chrome/Perfetto JSON per rank under RUN_DIR/profile/ (TensorBoard reads it); "
+        "null: no profiling",
+    )
+    memory_snapshot_on_oom: bool = Field(
+        True, description="on CUDA, record allocations so an out-of-memory step writes "
+        "RUN_DIR/profile/oom-snapshot.pickle (pytorch.org/memory_viz reads it)",
+    )
     loggers: list[LoggerChoice] = Field(
         default_factory=lambda: ["Console"], validate_default=True,
         description="metric subscribers (kind 'logger') besides RUN_DIR/metrics.jsonl, "
@@ -72,6 +90,13 @@ class TrainerSettings(BaseModel):
             raise ValueError(f"two evaluators are named {name!r} ([{first}] and [{i}]): give "
                              "one another name, their records' keys are eval/<name>/<metric>")
         return evaluators
+
+    @model_validator(mode="after")
+    def _profile_within_run(self) -> TrainerSettings:
+        if self.profile is not None and self.profile.start_step > self.max_steps:
+            raise ValueError(f"profile.start_step {self.profile.start_step} is past max_steps "
+                             f"{self.max_steps}: no step would be profiled")
+        return self
 
     @field_validator("loggers")
     @classmethod

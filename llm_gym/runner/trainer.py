@@ -47,6 +47,7 @@ from llm_gym.runner.distributed import (
 from llm_gym.runner.entry import RunJob
 from llm_gym.runner.flops import MfuMeter
 from llm_gym.runner.host_memory import keep_freed_host_memory
+from llm_gym.runner.memory_telemetry import MemoryTelemetry, max_over_ranks
 from llm_gym.runner.metrics import (
     MetricsLog,
     Subscribers,
@@ -54,7 +55,9 @@ from llm_gym.runner.metrics import (
     read_metrics,
 )
 from llm_gym.runner.nonfinite import NonfiniteGuard
+from llm_gym.runner.oom import OomRecorder, oom_message
 from llm_gym.runner.parallelize import clip_grad_norm_, parallelize_as_configured
+from llm_gym.runner.profiling import StepProfiler
 from llm_gym.runner.resume_check import ResumePlan
 from llm_gym.runner.resuming import honour_changes, hyperparameters, plan_run
 from llm_gym.runner.run_dir import METRICS_FILE, remove_unused_run_dir, write_segment_recipe
@@ -168,6 +171,9 @@ class Trainer:
         self.settings = settings = loaded.recipe.trainer
         self.main = world.rank == 0
         self.stop_agreement = StopAgreement(world)  # collective: before any rank can fail
+        # From the start, so an out-of-memory snapshot shows the weights' allocations too.
+        self.oom = OomRecorder(settings.memory_snapshot_on_oom, run_dir, world.rank,
+                               world.device)
         entries = loaded.recipe.components()
         if settings.eval_every and "eval_dataset" not in entries:
             raise UserError("trainer.eval_every is set but the recipe has no eval_dataset")
@@ -223,6 +229,8 @@ class Trainer:
         # Only rank 0 reports MFU; the meter raises a peak that a step beats, so no
         # figure above 100% is ever logged (runner/flops.py says why).
         self.mfu_meter = MfuMeter(world.device, world.world_size) if self.main else None
+        self.profiler = StepProfiler(settings.profile, run_dir, world.rank, world.device)
+        self.memory = MemoryTelemetry(world.device)
 
         # Last, so nothing after it can fail with a live display running. Rank 0 builds
         # the loggers; a logger that cannot start (a missing extra) stops every rank.
@@ -251,12 +259,18 @@ class Trainer:
             while self.step < s.max_steps:
                 if self.stop_agreement.agreed(self._stop.requested):
                     self._stop_on_request()
+                self.profiler.begin_step(self.step + 1)
                 try:
                     loss = self._train_step()
                 except DataExhausted as exc:
                     ran_out = self._data_ran_out(exc)
                     break
+                except torch.cuda.OutOfMemoryError as exc:
+                    raise ReportedError(oom_message(
+                        self.step + 1, exc, self.oom.snapshot(), self.loaded,
+                        self.world.world_size, self.run_dir)) from exc
                 self.step += 1
+                self.profiler.end_step(self.step)
                 interval_steps += 1
                 if self.step % s.log_every == 0 or self.step == s.max_steps:
                     self.guard.check(self.step)
@@ -304,6 +318,8 @@ class Trainer:
 
     def close(self) -> None:
         """Close the metrics subscribers and stop the data thread; safe to call again."""
+        self.profiler.finish()  # a run that ended inside the profiled steps keeps them
+        self.oom.close()
         self.metrics.close()
         self.train_feed.close()
 
@@ -322,17 +338,20 @@ class Trainer:
             if hasattr(model, "set_requires_gradient_sync"):  # absent when not sharded
                 model.set_requires_gradient_sync(micro == s.grad_accumulation - 1)
             # A dataset with document boundaries adds document_ids to the model's call.
-            inputs, targets, kwargs = model_call(self.train_feed.next())
-            loss = self.loss_fn(model(inputs, **kwargs), targets) / s.grad_accumulation
-            loss.backward()
+            with self.profiler.phase("data"):  # named ranges while profiling only
+                inputs, targets, kwargs = model_call(self.train_feed.next())
+            with self.profiler.phase("forward_backward"):
+                loss = self.loss_fn(model(inputs, **kwargs), targets) / s.grad_accumulation
+                loss.backward()
             total += loss.detach()
-        # The same global norm on every rank, so every rank skips the same steps.
-        grad_norm = clip_grad_norm_(model.parameters(), s.grad_clip or math.inf)
-        # The rate this step trains with: the scheduler moves it on for the next step.
-        self._step_lr = self.optimizer.param_groups[0]["lr"]
-        self.guard.step(grad_norm, self.step + 1)
-        if self.scheduler is not None:
-            self.scheduler.step()
+        with self.profiler.phase("optimizer"):
+            # The same global norm on every rank, so every rank skips the same steps.
+            grad_norm = clip_grad_norm_(model.parameters(), s.grad_clip or math.inf)
+            # The rate this step trains with: the scheduler moves it on for the next step.
+            self._step_lr = self.optimizer.param_groups[0]["lr"]
+            self.guard.step(grad_norm, self.step + 1)
+            if self.scheduler is not None:
+                self.scheduler.step()
         return total
 
     def _train_record(self, loss: torch.Tensor, steps: int, elapsed: float) -> dict[str, Any]:
@@ -354,6 +373,7 @@ class Trainer:
             "mfu": mfu,
             "data_wait_pct": 100 * waited / elapsed if elapsed > 0 else None,
             "tokens": self.step * self.tokens_per_step,
+            **max_over_ranks(self.memory.record(), self.world.world_size, self.world.device),
             **({"tokens_by_source": by_source} if by_source is not None else {}),
             **({"peak_raised": peak_note} if peak_note else {}),
         }
