@@ -43,6 +43,7 @@ class GPT2HFAdapter:
     """The ``llm_gym.hf.adapter.HFAdapter`` of the built-in GPT-2."""
 
     model_type = "gpt2"
+    default_recipe = "gpt2-tiny"
 
     def handles(self, model: nn.Module) -> bool:
         return isinstance(model, GPT2)

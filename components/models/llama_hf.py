@@ -50,6 +50,7 @@ class LlamaHFAdapter:
     """The ``llm_gym.hf.adapter.HFAdapter`` of the built-in Llama."""
 
     model_type = "llama"
+    default_recipe = "llama-tiny"
 
     def handles(self, model: nn.Module) -> bool:
         return isinstance(model, Llama)

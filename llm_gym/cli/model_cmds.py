@@ -31,7 +31,8 @@ def export_hf_cmd(source: Path, out_dir: Path, force: bool) -> None:
     """Write a Hugging Face model directory (config.json, model.safetensors, tokenizer).
 
     SOURCE is a run directory (its newest complete checkpoint is used) or one checkpoint
-    directory. transformers loads the result with GPT2LMHeadModel.from_pretrained(OUT_DIR).
+    directory. GPT-2 and Llama models are exported (docs/exporting.md); transformers loads
+    the result with AutoModelForCausalLM.from_pretrained(OUT_DIR).
     The files appear together or, if the export fails, not at all.
     """
     from llm_gym.cli.output import note as print_note
@@ -56,16 +57,17 @@ def import_group() -> None:
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path),
               help="The new run directory.")
-@click.option("--recipe", "base", default="gpt2-tiny", show_default=True, metavar="NAME[@V]|PATH",
+@click.option("--recipe", "base", default=None, metavar="NAME[@V]|PATH",
               help="Recipe for everything but the model (and the tokenizer, when DIRECTORY "
-              "has tokenizer files); KEY=VALUE overrides apply to it.")
+              "has tokenizer files); KEY=VALUE overrides apply to it. Default: the "
+              "architecture's own (gpt2-tiny for GPT-2, llama-tiny for Llama).")
 @click.option("--recipe-dir", "recipe_dirs", multiple=True,
               type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Extra directory of recipes; repeatable.")
 @click.option("--allow-drift", is_flag=True, help="Use the base recipe although pins drifted.")
-def import_hf_cmd(directory: Path, overrides: tuple[str, ...], run_dir: Path, base: str,
+def import_hf_cmd(directory: Path, overrides: tuple[str, ...], run_dir: Path, base: str | None,
                   recipe_dirs: tuple[Path, ...], allow_drift: bool) -> None:
-    """Import a Hugging Face GPT-2 directory (config.json + model.safetensors or
+    """Import a Hugging Face GPT-2 or Llama directory (config.json + model.safetensors or
     pytorch_model.bin) as a run directory to generate from, export or train further.
 
     Nothing in DIRECTORY is executed: weights are read as safetensors or with

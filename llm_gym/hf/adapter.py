@@ -30,6 +30,9 @@ class HFAdapter(Protocol):
 
     #: config.json's ``model_type`` this adapter reads and writes (e.g. "gpt2").
     model_type: str
+    #: The recipe ``import hf`` takes everything but the model from when none is given: one
+    #: written for this architecture (its optimizer and schedule suit it; e.g. "gpt2-tiny").
+    default_recipe: str
 
     def handles(self, model: nn.Module) -> bool:
         """Whether ``model`` (as built from a recipe) is of this architecture."""

@@ -42,7 +42,6 @@ from llm_gym.registry import ResolverRegistry
 from llm_gym.runner.checkpoint import CHECKPOINTS
 
 HF_SUBDIR = "hf"
-DEFAULT_BASE = "gpt2-tiny"
 NOT_EMPTY = "import into a new (absent or empty) directory"
 
 
@@ -59,7 +58,7 @@ def import_hf(
     source: Path,
     run_dir: Path,
     *,
-    base: str = DEFAULT_BASE,
+    base: str | None = None,
     overrides: Sequence[str] = (),
     recipe_dirs: Sequence[Path] = (),
     allow_drift: bool = False,
@@ -68,7 +67,8 @@ def import_hf(
     """Import the Hugging Face model directory ``source`` as the run directory ``run_dir``.
 
     ``base`` (a recipe name or file, with ``overrides``) supplies everything but the model
-    and, when ``source`` has tokenizer files, the tokenizer.
+    and, when ``source`` has tokenizer files, the tokenizer; by default the recipe the
+    source's architecture names (its adapter's ``default_recipe``, e.g. llama-tiny).
     """
     source, run_dir = Path(source), Path(run_dir)
     if (run_dir / RESOLVED_FILE).exists() or (run_dir / CHECKPOINTS).exists():
@@ -77,6 +77,8 @@ def import_hf(
     registry = registry or ResolverRegistry.from_installed_plugins()
     config = read_config(source)
     spec, adapter = component_for_model_type(registry, config.get("model_type"))
+    if base is None:
+        base = adapter.default_recipe
     loaded = load_recipe(base, overrides, registry=registry, recipe_dirs=recipe_dirs,
                          allow_drift=allow_drift)
     # Everything is written under a temporary name and renamed to run_dir at the end: a
