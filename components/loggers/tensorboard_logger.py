@@ -13,7 +13,10 @@ from llm_gym.registry import ComponentConfig, component
 # metrics.jsonl key -> TensorBoard tag; grouped so the dashboard shows two sections.
 TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
               "tokens_per_s": "perf/tokens_per_s", "mfu": "perf/mfu",
-              "data_wait_pct": "perf/data_wait_pct"}
+              "data_wait_pct": "perf/data_wait_pct",
+              # peak memory per logging interval (llm_gym/runner/memory_telemetry.py)
+              **{key: key for key in ("mem/cuda_peak_allocated_gib", "mem/cuda_peak_reserved_gib",
+                                      "mem/peak_rss_mib", "mem/rss_mib")}}
 EVAL_TAGS = {"eval_loss": "eval/loss", "eval_perplexity": "eval/perplexity"}
 
 

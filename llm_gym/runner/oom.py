@@ -34,7 +34,9 @@ class OomRecorder:
         self.path = snapshot_path(run_dir, rank)
         self.recording = enabled and device.type == "cuda"
         if self.recording:
-            torch.cuda.memory._record_memory_history(max_entries=MAX_ENTRIES)
+            # Python stacks only: unwinding C++ frames at every allocation ("all", the
+            # default) costs far more and names frames a user cannot act on.
+            torch.cuda.memory._record_memory_history(stacks="python", max_entries=MAX_ENTRIES)
 
     def snapshot(self) -> Path | None:
         """Write the snapshot; None when nothing was recorded or it could not be written

@@ -43,7 +43,7 @@ def _build(registry, run_dir: Path, *entries, start_step: int = 0):
 
 def _record(step: int, loss: float) -> dict:
     return {"step": step, "loss": loss, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 100.0,
-            "mfu": None, "data_wait_pct": 0.0, "tokens": 64 * step}
+            "mfu": None, "data_wait_pct": 0.0, "tokens": 64 * step, "mem/peak_rss_mib": 500.0}
 
 
 def test_default_console_lines_and_the_exact_metrics_format(tmp_path, capsys):
@@ -157,6 +157,7 @@ def test_tensorboard_scalars_and_resume_purges_the_steps_written_again(registry,
     assert loss == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 15), (6, 16), (7, 17), (8, 18)]
     assert [e.step for e in events.Scalars("eval/loss")] == [8]
     assert "perf/tokens_per_s" in events.Tags()["scalars"]
+    assert "mem/peak_rss_mib" in events.Tags()["scalars"]
 
 
 def test_tensorboard_missing_names_the_extra(registry, tmp_path, monkeypatch):
