@@ -109,6 +109,15 @@ class _HashingStream(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
+        size = len(view)
+        if size < _INLINE and self._open_size + size < CHUNK:
+            # The common case (torch.save writes ~40 small records per tensor): within the
+            # chunk being filled, hashed here; no job list, no pool.
+            self._open.update(view)
+            self._open_size += size
+            self._file.write(view)
+            self._written += size
+            return size
         jobs = self._jobs(view)
         if len(view) < _INLINE:
             for job in jobs:
