@@ -14,7 +14,7 @@ pass, instead of widening them first and copying them again.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,6 +33,24 @@ class IndexedSamples(Protocol):
     def sample_tokens(self, samples: np.ndarray) -> np.ndarray:
         """The blocks of global samples ``samples`` (int64, >= 0, any epoch) as an
         integer array ``[len(samples), seq_len + 1]`` of token ids, in that order."""
+        ...
+
+
+@runtime_checkable
+class IndexedRows(Protocol):
+    """A mixable source whose blocks are rows of one table (a pack's blocks as a strided
+    view): a mixture then locates many samples at once (``sample_rows``) and gathers
+    their tokens from ``rows`` later, a few at a time, with one array operation each."""
+
+    @property
+    def rows(self) -> Any:
+        """The table: indexed by an int64 array of rows, it gives ``[len, seq_len + 1]``
+        token ids, as ``sample_tokens`` does."""
+        ...
+
+    def sample_rows(self, samples: np.ndarray) -> np.ndarray:
+        """The rows of ``rows`` holding global samples ``samples``, in that order:
+        ``rows[sample_rows(s)]`` equals ``sample_tokens(s)``."""
         ...
 
 

@@ -21,11 +21,15 @@ When a source runs out (``on_exhausted``): ``cycle`` lets it start its next epoc
 order; ``stop`` ends the mixture before the first batch that would need a sample past any
 source's first epoch: ``next_batch`` raises ``DataExhausted`` and takes nothing.
 
-Reading: a rank reads its next few hundred samples at once (about ``READ_AHEAD_TOKENS``)
-and hands batches out as slices of that buffer. Locating samples and gathering from each
-source cost a dozen array operations, per batch more than one pack's whole batch; read
-together they are spread thin. What is read ahead is a pure function of the cursor, so it
-changes no sample and no state, and stays valid when the cursor moves back.
+Reading: each chunk's share of a rank is sorted by source once
+(``mixture_schedule.rank_chunk``); a rank then locates its next ``PLAN_ROWS`` samples at
+once (per source: which rows of the batch, which of its rows), and moves their tokens in
+groups of about ``GROUP_BYTES`` (whole batches), handing batches out as slices of the
+group. Locating costs a dozen array operations whatever the count, so it is spread over
+thousands of samples; moving tokens a group at a time keeps the group in the CPU's cache
+from being written to being handed on. What is located ahead is a pure function of the
+cursor, so it changes no sample and no state, and a cursor that moves (resume, another
+batch size) only locates again.
 
 State (``state_dict``): plain ints, as a checkpoint's ``rank{r}.pt`` holds them. The
 global cursor (samples taken by all ranks) is the position; each source's position is
@@ -57,11 +61,13 @@ import torch
 
 from llm_gym.data.batch import Batch
 from llm_gym.data.indexed import DataExhausted, DocumentBoundaries, IndexedSamples
+from llm_gym.data.mixture_schedule import RankChunk, ReadPlan, make_plan, rank_chunk
 from llm_gym.errors import UserError
 
 OnExhausted = Literal["cycle", "stop"]
 CHUNK = 4096  # samples per shuffled chunk: weights resolve to 1/4096 of the samples
-READ_AHEAD_TOKENS = 1 << 18  # read ahead up to 2 MiB of int64 tokens per rank
+PLAN_ROWS = 4096  # own samples located at once (index arrays only)
+GROUP_BYTES = 1 << 21  # int64 tokens read at once (at least a batch): about an L2 cache
 
 
 def chunk_counts(weights: Sequence[float], chunk: int = CHUNK) -> list[int]:
@@ -123,12 +129,15 @@ class MixtureDataset:
         self.document_boundaries = document_boundaries
         self.cursor = 0  # global samples taken, all ranks together
         self._chunks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._rank_chunks: dict[int, RankChunk] = {}  # this rank's share, by source
         self._chunks_lock = threading.Lock()
         # Read ahead: this rank's next samples, gathered together, handed out as slices.
-        self._ahead = np.empty((0, self.seq_len + 1), dtype=np.int64)
-        self._ahead_ids = np.empty((0, self.seq_len), dtype=np.int64)  # with boundaries
+        self._no_tokens = np.empty((0, self.seq_len + 1), dtype=np.int64)
+        self._no_ids = np.empty((0, self.seq_len), dtype=np.int64)
+        self._ahead, self._ahead_ids = self._no_tokens, self._no_ids  # ids: with boundaries
         self._ahead_start = 0  # the rank's sample number (cursor // world_size) of row 0
-        self._ahead_rows = max(1, min(CHUNK, READ_AHEAD_TOKENS // (self.seq_len + 1)))
+        self._plan: ReadPlan | None = None  # the samples located ahead, read by groups
+        self._group_bytes = GROUP_BYTES
 
     def _chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For each sample of the chunk: its source and its global sample in that source;
@@ -172,26 +181,70 @@ class MixtureDataset:
         return (np.concatenate([w for w, _ in parts]), np.concatenate([n for _, n in parts]))
 
     def read(self, start: int, count: int, step: int = 1) -> np.ndarray:
-        """Global samples ``start, start + step, ...`` as ``[count, seq_len + 1]`` int64."""
-        return self._read(start, count, step)[0]
+        """Global samples ``start, start + step, ...`` as ``[count, seq_len + 1]`` int64.
 
-    def _read(self, start: int, count: int, step: int = 1, *, with_ids: bool = False
-              ) -> tuple[np.ndarray, np.ndarray | None]:
+        Any start and step, sorted by source on each call: the reference that the
+        rank's own reads (``_read_own``, precomputed per chunk) must equal."""
         which, nth = self.locate(start, count, step)
         out = np.empty((count, self.seq_len + 1), dtype=np.int64)
-        ids = np.empty((count, self.seq_len), dtype=np.int64) if with_ids else None
-        by_source = np.argsort(which, kind="stable")  # each source's rows, ascending
-        counts = np.bincount(which, minlength=len(self.sources)).tolist()
-        lo = 0
-        for source, n in zip(self.sources, counts, strict=True):
-            if n:
-                rows = by_source[lo : lo + n]
-                # Widened while placed: one pass over the tokens, as one source's astype.
+        for i, source in enumerate(self.sources):
+            rows = np.flatnonzero(which == i)
+            if len(rows):
                 out[rows] = source.sample_tokens(nth[rows])
-                if ids is not None:
-                    ids[rows] = source.sample_document_ids(nth[rows])
-                lo += n
-        return out, ids
+        return out
+
+    def _rank_chunk(self, chunk: int) -> RankChunk:
+        """This rank's samples of ``chunk`` grouped by source, made once per chunk."""
+        with self._chunks_lock:
+            found = self._rank_chunks.get(chunk)
+        if found is None:
+            which, nth, _ = self._chunk(chunk)
+            found = rank_chunk(chunk, CHUNK, which, nth, len(self.sources), self.rank,
+                               self.world_size)
+            with self._chunks_lock:
+                self._rank_chunks[chunk] = found
+                if len(self._rank_chunks) > 2:  # reads move forward: this one and the last
+                    del self._rank_chunks[next(iter(self._rank_chunks))]
+        return found
+
+    def _by_source(self, first: int, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """For this rank's own samples ``first .. first + count - 1`` (own sample ``m`` is
+        global sample ``m * world_size + rank``), per source: the rows (from 0) it fills
+        and its global samples there, both ascending. Slices of the chunks' schedules
+        (``llm_gym.data.mixture_schedule``), no sorting."""
+        n_sources = len(self.sources)
+        rows: list[list[np.ndarray]] = [[] for _ in range(n_sources)]
+        samples: list[list[np.ndarray]] = [[] for _ in range(n_sources)]
+        m, end = first, first + count
+        while m < end:
+            plan = self._rank_chunk((m * self.world_size + self.rank) // CHUNK)
+            x, y = m - plan.first, min(end - plan.first, plan.size)
+            lo, hi = plan.before[x].tolist(), plan.before[y].tolist()
+            for i in range(n_sources):
+                if hi[i] > lo[i]:
+                    rows[i].append(plan.rows[i][lo[i] : hi[i]] + (plan.first - first))
+                    samples[i].append(plan.samples[i][lo[i] : hi[i]])
+            m = plan.first + y
+        empty = np.empty(0, dtype=np.int64)
+        return ([empty if not r else r[0] if len(r) == 1 else np.concatenate(r) for r in rows],
+                [empty if not n else n[0] if len(n) == 1 else np.concatenate(n)
+                 for n in samples])
+
+    def _plan_for(self, mine: int, batch_size: int) -> ReadPlan:
+        """The plan whose next group starts at own sample ``mine``: the current one, or a
+        new one from ``mine`` (the first read, a new batch size, a moved cursor)."""
+        plan = self._plan
+        if (plan is not None and plan.group % batch_size == 0
+                and plan.start <= mine < plan.start + plan.size
+                and (mine - plan.start) % plan.group == 0):
+            return plan
+        span = self.seq_len + 1
+        rows = min(self._group_bytes // (8 * span), PLAN_ROWS)
+        group = batch_size * max(1, rows // batch_size)
+        size = group * max(1, PLAN_ROWS // group)
+        rows, samples = self._by_source(mine, size)
+        self._plan = make_plan(mine, size, group, rows, samples, self.sources)
+        return self._plan
 
     def next_batch(self, batch_size: int) -> torch.Tensor | Batch:
         """This rank's share of the next ``batch_size * world_size`` global samples."""
@@ -204,15 +257,15 @@ class MixtureDataset:
         mine = self.cursor // self.world_size  # this rank's samples taken so far
         first = mine - self._ahead_start
         if first < 0 or first + batch_size > len(self._ahead):
-            # Locating samples and one gather per source cost a dozen array operations:
-            # per batch, more than one source's whole batch. Reading many batches at once
-            # spreads them thin.
-            rows = batch_size * max(1, self._ahead_rows // batch_size)  # none left over
-            self._ahead, ahead_ids = self._read(mine * self.world_size + self.rank, rows,
-                                                self.world_size,
-                                                with_ids=self.document_boundaries)
-            if ahead_ids is not None:
-                self._ahead_ids = ahead_ids
+            # Let go of the last group first: one that no batch holds any more is then
+            # memory the allocator hands back at once, still in the CPU's cache. (A view
+            # of it, even an empty one, would keep it alive.)
+            self._ahead, self._ahead_ids = self._no_tokens, self._no_ids
+            plan = self._plan_for(mine, batch_size)
+            k = (mine - plan.start) // plan.group
+            self._ahead = plan.tokens(k, self.seq_len + 1)
+            if self.document_boundaries:
+                self._ahead_ids = plan.document_ids(k, self.seq_len)
             self._ahead_start, first = mine, 0
         self.cursor = end
         # A fresh buffer per read-ahead: no batch handed out is ever written again.
@@ -233,8 +286,8 @@ class MixtureDataset:
 
     # Pickled (into a spawned worker, as a pack is) without the lock and the caches.
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__, _chunks={}, _ahead=self._ahead[:0],
-                     _ahead_ids=self._ahead_ids[:0])
+        state = dict(self.__dict__, _chunks={}, _rank_chunks={}, _ahead=self._no_tokens,
+                     _ahead_ids=self._no_ids, _plan=None)
         del state["_chunks_lock"]
         return state
 

@@ -160,12 +160,12 @@ class PackedMemMapDataset:
         """Global samples ``samples`` as ``[len, seq_len + 1]`` tokens of the pack's dtype
         (``IndexedSamples``): sample ``j`` is block ``j % n_blocks`` of epoch
         ``j // n_blocks``, independent of this dataset's rank and position."""
-        return self._rows[self._sample_blocks(samples)]
+        return self._rows[self.sample_rows(samples)]
 
     def sample_document_ids(self, samples: np.ndarray) -> np.ndarray:
         """For global samples ``samples``, each input token's document index within its
         block, ``[len, seq_len]`` int64 (``llm_gym.data.indexed.DocumentBoundaries``)."""
-        return self.document_ids(self._sample_blocks(samples))
+        return self.document_ids(self.sample_rows(samples))
 
     def document_ids(self, blocks: np.ndarray) -> np.ndarray:
         """``[len(blocks), seq_len]`` int64: the document index (0, 1, ... within the
@@ -175,8 +175,15 @@ class PackedMemMapDataset:
         return block_document_ids(self._doc_starts, np.asarray(blocks) * self.seq_len,
                                   self.seq_len)
 
-    def _sample_blocks(self, samples: np.ndarray) -> np.ndarray:
-        """The file's blocks of global samples ``samples``."""
+    @property
+    def rows(self) -> Any:
+        """Every block of the file as a row (``IndexedRows``): a strided view of one
+        pack's tokens, or a gatherer of a sharded pack's."""
+        return self._rows
+
+    def sample_rows(self, samples: np.ndarray) -> np.ndarray:
+        """The file's blocks (rows of ``rows``) of global samples ``samples``
+        (``IndexedRows``)."""
         samples = np.asarray(samples, dtype=np.int64)
         if len(samples) == 0:
             return samples
