@@ -46,6 +46,13 @@ class StepProfiler:
     def active(self) -> bool:
         return self._profiler is not None
 
+    def missed(self, start: int) -> str | None:
+        """A note when a run resumed at step ``start`` is past the profiled steps."""
+        if self.settings is None or start < self.settings.start_step:
+            return None
+        return (f"note: trainer.profile starts at step {self.settings.start_step} but the run "
+                f"resumes after step {start}: nothing is profiled; set a later start_step")
+
     def begin_step(self, step: int) -> None:
         """Called before step ``step`` (1-based) runs."""
         if self.settings is None or step != self.settings.start_step:

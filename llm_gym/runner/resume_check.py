@@ -48,7 +48,8 @@ RULES: tuple[Rule, ...] = (
     *(Rule(f"trainer.{key}", SAFE, "how the run is watched, saved or stopped")
       for key in ("log_every", "eval_every", "checkpoint_every", "keep_last", "loggers",
                   "sample_prompt", "sample_tokens", "checkpoint_on_interrupt",
-                  "on_nonfinite", "prefetch")),
+                  "on_nonfinite", "prefetch", "profile", "memory_snapshot_on_oom")),
+    Rule("trainer.profile.*", SAFE, "which steps are profiled (runner/profiling.py)"),
     *(Rule(f"trainer.{key}", SAFE, "how the same step is computed")
       for key in ("compile", "activation_checkpointing")),
     Rule("scheduler.type_hint", NEVER, "the checkpoint's scheduler state belongs to the old "

@@ -252,6 +252,8 @@ class Trainer:
         self.metrics.message(start_message(self.run_dir, self.plan))
         if self.resume_warning:
             self.metrics.message(self.resume_warning)
+        if self.profiler.missed(self.step):
+            self.metrics.message(self.profiler.missed(self.step))
         # Throughput counts training time only: evaluation and checkpoint time is excluded.
         interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
         last_loss, ran_out = math.nan, None
@@ -270,7 +272,6 @@ class Trainer:
                         self.step + 1, exc, self.oom.snapshot(), self.loaded,
                         self.world.world_size, self.run_dir)) from exc
                 self.step += 1
-                self.profiler.end_step(self.step)
                 interval_steps += 1
                 if self.step % s.log_every == 0 or self.step == s.max_steps:
                     self.guard.check(self.step)
@@ -280,6 +281,7 @@ class Trainer:
                     self.metrics.log_train(record)
                     interval_start, interval_steps, excluded = time.perf_counter(), 0, 0.0
                 paused = time.perf_counter()
+                self.profiler.end_step(self.step)  # writing the trace is not training time
                 self._evaluate_due()
                 if s.checkpoint_every and self.step % s.checkpoint_every == 0:
                     self.save()

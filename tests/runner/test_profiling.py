@@ -120,3 +120,21 @@ def test_cuda_records_and_an_oom_snapshot(tmp_path, monkeypatch):
     assert f"the memory snapshot is {snapshot}" in str(caught.value)
     with snapshot.open("rb") as handle:
         assert "segments" in pickle.load(handle)
+
+
+def test_a_resumed_run_may_start_profiling_and_says_when_it_is_too_late(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_recipe("gpt2-debug", [*BASE, "trainer.max_steps=2"], run_dir=run_dir)
+    # Profiling is not part of what a checkpoint computes: turning it on is no change.
+    run_recipe("gpt2-debug", [*BASE, "trainer.max_steps=3",
+                              "trainer.profile={start_step: 3, steps: 1}"],
+               run_dir=run_dir, resume=True)
+    assert trace_path(run_dir, 0).is_file()
+    trace_path(run_dir, 0).unlink()
+    capsys.readouterr()
+    run_recipe("gpt2-debug", [*BASE, "trainer.max_steps=4",
+                              "trainer.profile={start_step: 3, steps: 1}"],
+               run_dir=run_dir, resume=True)
+    assert ("note: trainer.profile starts at step 3 but the run resumes after step 3: "
+            "nothing is profiled") in capsys.readouterr().out
+    assert not trace_path(run_dir, 0).exists()
