@@ -19,11 +19,16 @@ A model is a ``torch.nn.Module`` whose ``forward(input_ids[B, T])`` returns logi
 - ``max_seq_len`` and ``vocab_size``: the longest input and the number of token ids;
 - ``generate(input_ids, max_new_tokens, temperature=1.0, top_k=None, generator=None)``:
   appends sampled tokens (``temperature=0``: greedy), cropping the context to
-  ``max_seq_len``.
+  ``max_seq_len``. The built-in models implement it with the one sampler,
+  ``llm_gym.sampling.sample_tokens`` (also top_p and stop_token), which ``llm_gym
+  generate`` and the trainer's sample use too and which samples any contract model.
 
-The optional part is a Hugging Face adapter: a "pretrained" model component carries an
+Two parts are optional. A Hugging Face adapter: a "pretrained" model component carries an
 ``hf_adapter`` class attribute (``llm_gym.hf.adapter.HFAdapter``); a model without one
-trains, plans and samples, and only ``export hf`` / ``import hf`` refuse it.
+trains, plans and samples, and only ``export hf`` / ``import hf`` refuse it. Cached
+decoding: a model that derives from ``llm_gym.kv_cache.CachedDecoding`` (and takes
+``forward(input_ids, kv_cache=...)``) decodes one token per step; any other model is
+sampled by running its whole context each step.
 
 ``recipe validate`` (and ``run``) refuse a model component whose class lacks a part, by
 the class its ``build`` is annotated to return; the runner and planner check the built

@@ -1,5 +1,5 @@
 """GPT-2 as a plain torch module: one file, no device assumptions; it samples with the
-loop every built-in family shares (``sampling.py``).
+sampler every contract model shares (``llm_gym/sampling.py``), with a KV cache.
 
 Parameter names match Hugging Face's ``GPT2LMHeadModel`` so checkpoints map one to one,
 with one difference: every projection here is an ``nn.Linear``, whose weight is stored
@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sampling import sample_tokens
+from llm_gym.kv_cache import CachedDecoding, KVCache, attend
+from llm_gym.sampling import sample_tokens
 
 
 class CausalSelfAttention(nn.Module):
@@ -34,16 +35,21 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim): heads become a batch dimension for SDPA.
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        # is_causal lets SDPA pick a fused (flash / memory-efficient) kernel and spares us a
-        # (T, T) mask buffer, which would also need special care on the meta device.
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        if kv_cache is None:
+            # is_causal lets SDPA pick a fused (flash / memory-efficient) kernel and spares
+            # us a (T, T) mask buffer, which would also need special care on meta.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:  # decoding: attend to the keys and values of every position so far
+            start = kv_cache.length
+            k, v = kv_cache.append(layer, k, v)
+            y = attend(q, k, v, start, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -82,10 +88,11 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
         self.mlp = MLP(n_embd, dropout, bias, activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
         # Normalising only the branch input leaves the residual stream an identity path,
         # which is what lets deep stacks train without warm-up tricks.
-        x = x + self.attn(self.ln_1(x))
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -94,10 +101,10 @@ _F32 = 4
 _INDEX = 8
 
 
-class GPT2(nn.Module):
+class GPT2(nn.Module, CachedDecoding):
     """GPT-2 language model: ``forward(input_ids[B, T]) -> logits[B, T, vocab_size]``.
 
-    Satisfies ``llm_gym.model_contract.LanguageModel``.
+    Satisfies ``llm_gym.model_contract.LanguageModel`` and decodes with a KV cache.
     """
 
     vocab_size: int
@@ -179,17 +186,30 @@ class GPT2(nn.Module):
             self.lm_head.weight = self.transformer.wte.weight
         return self
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits of ``input_ids``; with ``kv_cache``, the ids continue the cached positions."""
         T = input_ids.size(1)
-        if T > self.n_positions:
+        start = 0 if kv_cache is None else kv_cache.length
+        if start + T > self.n_positions:
             raise ValueError(
-                f"sequence length {T} exceeds the model's n_positions={self.n_positions}"
+                f"sequence length {start + T} exceeds the model's n_positions={self.n_positions}"
             )
-        pos = torch.arange(T, device=input_ids.device)
+        pos = torch.arange(start, start + T, device=input_ids.device)
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        if kv_cache is None:
+            for block in self.transformer.h:
+                x = block(x)
+        else:
+            for layer, block in enumerate(self.transformer.h):
+                x = block(x, kv_cache, layer)
+            kv_cache.advance(T)
         return self.lm_head(self.transformer.ln_f(x))
+
+    def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
+        weight = self.transformer.wte.weight
+        return KVCache(n_layer=self.n_layer, batch_size=batch_size, n_kv_head=self.n_head,
+                       max_len=max_len, head_dim=self.n_embd // self.n_head,
+                       dtype=weight.dtype, device=weight.device)
 
     def num_params(self, exclude_position_embeddings: bool = True) -> int:
         """Number of parameters, the tied head counted once.
@@ -244,12 +264,16 @@ class GPT2(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        *,
+        top_p: float | None = None,
+        stop_token: int | None = None,
     ) -> torch.Tensor:
-        """Append ``max_new_tokens`` sampled tokens to ``input_ids[B, T]``; returns ``[B, T+n]``.
+        """Append up to ``max_new_tokens`` sampled tokens to ``input_ids[B, T]``.
 
         ``temperature=0`` picks the argmax (greedy). The context is cropped to the last
-        ``n_positions`` tokens. No KV cache: this is for samples during training, not
-        serving. Call ``eval()`` first if the model has dropout.
+        ``n_positions`` tokens; ``llm_gym/sampling.py`` says what top_p and stop_token do.
+        Call ``eval()`` first if the model has dropout.
         """
-        return sample_tokens(self, input_ids, max_new_tokens, self.n_positions,
-                             temperature=temperature, top_k=top_k, generator=generator)
+        return sample_tokens(self, input_ids, max_new_tokens, temperature=temperature,
+                             top_k=top_k, top_p=top_p, stop_token=stop_token,
+                             generator=generator)

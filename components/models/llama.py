@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sampling import sample_tokens
+from llm_gym.kv_cache import CachedDecoding, KVCache, attend
+from llm_gym.sampling import sample_tokens
 
 # Bytes of the fp32 statistics and int64 ids that a forward saves, whatever the dtype.
 _F32 = 4
@@ -83,7 +84,8 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -94,8 +96,13 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # enable_gqa lets SDPA share each key/value head among its query heads without
         # materialising the repeated keys and values.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           enable_gqa=self.n_kv_head != self.n_head)
+        gqa = self.n_kv_head != self.n_head
+        if kv_cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:  # decoding: only the n_kv_head heads are stored, at their rotated positions
+            start = kv_cache.length
+            k, v = kv_cache.append(layer, k, v)
+            y = attend(q, k, v, start, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -123,15 +130,16 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(n_embd, norm_eps)
         self.mlp = MLP(n_embd, hidden)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class Llama(nn.Module):
+class Llama(nn.Module, CachedDecoding):
     """Llama-style language model: ``forward(input_ids[B, T]) -> logits[B, T, vocab_size]``.
 
-    Satisfies ``llm_gym.model_contract.LanguageModel``.
+    Satisfies ``llm_gym.model_contract.LanguageModel`` and decodes with a KV cache.
     """
 
     vocab_size: int
@@ -208,16 +216,29 @@ class Llama(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         return self
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits of ``input_ids``; with ``kv_cache``, the ids continue the cached positions."""
         T = input_ids.size(1)
-        if T > self.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds the model's max_seq_len="
+        start = 0 if kv_cache is None else kv_cache.length
+        if start + T > self.max_seq_len:
+            raise ValueError(f"sequence length {start + T} exceeds the model's max_seq_len="
                              f"{self.max_seq_len}")
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         x = self.model.embed_tokens(input_ids)
-        for block in self.model.layers:
-            x = block(x, cos, sin)
+        if kv_cache is None:
+            for block in self.model.layers:
+                x = block(x, cos, sin)
+        else:
+            for layer, block in enumerate(self.model.layers):
+                x = block(x, cos, sin, kv_cache, layer)
+            kv_cache.advance(T)
         return self.lm_head(self.model.norm(x))
+
+    def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
+        weight = self.model.embed_tokens.weight
+        return KVCache(n_layer=self.n_layer, batch_size=batch_size, n_kv_head=self.n_kv_head,
+                       max_len=max_len, head_dim=self.n_embd // self.n_head,
+                       dtype=weight.dtype, device=weight.device)
 
     def num_params(self) -> int:
         """Parameters, a tied head once; an untied embedding table is left out, since a
@@ -267,8 +288,13 @@ class Llama(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        *,
+        top_p: float | None = None,
+        stop_token: int | None = None,
     ) -> torch.Tensor:
-        """Append ``max_new_tokens`` sampled tokens to ``input_ids[B, T]`` (``temperature=0``:
-        greedy); the context is cropped to the last ``max_seq_len`` tokens. No KV cache."""
-        return sample_tokens(self, input_ids, max_new_tokens, self.max_seq_len,
-                             temperature=temperature, top_k=top_k, generator=generator)
+        """Append up to ``max_new_tokens`` sampled tokens to ``input_ids[B, T]``
+        (``temperature=0``: greedy); the context is cropped to the last ``max_seq_len``
+        tokens; ``llm_gym/sampling.py`` says what top_p and stop_token do."""
+        return sample_tokens(self, input_ids, max_new_tokens, temperature=temperature,
+                             top_k=top_k, top_p=top_p, stop_token=stop_token,
+                             generator=generator)

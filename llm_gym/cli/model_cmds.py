@@ -105,19 +105,28 @@ DEVICE_TYPES = ("cpu", "cuda")
               help=f"0 is greedy decoding; otherwise at least {MIN_TEMPERATURE:g}.")
 @click.option("--top-k", type=BoundedInt(1, 2**31 - 1), default=None,
               help="Sample only among the K likeliest tokens (at most the vocabulary).")
+@click.option("--top-p", type=FiniteFloat(0, 1), default=None,
+              help="Sample only among the likeliest tokens whose probabilities reach P "
+                   "(nucleus sampling; 0 < P <= 1).")
+@click.option("--stop", "stop_texts", multiple=True, metavar="TEXT",
+              help="Stop before this text, which must be one token of the run's tokenizer "
+                   "(repeatable).")
 @click.option("--seed", type=Seed(), default=0, show_default=True,
               help="The same seed gives the same text (on the same device); 0..2**64-1.")
 @click.option("--device", default="cpu", show_default=True, help="e.g. cpu, cuda, cuda:1.")
 @click.option("--stop-at-eod/--no-stop-at-eod", default=True, show_default=True,
               help="Stop when the model ends the document.")
 def generate(source: Path, prompt: str, max_new_tokens: int, temperature: float,
-             top_k: int | None, seed: int, device: str, stop_at_eod: bool) -> None:
+             top_k: int | None, top_p: float | None, stop_texts: tuple[str, ...], seed: int,
+             device: str, stop_at_eod: bool) -> None:
     """Continue --prompt with a trained model, printing text as it is generated."""
     from llm_gym.cli.output import note as print_note
     from llm_gym.errors import UserError
     from llm_gym.runner.generation import stream_text, stream_tokens
     from llm_gym.runner.loading_model import load_run_model
 
+    if top_p is not None and top_p <= 0:
+        raise bad_parameter("--top-p", f"{top_p:g} keeps no token: give a number in (0, 1]")
     if 0 < temperature < MIN_TEMPERATURE:
         raise bad_parameter("--temperature", f"{temperature:g} is below {MIN_TEMPERATURE:g}; "
                             "use 0 for greedy decoding")
@@ -141,9 +150,15 @@ def generate(source: Path, prompt: str, max_new_tokens: int, temperature: float,
                         "turned into token ids")
     # An empty prompt starts a new document, as the model saw at every document boundary.
     prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eod_id]
+    stop_ids = [tokenizer.eod_id] if stop_at_eod else []
+    for text in stop_texts:
+        ids = tokenizer.encode(text) if text else []
+        if len(ids) != 1:
+            raise bad_parameter("--stop", f"{text!r} is {len(ids)} tokens of the run's "
+                                "tokenizer; give text that is exactly one token")
+        stop_ids.append(ids[0])
     tokens = stream_tokens(run.model, prompt_ids, max_new_tokens, temperature=temperature,
-                           top_k=top_k, seed=seed,
-                           stop_ids=[tokenizer.eod_id] if stop_at_eod else [])
+                           top_k=top_k, top_p=top_p, seed=seed, stop_ids=stop_ids)
     # A vocabulary padded past the tokenizer's (50304 for 50257, for speed) has ids that
     # mean no text; an undertrained model may still sample them.
     tokens = (t for t in tokens if t < tokenizer.vocab_size)

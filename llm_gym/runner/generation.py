@@ -1,8 +1,9 @@
 """Sampling text from a model token by token, for ``llm_gym generate``.
 
-Each step calls the model's own ``generate`` for one token with the same generator, which
-draws exactly what one ``generate(ids, n)`` call would (the same context crop, sampling and
-random stream), so streaming changes nothing about the result for a given seed.
+Tokens come from the one sampler (``llm_gym/sampling.py``, with the model's KV cache where
+it declares one) as they are drawn: the same draws as one ``generate(ids, n)`` call (the
+same context crop, sampling and random stream), so streaming changes nothing about the
+result for a given seed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from llm_gym.errors import UserError
 from llm_gym.model_contract import as_language_model
 from llm_gym.runner.sampling_args import check_sampling_args
+from llm_gym.sampling import iter_tokens
 
 _INCOMPLETE = "\ufffd"  # what decoders emit for a character whose bytes are not all there yet
 
@@ -27,6 +29,7 @@ def stream_tokens(
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float | None = None,
     seed: int = 0,
     stop_ids: Iterable[int] = (),
 ) -> Iterator[int]:
@@ -34,8 +37,9 @@ def stream_tokens(
 
     ``temperature=0`` is greedy decoding. Deterministic for a given seed and device.
     """
-    lm = as_language_model(model)  # the contract promises generate() and vocab_size
-    check_sampling_args(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
+    lm = as_language_model(model)  # the contract promises vocab_size and max_seq_len
+    check_sampling_args(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p)
     if not prompt_ids:
         raise UserError("the prompt encodes to no tokens")
     vocab_size = lm.vocab_size
@@ -46,9 +50,9 @@ def stream_tokens(
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     stop = set(stop_ids)
-    for _ in range(max_new_tokens):
-        ids = lm.generate(ids, 1, temperature=temperature, top_k=top_k, generator=generator)
-        token = int(ids[0, -1])
+    for drawn in iter_tokens(model, ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                             top_p=top_p, generator=generator):
+        token = int(drawn[0, 0])
         if token in stop:
             return
         yield token

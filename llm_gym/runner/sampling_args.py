@@ -24,10 +24,12 @@ class SamplingArgumentError(UserError, ValueError):
     ``UserError`` (exit code 2, no traceback) on the command line."""
 
 
-def check_sampling_args(*, max_new_tokens: Any, temperature: Any, top_k: Any) -> None:
-    """Refuse what ``generate(input_ids, max_new_tokens, temperature, top_k)`` cannot
-    use, naming the argument: a count that is not an integer >= 0, a temperature that is
-    not 0 (greedy) or a finite number >= MIN_TEMPERATURE, a top_k that is not >= 1."""
+def check_sampling_args(*, max_new_tokens: Any, temperature: Any, top_k: Any,
+                        top_p: Any = None) -> None:
+    """Refuse what ``generate(input_ids, max_new_tokens, temperature, top_k, top_p)``
+    cannot use, naming the argument: a count that is not an integer >= 0, a temperature
+    that is not 0 (greedy) or a finite number >= MIN_TEMPERATURE, a top_k that is not >= 1,
+    a top_p that is not a number in (0, 1]."""
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise SamplingArgumentError(
             f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -39,6 +41,9 @@ def check_sampling_args(*, max_new_tokens: Any, temperature: Any, top_k: Any) ->
             f"{MIN_TEMPERATURE:g}, got {temperature!r}")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise SamplingArgumentError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, int | float)
+                              or not math.isfinite(top_p) or not 0 < top_p <= 1):
+        raise SamplingArgumentError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
 
 
 def _is_int(value: Any) -> bool:
