@@ -43,7 +43,11 @@ class DemoCorpusConfig(ComponentConfig):
                                 description="last fraction of blocks kept for validation")
     corpus_mb: float = Field(8.0, gt=0, le=64, description="size of the demo corpus")
     cache_dir: str | None = Field(None, description=CACHE_DIR_DESCRIPTION)
+    document_boundaries: bool = Field(
+        False, description="hand the model, with each block, the index of every input "
+        "token's document, for a model with attention_mask: document")
 
     def build(self, tokenizer: Any, world: Any, trainer: Any) -> PackedMemMapDataset:
         prefix = demo_pack(cache_dir(self.cache_dir), self.corpus_mb, tokenizer, self.part)
-        return open_packed(str(prefix), self.split, self.val_fraction, world, trainer, tokenizer)
+        return open_packed(str(prefix), self.split, self.val_fraction, world, trainer, tokenizer,
+                           document_boundaries=self.document_boundaries)

@@ -19,6 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_gym.document_attention import (
+    DocumentMask,
+    attend_within_documents,
+    document_mask,
+    positions_in_documents,
+)
 from llm_gym.kv_cache import CachedDecoding, KVCache, attend
 from llm_gym.sampling import sample_tokens
 
@@ -35,14 +41,16 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0,
+                documents: DocumentMask | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim): heads become a batch dimension for SDPA.
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         dropout_p = self.dropout if self.training else 0.0
-        if kv_cache is None:
+        if documents is not None:  # a packed block: each token sees only its own document
+            y = attend_within_documents(q, k, v, documents, dropout_p=dropout_p)
+        elif kv_cache is None:
             # is_causal lets SDPA pick a fused (flash / memory-efficient) kernel and spares
             # us a (T, T) mask buffer, which would also need special care on meta.
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
@@ -88,13 +96,17 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
         self.mlp = MLP(n_embd, dropout, bias, activation)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0,
+                documents: DocumentMask | None = None) -> torch.Tensor:
         # Normalising only the branch input leaves the residual stream an identity path,
         # which is what lets deep stacks train without warm-up tricks.
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+        x = x + self.attn(self.ln_1(x), kv_cache, layer, documents)
         return x + self.mlp(self.ln_2(x))
 
+
+# "causal": every token sees all before it; "document": only those of its own document,
+# positions counted from the document's start (needs document_ids from the dataset).
+ATTENTION_MASKS = ("causal", "document")
 
 # Bytes of the fp32 statistics and int64 ids that a forward saves, whatever the dtype.
 _F32 = 4
@@ -120,11 +132,16 @@ class GPT2(nn.Module, CachedDecoding):
         dropout: float = 0.0,
         bias: bool = True,
         activation: str = "gelu_tanh",
+        attention_mask: str = "causal",
     ) -> None:
         super().__init__()
         if activation not in GELU_APPROXIMATION:
             raise ValueError(f"activation must be one of {sorted(GELU_APPROXIMATION)}, "
                              f"got {activation!r}")
+        if attention_mask not in ATTENTION_MASKS:
+            raise ValueError(f"attention_mask must be one of {ATTENTION_MASKS}, "
+                             f"got {attention_mask!r}")
+        self.attention_mask = attention_mask
         self.vocab_size = vocab_size
         self.n_positions = n_positions
         self.n_embd = n_embd
@@ -186,8 +203,13 @@ class GPT2(nn.Module, CachedDecoding):
             self.lm_head.weight = self.transformer.wte.weight
         return self
 
-    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Logits of ``input_ids``; with ``kv_cache``, the ids continue the cached positions."""
+    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``input_ids``; with ``kv_cache``, the ids continue the cached positions;
+        with ``document_ids[B, T]`` (``attention_mask="document"``), each document is run
+        as if alone. Without them a row is one document (evaluation, sampling)."""
+        if document_ids is not None:
+            return self._forward_documents(input_ids, document_ids)
         T = input_ids.size(1)
         start = 0 if kv_cache is None else kv_cache.length
         if start + T > self.n_positions:
@@ -203,6 +225,25 @@ class GPT2(nn.Module, CachedDecoding):
             for layer, block in enumerate(self.transformer.h):
                 x = block(x, kv_cache, layer)
             kv_cache.advance(T)
+        return self.lm_head(self.transformer.ln_f(x))
+
+    def _forward_documents(self, input_ids: torch.Tensor,
+                           document_ids: torch.Tensor) -> torch.Tensor:
+        if self.attention_mask != "document":
+            raise ValueError("document_ids were given to a model with attention_mask="
+                             f"{self.attention_mask!r}: set attention_mask='document'")
+        if document_ids.shape != input_ids.shape:
+            raise ValueError(f"document_ids {tuple(document_ids.shape)} must have the shape "
+                             f"of input_ids {tuple(input_ids.shape)}")
+        T = input_ids.size(1)
+        if T > self.n_positions:
+            raise ValueError(
+                f"sequence length {T} exceeds the model's n_positions={self.n_positions}")
+        pos = positions_in_documents(document_ids)
+        documents = document_mask(document_ids)
+        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x, None, 0, documents)
         return self.lm_head(self.transformer.ln_f(x))
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:

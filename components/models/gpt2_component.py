@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from llm_gym.recipes.preflight import embedding_covers_tokenizer
+from llm_gym.recipes.preflight import (
+    document_mask_matches_datasets,
+    embedding_covers_tokenizer,
+)
 from llm_gym.registry import ComponentConfig, component
 
 from .gpt2 import GPT2
@@ -24,6 +27,9 @@ class GPT2Config(ComponentConfig):
     n_head: PositiveInt = Field(description="attention heads; must divide n_embd")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability")
     bias: bool = Field(True, description="biases in Linear and LayerNorm layers")
+    attention_mask: Literal["causal", "document"] = Field(
+        "causal", description="document: attention stays inside each packed document and "
+        "positions restart at its start (needs document_boundaries on the datasets)")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> GPT2Config:
@@ -31,8 +37,12 @@ class GPT2Config(ComponentConfig):
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         return self
 
-    def preflight(self, trainer: Any = None, tokenizer: Any = None) -> Iterator[str]:
-        """Sequences fit the position embeddings; every token id has an embedding row."""
+    def preflight(self, trainer: Any = None, tokenizer: Any = None, train_dataset: Any = None,
+                  eval_dataset: Any = None) -> Iterator[str]:
+        """Sequences fit the position embeddings; every token id has an embedding row; the
+        datasets hand over document boundaries exactly when the model masks by them."""
+        yield from document_mask_matches_datasets(self.attention_mask, train_dataset,
+                                                  eval_dataset)
         seq_len = getattr(trainer, "seq_len", None)
         if seq_len is not None and seq_len > self.n_positions:
             yield (f"n_positions: {self.n_positions}, shorter than trainer.seq_len ({seq_len}):"

@@ -20,6 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_gym.document_attention import (
+    DocumentMask,
+    attend_within_documents,
+    document_mask,
+    positions_in_documents,
+)
 from llm_gym.kv_cache import CachedDecoding, KVCache, attend
 from llm_gym.sampling import sample_tokens
 
@@ -47,7 +53,8 @@ def rope_tables(head_dim: int, length: int, theta: float,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x[B, H, T, D]``'s pairs (i, i + D/2) by the angles of ``cos``/``sin[T, D]``."""
+    """Rotate ``x[B, H, T, D]``'s pairs (i, i + D/2) by the angles of ``cos``/``sin[T, D]``
+    (or ``[B, 1, T, D]``: positions of each row's own, for document masking)."""
     half = x.size(-1) // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos + rotated * sin).type_as(x)
@@ -85,7 +92,8 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+                kv_cache: KVCache | None = None, layer: int = 0,
+                documents: DocumentMask | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -97,7 +105,9 @@ class Attention(nn.Module):
         # enable_gqa lets SDPA share each key/value head among its query heads without
         # materialising the repeated keys and values.
         gqa = self.n_kv_head != self.n_head
-        if kv_cache is None:
+        if documents is not None:  # a packed block: each token sees only its own document
+            y = attend_within_documents(q, k, v, documents, enable_gqa=gqa)
+        elif kv_cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:  # decoding: only the n_kv_head heads are stored, at their rotated positions
             start = kv_cache.length
@@ -131,8 +141,9 @@ class Block(nn.Module):
         self.mlp = MLP(n_embd, hidden)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, layer)
+                kv_cache: KVCache | None = None, layer: int = 0,
+                documents: DocumentMask | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, layer, documents)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -161,8 +172,13 @@ class Llama(nn.Module, CachedDecoding):
         qk_norm: bool = False,
         tie_embeddings: bool = False,
         init_std: float = 0.02,
+        attention_mask: str = "causal",
     ) -> None:
         super().__init__()
+        if attention_mask not in ("causal", "document"):
+            raise ValueError(f"attention_mask must be 'causal' or 'document', "
+                             f"got {attention_mask!r}")
+        self.attention_mask = attention_mask
         self.vocab_size, self.max_seq_len = vocab_size, max_seq_len
         self.n_embd, self.n_layer, self.n_head = n_embd, n_layer, n_head
         self.n_kv_head = n_kv_head or n_head
@@ -216,8 +232,13 @@ class Llama(nn.Module, CachedDecoding):
             self.lm_head.weight = self.model.embed_tokens.weight
         return self
 
-    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Logits of ``input_ids``; with ``kv_cache``, the ids continue the cached positions."""
+    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``input_ids``; with ``kv_cache``, the ids continue the cached positions;
+        with ``document_ids[B, T]`` (``attention_mask="document"``), each document is run
+        as if alone. Without them a row is one document (evaluation, sampling)."""
+        if document_ids is not None:
+            return self._forward_documents(input_ids, document_ids)
         T = input_ids.size(1)
         start = 0 if kv_cache is None else kv_cache.length
         if start + T > self.max_seq_len:
@@ -232,6 +253,26 @@ class Llama(nn.Module, CachedDecoding):
             for layer, block in enumerate(self.model.layers):
                 x = block(x, cos, sin, kv_cache, layer)
             kv_cache.advance(T)
+        return self.lm_head(self.model.norm(x))
+
+    def _forward_documents(self, input_ids: torch.Tensor,
+                           document_ids: torch.Tensor) -> torch.Tensor:
+        if self.attention_mask != "document":
+            raise ValueError("document_ids were given to a model with attention_mask="
+                             f"{self.attention_mask!r}: set attention_mask='document'")
+        if document_ids.shape != input_ids.shape:
+            raise ValueError(f"document_ids {tuple(document_ids.shape)} must have the shape "
+                             f"of input_ids {tuple(input_ids.shape)}")
+        if input_ids.size(1) > self.max_seq_len:
+            raise ValueError(f"sequence length {input_ids.size(1)} exceeds the model's "
+                             f"max_seq_len={self.max_seq_len}")
+        pos = positions_in_documents(document_ids)
+        # Rotary angles of each token's position in its own document: [B, 1, T, D].
+        cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+        documents = document_mask(document_ids)
+        x = self.model.embed_tokens(input_ids)
+        for block in self.model.layers:
+            x = block(x, cos, sin, None, 0, documents)
         return self.lm_head(self.model.norm(x))
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from llm_gym.recipes.preflight import embedding_covers_tokenizer
+from llm_gym.recipes.preflight import (
+    document_mask_matches_datasets,
+    embedding_covers_tokenizer,
+)
 from llm_gym.registry import ComponentConfig, component
 
 from .llama import Llama
@@ -37,6 +40,9 @@ class LlamaConfig(ComponentConfig):
     tie_embeddings: bool = Field(False, description="the LM head shares the token embedding")
     init_std: PositiveFloat = Field(0.02, description="standard deviation of the weights at "
                                                       "initialisation")
+    attention_mask: Literal["causal", "document"] = Field(
+        "causal", description="document: attention stays inside each packed document and "
+        "RoPE positions restart at its start (needs document_boundaries on the datasets)")
 
     @model_validator(mode="after")
     def _heads_fit(self) -> LlamaConfig:
@@ -50,8 +56,12 @@ class LlamaConfig(ComponentConfig):
                              f"({self.n_kv_head})")
         return self
 
-    def preflight(self, trainer: Any = None, tokenizer: Any = None) -> Iterator[str]:
-        """Sequences fit the RoPE tables; every token id has an embedding row."""
+    def preflight(self, trainer: Any = None, tokenizer: Any = None, train_dataset: Any = None,
+                  eval_dataset: Any = None) -> Iterator[str]:
+        """Sequences fit the RoPE tables; every token id has an embedding row; the datasets
+        hand over document boundaries exactly when the model masks by them."""
+        yield from document_mask_matches_datasets(self.attention_mask, train_dataset,
+                                                  eval_dataset)
         seq_len = getattr(trainer, "seq_len", None)
         if seq_len is not None and seq_len > self.max_seq_len:
             yield (f"max_seq_len: {self.max_seq_len}, shorter than trainer.seq_len ({seq_len}); "

@@ -75,3 +75,22 @@ def tokenizer_vocab_size(tokenizer_config: Any) -> int | None:
         return None
     fixed = getattr(built, "vocab_size", None) if isinstance(built, type) else None
     return fixed if isinstance(fixed, int) and not isinstance(fixed, bool) else None
+
+
+def document_mask_matches_datasets(attention_mask: str, train_dataset: Any,
+                                   eval_dataset: Any) -> Iterator[str]:
+    """A model's ``attention_mask: document`` needs ``document_boundaries`` on the datasets
+    it trains and is validated on, and boundaries need a model that uses them (a dataset
+    component offers them through its ``document_boundaries`` field)."""
+    for slot, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+        if dataset is None:
+            continue
+        given = bool(getattr(dataset, "document_boundaries", False))
+        if attention_mask == "document" and not given:
+            yield (f"attention_mask: document needs the document boundaries from "
+                   f"{slot}, which does not hand them over: set "
+                   f"{slot}.config.document_boundaries=true")
+        elif attention_mask == "causal" and given:
+            yield (f"attention_mask: causal, but {slot}.config.document_boundaries is true: "
+                   "the boundaries would go unused; set model.config.attention_mask="
+                   f"document, or {slot}.config.document_boundaries=false")
