@@ -18,11 +18,13 @@ TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_n
               **{key: key for key in ("mem/cuda_peak_allocated_gib", "mem/cuda_peak_reserved_gib",
                                       "mem/peak_rss_mib", "mem/rss_mib")}}
 EVAL_TAGS = {"eval_loss": "eval/loss", "eval_perplexity": "eval/perplexity"}
+EVALUATOR_PREFIX = "eval/"  # llm_gym.evaluation.evaluator.metric_key
 
 
 @component("logger", "TensorBoard", version=1)
 class TensorBoardConfig(ComponentConfig):
-    """Scalars for TensorBoard: train loss, lr, grad norm, throughput, eval loss."""
+    """Scalars for TensorBoard: train loss, lr, grad norm, throughput, eval loss and the
+    evaluators' metrics."""
 
     subdir: str = Field("tensorboard", min_length=1, description="event files go to RUN_DIR/subdir")
     flush_secs: PositiveInt = Field(30, description="seconds between writes to disk")
@@ -56,6 +58,11 @@ class TensorBoardLogger:
 
     def log_eval(self, record: dict[str, Any]) -> None:
         self._add(record, EVAL_TAGS)
+        # An evaluator's record (eval/<name>/<metric>, eval/<name>/seconds): its keys are
+        # already tags, one dashboard section per evaluator's metric beside eval/loss.
+        for key, value in record.items():
+            if key.startswith(EVALUATOR_PREFIX) and value is not None:
+                self.writer.add_scalar(key, value, record["step"])
 
     def close(self) -> None:
         self.writer.close()

@@ -11,6 +11,8 @@ from llm_gym.errors import UserError
 from llm_gym.recipes.resolved import RESOLVED_FILE, read_resolved
 from llm_gym.registry import ComponentConfig, component
 
+EVALUATOR_PREFIX = "eval/"  # llm_gym.evaluation.evaluator.metric_key
+
 
 @component("logger", "WandB", version=1)
 class WandBConfig(ComponentConfig):
@@ -52,6 +54,13 @@ class WandBLogger:
         self.run.finish()
 
     def _log(self, record: dict[str, Any], group: str) -> None:
-        values = {f"{group}/{k.removeprefix('eval_')}": v for k, v in record.items()
-                  if k != "step" and v is not None}
+        values = {_key(k, group): v for k, v in record.items() if k != "step" and v is not None}
         self.run.log(values, step=record["step"])
+
+
+def _key(key: str, group: str) -> str:
+    """``train/loss``, ``eval/loss`` (from ``eval_loss``); an evaluator's record keeps its
+    key, already ``eval/<name>/<metric>`` (prefixing it would make ``eval/eval/...``)."""
+    if key.startswith(EVALUATOR_PREFIX):
+        return key
+    return f"{group}/{key.removeprefix('eval_')}"

@@ -10,6 +10,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+# The keys of evaluator records (llm_gym.evaluation.evaluator.metric_key).
+EVALUATOR_PREFIX = "eval/"
+
 
 class Progress:
     """A metrics subscriber (the ``Console`` logger builds it; only rank 0 does).
@@ -84,10 +87,16 @@ class Progress:
         ):
             if rec.get(key) is not None:
                 table.add_row(label, _format(key, rec[key]))
+        for key, value in _evaluator_values(rec):
+            table.add_row(key, _format(key, value))
         eta = self._eta(step)
         if eta is not None:
             table.add_row("ETA", _duration(eta))
         return table
+
+
+def _evaluator_values(rec: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in rec.items() if k.startswith(EVALUATOR_PREFIX) and v is not None]
 
 
 def _plain_line(rec: dict[str, Any], total: int, eta: float | None) -> str:
@@ -96,12 +105,19 @@ def _plain_line(rec: dict[str, Any], total: int, eta: float | None) -> str:
                 "mem/peak_rss_mib", "mem/cuda_peak_allocated_gib", "mem/cuda_peak_reserved_gib"):
         if rec.get(key) is not None:
             parts.append(f"{key} {_format(key, rec[key])}")
+    # An evaluator's record: eval/<name>/<metric>, and what the call cost, in its order.
+    parts.extend(f"{key} {_format(key, value)}" for key, value in _evaluator_values(rec))
     if eta is not None:
         parts.append(f"eta {_duration(eta)}")
     return " | ".join(parts)
 
 
 def _format(key: str, value: float) -> str:
+    if key.startswith(EVALUATOR_PREFIX):
+        if isinstance(value, int):  # counts: examples, tokens, truncated
+            return str(value)
+        if key.endswith("/seconds"):
+            return f"{value:.2f}s"
     if key == "mfu":
         return f"{100 * value:.1f}%"
     if key == "tokens_per_s":

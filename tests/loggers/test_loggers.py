@@ -139,6 +139,33 @@ def test_live_panel_keeps_the_eval_loss_and_prints_messages_above(monkeypatch, c
     assert "eval loss" in out and "2.2500" in out and "2.0000" in out
 
 
+# What an evaluator's call adds to metrics.jsonl (llm_gym.evaluation.evaluator.Schedule).
+EVALUATOR_RECORD = {"step": 4, "eval/hellaswag/acc": 0.25, "eval/hellaswag/acc_norm": 0.5,
+                    "eval/hellaswag/examples": 24, "eval/hellaswag/truncated": 0,
+                    "eval/hellaswag/seconds": 0.4125}
+
+
+def test_plain_lines_show_the_evaluator_records(capsys):
+    progress = Progress(8, 0, "demo run")
+    assert not progress.live_mode  # captured stdout is no terminal
+    progress.log_eval(EVALUATOR_RECORD)
+    progress.close()
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("step 4/8 | eval/hellaswag/acc 0.2500 | eval/hellaswag/acc_norm "
+                           "0.5000 | eval/hellaswag/examples 24 | eval/hellaswag/truncated 0 "
+                           "| eval/hellaswag/seconds 0.41s"), line
+
+
+def test_live_panel_keeps_the_evaluator_records(monkeypatch, capsys):
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    progress = Progress(8, 0, "demo run")
+    progress.log_eval(EVALUATOR_RECORD)
+    progress.log_train(_record(5, 2.0))
+    progress.close()
+    out = capsys.readouterr().out
+    assert "eval/hellaswag/acc_norm" in out and "0.5000" in out and "0.41s" in out
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
                     reason="tensorboard is not installed (pip install 'llm_gym[tensorboard]')")
 def test_tensorboard_scalars_and_resume_purges_the_steps_written_again(registry, tmp_path):
@@ -160,6 +187,22 @@ def test_tensorboard_scalars_and_resume_purges_the_steps_written_again(registry,
     assert "mem/peak_rss_mib" in events.Tags()["scalars"]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                    reason="tensorboard is not installed (pip install 'llm_gym[tensorboard]')")
+def test_tensorboard_writes_the_evaluator_records(registry, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ((_, logger),) = _build(registry, tmp_path, "TensorBoard")
+    logger.log_eval(EVALUATOR_RECORD)
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    written = {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+               for tag in events.Tags()["scalars"]}
+    assert written == {key: [(4, pytest.approx(value))]
+                       for key, value in EVALUATOR_RECORD.items() if key != "step"}
+
+
 def test_tensorboard_missing_names_the_extra(registry, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     with pytest.raises(UserError, match=r"pip install 'llm_gym\[tensorboard\]'"):
@@ -177,6 +220,40 @@ def test_wandb_offline_run_under_the_run_dir(registry, tmp_path, monkeypatch):
     logger.close()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+class FakeWandB:
+    """The part of the wandb module the logger uses: init() and the run's log/finish."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[dict, int]] = []
+
+    def init(self, **kwargs):
+        self.init_kwargs = kwargs
+        return self
+
+    def log(self, values: dict, step: int) -> None:
+        self.logged.append((values, step))
+
+    def finish(self) -> None:
+        pass
+
+
+def test_wandb_keys_have_one_group_prefix(registry, tmp_path, monkeypatch):
+    """Train and eval_loss records get train/ and eval/; an evaluator's keys, already
+    eval/<name>/<metric>, go as they are (not eval/eval/...)."""
+    fake = FakeWandB()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    ((_, logger),) = _build(registry, tmp_path, "WandB")
+    assert fake.init_kwargs["mode"] == "offline" and fake.init_kwargs["dir"] == str(tmp_path)
+    logger.log_train(_record(4, 3.0))
+    logger.log_eval({"step": 4, "eval_loss": 2.9, "eval_perplexity": 18.2})
+    logger.log_eval(EVALUATOR_RECORD)
+    logger.close()
+    (train, step), (loss, _), (evaluator, _) = fake.logged
+    assert step == 4 and train["train/loss"] == 3.0 and "train/mfu" not in train  # None
+    assert loss == {"eval/loss": 2.9, "eval/perplexity": 18.2}
+    assert evaluator == {k: v for k, v in EVALUATOR_RECORD.items() if k != "step"}
 
 
 def test_wandb_missing_names_the_extra(registry, tmp_path, monkeypatch):
