@@ -1,4 +1,4 @@
-"""Sessions: lint and tests (the default, what CI runs), dist, bench, gpu.
+"""Sessions: lint and tests (the default, what CI runs), dist, eval, bench, gpu.
 
 torch is installed first, pinned, because a bare requirement on a machine without torch
 pulls a multi-GB CUDA build: here ``torch==2.13.0`` is a CPU wheel on local disk. On a
@@ -35,7 +35,7 @@ def tests(session: nox.Session) -> None:
     install(session)
     # One worker per core, a test module per worker (its module fixtures built once).
     session.run("pytest", "-q", "-n", "auto", "--dist", "loadscope",
-                "-m", "not gpu and not dist", DURATIONS, *session.posargs)
+                "-m", "not gpu and not dist and not lmeval", DURATIONS, *session.posargs)
     if not session.posargs:  # posargs narrow the run to what was asked for
         session.run("pytest", "-q", "-m", "dist", DURATIONS)
 
@@ -51,6 +51,15 @@ def dist(session: nox.Session) -> None:
     """The longer multi-process tests alone (kill/resume, larger worlds)."""
     install(session)
     session.run("pytest", "-q", "-m", "dist", DURATIONS, *session.posargs)
+
+
+@nox.session(name="eval", default=False)
+def eval_bridge(session: nox.Session) -> None:
+    """The lm-evaluation-harness bridge against lm-eval's own hf backend (the eval extra;
+    accelerate is what lm-eval's hf backend imports, needed by the reference side only)."""
+    install(session, "test,eval")
+    session.install("accelerate")
+    session.run("pytest", "-q", "-m", "lmeval", DURATIONS, *session.posargs)
 
 
 @nox.session(default=False)
