@@ -26,7 +26,7 @@ from llm_gym.runner.distributed import distributed_world
 from llm_gym_components.models.gpt2 import GPT2
 
 ROUNDS = 4
-STUB = {"bytes": 0, "sha256_tree": "0" * 64}
+STUB = {"bytes": 0, "xxh3_128": "0" * 32}
 
 
 def _model_and_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer]:

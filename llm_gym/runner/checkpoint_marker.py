@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from llm_gym.errors import UserError
-from llm_gym.runner.checkpoint_digests import ALGORITHM, ALGORITHMS, FileDigest
+from llm_gym.runner.checkpoint_digests import ALGORITHM, ALGORITHMS, HEX_DIGITS, FileDigest
 
 MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^step_(\d{8,})$")
-_HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_HEX_DIGEST = re.compile(r"^[0-9a-f]+$")
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ def _problem(data: Any, dir_name: str) -> str | None:
     for name, digest in files.items():
         if not (isinstance(digest, dict) and _is_int(digest.get("bytes"))
                 and digest["bytes"] >= 0 and _one_hex_digest(digest)):
-            return f"files.{name} must be {{bytes: integer, {ALGORITHM}: 64 hex digits}}"
+            return (f"files.{name} must be {{bytes: integer, {ALGORITHM}: "
+                    f"{HEX_DIGITS[ALGORITHM]} hex digits}}")
     return None
 
 
@@ -91,4 +92,5 @@ def _one_hex_digest(digest: dict[str, Any]) -> bool:
     # to the reader's choice. (Older markers recorded the whole-file sha256.)
     named = [key for key in ALGORITHMS if key in digest]
     return (len(named) == 1 and isinstance(digest[named[0]], str)
+            and len(digest[named[0]]) == HEX_DIGITS[named[0]]
             and _HEX_DIGEST.match(digest[named[0]]) is not None)

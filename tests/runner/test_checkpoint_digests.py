@@ -1,4 +1,4 @@
-"""Every file of a checkpoint has its SHA-256 in the marker; a changed file is named on load."""
+"""Every file of a checkpoint has its digest in the marker; a changed file is named on load."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from llm_gym.errors import UserError
 from llm_gym.runner import checkpoint as ckpt
@@ -16,21 +17,31 @@ from llm_gym.runner.distributed import distributed_world
 from . import dist_helpers as h
 
 
+def _xxh3(data: bytes) -> str:
+    """XXH3-128 of the whole file, computed independently."""
+    return xxhash.xxh3_128(data).hexdigest()
+
+
 def _tree_sha256(data: bytes) -> str:
-    """SHA-256 of the SHA-256 digests of the 8 MiB chunks, computed independently."""
+    """SHA-256 of the SHA-256 digests of the 8 MiB chunks (older checkpoints)."""
     chunks = range(0, len(data), 8 << 20)
     return hashlib.sha256(b"".join(hashlib.sha256(data[i:i + (8 << 20)]).digest()
                                    for i in chunks)).hexdigest()
 
 
-def test_the_digest_is_sha256_over_the_chunks_digests(tmp_path: Path) -> None:
+def test_the_digest_is_xxh3_128_of_the_file_and_older_ones_still_compute(
+        tmp_path: Path) -> None:
     from llm_gym.runner.checkpoint_digests import digest_bytes, digest_file
 
     for size in (0, 5, 8 << 20, (8 << 20) + 1, 3 * (8 << 20) + 7):
         data = bytes(range(256)) * (size // 256) + bytes(size % 256)
         (tmp_path / "f").write_bytes(data)
-        expected = {"bytes": size, "sha256_tree": _tree_sha256(data)}
+        expected = {"bytes": size, "xxh3_128": _xxh3(data)}
         assert digest_file(tmp_path / "f") == expected == digest_bytes(data), size
+        assert digest_file(tmp_path / "f", "sha256_tree") == {
+            "bytes": size, "sha256_tree": _tree_sha256(data)}
+        assert digest_file(tmp_path / "f", "sha256") == {
+            "bytes": size, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _save(run_dir: Path, step: int = 1) -> Path:
@@ -67,7 +78,7 @@ def test_the_marker_records_every_file_with_its_digest(saved: Path) -> None:
     assert set(files) == on_disk == {".metadata", "__0_0.distcp", "rank0.pt"}
     for name, digest in files.items():
         data = (saved / name).read_bytes()
-        assert digest == {"bytes": len(data), "sha256_tree": _tree_sha256(data)}
+        assert digest == {"bytes": len(data), "xxh3_128": _xxh3(data)}
 
 
 @pytest.mark.parametrize("name", [".metadata", "__0_0.distcp", "rank0.pt"])

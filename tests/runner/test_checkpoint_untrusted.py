@@ -148,7 +148,7 @@ MARKERS = {
     "world_size a bool": (_set("world_size", True), "world_size must be"),
     "step of another directory": (_set("step", 4), "records step 4"),
     "files not an object": (_set("files", ["x"]), "files must be"),
-    "a digest not hex": (lambda m: m["files"]["rank0.pt"].__setitem__("sha256_tree", "zz"),
+    "a digest not hex": (lambda m: m["files"]["rank0.pt"].__setitem__("xxh3_128", "zz"),
                          "files.rank0.pt"),
 }
 

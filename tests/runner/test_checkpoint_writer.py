@@ -1,6 +1,7 @@
 """The digests are computed while DCP writes (not by reading the files back), they are the
 digests of the bytes on disk whatever the sizes of the writes, and checkpoints whose
-marker records the older whole-file ``sha256`` still load and verify."""
+marker records an older digest (``sha256_tree``, whole-file ``sha256``) still load and
+verify."""
 
 from __future__ import annotations
 
@@ -10,35 +11,26 @@ import json
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from llm_gym.errors import UserError
 from llm_gym.runner import checkpoint as ckpt
-from llm_gym.runner import checkpoint_writer
 from llm_gym.runner.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from llm_gym.runner.checkpoint_writer import DigestingWriter
 from llm_gym.runner.distributed import distributed_world
 
 from . import dist_helpers as h
 
-SMALL_CHUNK = 64
 
-
-def _tree(data: bytes, chunk: int) -> str:
+def _tree(data: bytes, chunk: int = 8 << 20) -> str:
     return hashlib.sha256(b"".join(hashlib.sha256(data[i:i + chunk]).digest()
                                    for i in range(0, len(data), chunk))).hexdigest()
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["hashed inline", "by the pool"])
-def test_writes_of_any_size_give_the_digest_of_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline: bool
-) -> None:
-    # Small chunks, so that writes start and end inside chunks, on their boundaries, and
-    # span several.
-    monkeypatch.setattr(checkpoint_writer, "CHUNK", SMALL_CHUNK)
-    monkeypatch.setattr(checkpoint_writer, "_INLINE", 1 << 30 if inline else 0)
+def test_writes_of_any_size_give_the_digest_of_the_file(tmp_path: Path) -> None:
     digests: dict = {}
     fs = DigestingWriter(tmp_path, digests).fs
-    sizes = [0, 1, 63, 1, 64, 200, 64, 5, 128, 59, 3 * 64 + 17]
+    sizes = [0, 1, 63, 1, 64, 200, 64, 5, 128, 59, 3 * 64 + 17, 9 << 20, 3]
     data = bytes(i % 251 for i in range(sum(sizes)))
     with fs.create_stream(tmp_path / "f.tmp", "wb") as stream:
         at = 0
@@ -48,7 +40,7 @@ def test_writes_of_any_size_give_the_digest_of_the_file(
             assert stream.tell() == at
     fs.rename(tmp_path / "f.tmp", tmp_path / "f")
     assert (tmp_path / "f").read_bytes() == data
-    assert digests == {"f": {"bytes": len(data), "sha256_tree": _tree(data, SMALL_CHUNK)}}
+    assert digests == {"f": {"bytes": len(data), "xxh3_128": xxhash.xxh3_128(data).hexdigest()}}
 
 
 def test_a_seek_is_refused(tmp_path: Path) -> None:
@@ -86,19 +78,27 @@ def test_saving_reads_no_file_back_to_digest_it(
     assert _load(path) == {"step": 1}  # and the recorded digests verify
 
 
-def _to_legacy(checkpoint: Path) -> None:
-    """The marker as llm_gym wrote it before the hash tree: whole-file SHA-256."""
+OLDER = {
+    # whole-file SHA-256, before the hash tree
+    "sha256": lambda data: hashlib.sha256(data).hexdigest(),
+    # SHA-256 over the 8 MiB chunks' SHA-256 digests, before XXH3
+    "sha256_tree": _tree,
+}
+
+
+def _to_older(checkpoint: Path, algorithm: str) -> None:
+    """The marker as an earlier llm_gym wrote it."""
     marker = json.loads((checkpoint / ckpt.MARKER).read_text())
     marker["files"] = {name: {"bytes": d["bytes"],
-                              "sha256": hashlib.sha256((checkpoint / name).read_bytes())
-                              .hexdigest()}
+                              algorithm: OLDER[algorithm]((checkpoint / name).read_bytes())}
                        for name, d in marker["files"].items()}
     (checkpoint / ckpt.MARKER).write_text(json.dumps(marker))
 
 
-def test_an_older_marker_with_whole_file_sha256_loads_and_verifies(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", sorted(OLDER))
+def test_an_older_marker_loads_and_verifies(tmp_path: Path, algorithm: str) -> None:
     path = _save(tmp_path / "run")
-    _to_legacy(path)
+    _to_older(path, algorithm)
     assert _load(path) == {"step": 1}
     shard = path / "__0_0.distcp"
     data = bytearray(shard.read_bytes())
