@@ -212,7 +212,8 @@ recipe: {{description: a mixture to validate}}
 trainer: {{max_steps: 2, seq_len: 4, micro_batch_size: 2, seed: 0, loggers: []}}
 model:
   type_hint: GPT2
-  config: {{vocab_size: 1048577, n_positions: 4, n_embd: 8, n_layer: 1, n_head: 2}}
+  config: {{vocab_size: 1048577, n_positions: 4, n_embd: 8, n_layer: 1, n_head: 2,
+           attention_mask: {mask}}}
 tokenizer: ByteLevel
 train_dataset:
   type_hint: Mixture
@@ -230,7 +231,9 @@ def test_a_sources_own_flag_in_a_mixture_is_named(tmp_path, pack, capsys, mixtur
     from llm_gym.cli.main import main
 
     path = tmp_path / "mix.yaml"
-    path.write_text(VALIDATE.format(pack=pack, mixture=str(mixture).lower()))
+    # A model that uses the boundaries exactly when the mixture hands them over.
+    path.write_text(VALIDATE.format(pack=pack, mixture=str(mixture).lower(),
+                                    mask="document" if mixture else "causal"))
     with pytest.raises(SystemExit) as exited:
         main(["recipe", "validate", str(path), "--allow-drift"])
     out = capsys.readouterr()
@@ -249,7 +252,8 @@ trainer: {{max_steps: 3, seq_len: 16, micro_batch_size: 4, log_every: 1, seed: 0
           loggers: [], eval_every: 3, eval_batches: 2}}
 model:
   type_hint: GPT2
-  config: {{vocab_size: 257, n_positions: 16, n_embd: 16, n_layer: 1, n_head: 2}}
+  config: {{vocab_size: 257, n_positions: 16, n_embd: 16, n_layer: 1, n_head: 2,
+           attention_mask: document}}
 tokenizer: ByteLevel
 train_dataset:
   type_hint: {kind}
@@ -282,10 +286,10 @@ def test_the_trainer_and_the_validation_loss_hand_them_to_the_model(
     calls: list[tuple[bool, torch.Tensor, torch.Tensor | None]] = []
     forward = GPT2.forward
 
-    # Until the model masks by document itself: record what it is handed, train as before.
-    def recording(self, idx, document_ids=None):  # noqa: ANN001, ANN202
+    # Record what the model is handed; it masks by document with it.
+    def recording(self, idx, kv_cache=None, document_ids=None):  # noqa: ANN001, ANN202
         calls.append((self.training, idx.clone(), document_ids))
-        return forward(self, idx)
+        return forward(self, idx, kv_cache=kv_cache, document_ids=document_ids)
 
     monkeypatch.setattr(GPT2, "forward", recording)
     run_recipe("doc-ids", [], run_dir=tmp_path / "run", recipe_dirs=[tmp_path / "recipes"],
