@@ -74,9 +74,8 @@ class MLP(nn.Module):
         # GPT-2 was trained with the tanh approximation ("gelu_new" in HF); using it keeps
         # pretrained GPT-2 weights exact here. It is dearer than the exact (erf) GELU that
         # nanoGPT uses: on a CPU about 10 ms of a 300 ms gpt2-tiny step on one thread
-        # (docs/benchmarks.md, 2026-12-02), the whole of the runner's gap to nanoGPT; it
-        # stays the default: switching changes every recipe's losses and imported weights;
-        # activation="gelu" is the opt-in.
+        # (docs/benchmarks.md, 2026-12-02); it stays the default: switching changes every
+        # recipe's losses and imported weights; activation="gelu" is the opt-in.
         self.act = nn.GELU(approximate=GELU_APPROXIMATION[activation])
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
