@@ -34,6 +34,17 @@ def positions_in_documents(document_ids: torch.Tensor) -> torch.Tensor:
     return index - first
 
 
+def check_document_ids(attention_mask: str, input_ids: torch.Tensor,
+                       document_ids: torch.Tensor) -> None:
+    """Refuse document ids a model cannot use: a causal model's, or of another shape."""
+    if attention_mask != "document":
+        raise ValueError("document_ids were given to a model with attention_mask="
+                         f"{attention_mask!r}: set attention_mask='document'")
+    if document_ids.shape != input_ids.shape:
+        raise ValueError(f"document_ids {tuple(document_ids.shape)} must have the shape "
+                         f"of input_ids {tuple(input_ids.shape)}")
+
+
 def document_causal_mask(document_ids: torch.Tensor) -> torch.Tensor:
     """``[B, 1, T, T]``: query t may see key s when s <= t and both share a document."""
     T = document_ids.size(1)

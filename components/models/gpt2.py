@@ -22,6 +22,7 @@ from torch import nn
 from llm_gym.document_attention import (
     DocumentMask,
     attend_within_documents,
+    check_document_ids,
     document_mask,
     positions_in_documents,
 )
@@ -228,12 +229,7 @@ class GPT2(nn.Module, CachedDecoding):
 
     def _forward_documents(self, input_ids: torch.Tensor,
                            document_ids: torch.Tensor) -> torch.Tensor:
-        if self.attention_mask != "document":
-            raise ValueError("document_ids were given to a model with attention_mask="
-                             f"{self.attention_mask!r}: set attention_mask='document'")
-        if document_ids.shape != input_ids.shape:
-            raise ValueError(f"document_ids {tuple(document_ids.shape)} must have the shape "
-                             f"of input_ids {tuple(input_ids.shape)}")
+        check_document_ids(self.attention_mask, input_ids, document_ids)
         T = input_ids.size(1)
         if T > self.n_positions:
             raise ValueError(

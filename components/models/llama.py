@@ -23,6 +23,7 @@ from torch import nn
 from llm_gym.document_attention import (
     DocumentMask,
     attend_within_documents,
+    check_document_ids,
     document_mask,
     positions_in_documents,
 )
@@ -257,12 +258,7 @@ class Llama(nn.Module, CachedDecoding):
 
     def _forward_documents(self, input_ids: torch.Tensor,
                            document_ids: torch.Tensor) -> torch.Tensor:
-        if self.attention_mask != "document":
-            raise ValueError("document_ids were given to a model with attention_mask="
-                             f"{self.attention_mask!r}: set attention_mask='document'")
-        if document_ids.shape != input_ids.shape:
-            raise ValueError(f"document_ids {tuple(document_ids.shape)} must have the shape "
-                             f"of input_ids {tuple(input_ids.shape)}")
+        check_document_ids(self.attention_mask, input_ids, document_ids)
         if input_ids.size(1) > self.max_seq_len:
             raise ValueError(f"sequence length {input_ids.size(1)} exceeds the model's "
                              f"max_seq_len={self.max_seq_len}")
