@@ -122,7 +122,10 @@ def test_a_torn_last_line_is_dropped_with_a_warning_and_the_run_resumes(tmp_path
                run_dir=run_dir, resume=True)
     assert _steps(run_dir) == [1, 2, 3, 4]
     text = (run_dir / "metrics.jsonl").read_text()
-    assert "5.1" not in text and text.endswith("\n")
+    # The torn fragment is gone (not a number that happens to contain "5.1"), and
+    # every line that is left is whole JSON.
+    assert '"loss": 5.1' not in text and text.endswith("\n")
+    assert [json.loads(line)["step"] for line in text.splitlines()] == [1, 2, 3, 4]
 
 
 def test_a_bad_line_before_the_last_is_an_error_naming_it(tmp_path):

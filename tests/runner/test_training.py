@@ -143,12 +143,15 @@ def test_compiled_training_steps_never_recompile(tmp_path, monkeypatch):
         return real_compile(target, *args, **kwargs)
 
     monkeypatch.setattr(torch, "compile", spy)
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     torch._dynamo.reset()
+    # torch's own patch, not monkeypatch: pytest 9's monkeypatch finds no instance
+    # attribute on a torch config module and undoes by delattr, which hides the setting
+    # from every later test in the process ("error_on_recompile does not exist").
     try:
-        result = _run(tmp_path / "run", "trainer.compile=true", "trainer.max_steps=4",
-                      "trainer.grad_accumulation=2", "trainer.eval_every=null",
-                      "trainer.sample_prompt=null")
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            result = _run(tmp_path / "run", "trainer.compile=true", "trainer.max_steps=4",
+                          "trainer.grad_accumulation=2", "trainer.eval_every=null",
+                          "trainer.sample_prompt=null")
     finally:
         torch._dynamo.reset()
     assert result["step"] == 4 and math.isfinite(result["loss"])
