@@ -4,9 +4,10 @@ torch is installed first, pinned, because a bare requirement on a machine withou
 pulls a multi-GB CUDA build: here ``torch==2.13.0`` is a CPU wheel on local disk. On a
 CUDA machine set LLM_GYM_TORCH (e.g. ``LLM_GYM_TORCH="torch==2.13.0"`` with a CUDA index).
 
-``tests`` runs the default suite and then the multi-process ``dist`` tests in one
-virtualenv: installing torch and the test extras twice cost CI minutes and a gigabyte of
-``.nox`` for the same packages. ``nox -s dist`` still runs the dist tests alone.
+``tests`` runs the default suite, the lm-evaluation-harness bridge's tests and then the
+multi-process ``dist`` tests in one virtualenv: installing torch and the test extras twice
+cost CI minutes and a gigabyte of ``.nox`` for the same packages. ``nox -s dist`` and
+``nox -s eval`` still run those alone (``dist`` with more random kills).
 """
 
 from __future__ import annotations
@@ -29,13 +30,21 @@ def install(session: nox.Session, extras: str = "test,plot,tensorboard") -> None
     session.install("-e", f".[{extras}]")
 
 
+def install_eval(session: nox.Session, extras: str) -> None:
+    """The eval extra (lm-eval) beside ``extras``, and accelerate: lm-eval's ``hf`` backend,
+    which the bridge's agreement tests compare against, imports it."""
+    install(session, f"{extras},eval")
+    session.install("accelerate")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The default CPU suite, then the dist tests, in one environment (what CI runs)."""
-    install(session)
+    """The default CPU suite with the lm-eval bridge, then the dist tests, in one
+    environment (what CI runs)."""
+    install_eval(session, "test,plot,tensorboard")
     # One worker per core, a test module per worker (its module fixtures built once).
     session.run("pytest", "-q", "-n", "auto", "--dist", "loadscope",
-                "-m", "not gpu and not dist and not lmeval", DURATIONS, *session.posargs)
+                "-m", "not gpu and not dist", DURATIONS, *session.posargs)
     if not session.posargs:  # posargs narrow the run to what was asked for
         session.run("pytest", "-q", "-m", "dist", DURATIONS)
 
@@ -48,17 +57,18 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def dist(session: nox.Session) -> None:
-    """The longer multi-process tests alone (kill/resume, larger worlds)."""
+    """The longer multi-process tests alone (kill/resume, larger worlds), with more
+    random kills than CI's run of them."""
     install(session)
-    session.run("pytest", "-q", "-m", "dist", DURATIONS, *session.posargs)
+    session.run("pytest", "-q", "-m", "dist", DURATIONS, *session.posargs,
+                env={"LLM_GYM_KILL_TRIALS": os.environ.get("LLM_GYM_KILL_TRIALS", "6")})
 
 
 @nox.session(name="eval", default=False)
 def eval_bridge(session: nox.Session) -> None:
     """The lm-evaluation-harness bridge against lm-eval's own hf backend (the eval extra;
     accelerate is what lm-eval's hf backend imports, needed by the reference side only)."""
-    install(session, "test,eval")
-    session.install("accelerate")
+    install_eval(session, "test")
     session.run("pytest", "-q", "-m", "lmeval", DURATIONS, *session.posargs)
 
 
