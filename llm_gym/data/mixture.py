@@ -60,7 +60,12 @@ import numpy as np
 import torch
 
 from llm_gym.data.batch import Batch
-from llm_gym.data.indexed import DataExhausted, DocumentBoundaries, IndexedSamples
+from llm_gym.data.indexed import (
+    DataExhausted,
+    DocumentBoundaries,
+    IndexedRows,
+    IndexedSamples,
+)
 from llm_gym.data.mixture_schedule import RankChunk, ReadPlan, make_plan, rank_chunk
 from llm_gym.errors import UserError
 
@@ -128,7 +133,7 @@ class MixtureDataset:
         self.source_samples = np.array([s.samples_per_epoch for s in sources], dtype=np.int64)
         self.document_boundaries = document_boundaries
         self.cursor = 0  # global samples taken, all ranks together
-        self._chunks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._chunks: dict[int, tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = {}
         self._rank_chunks: dict[int, RankChunk] = {}  # this rank's share, by source
         self._chunks_lock = threading.Lock()
         # Read ahead: this rank's next samples, gathered together, handed out as slices.
@@ -138,10 +143,11 @@ class MixtureDataset:
         self._ahead_start = 0  # the rank's sample number (cursor // world_size) of row 0
         self._plan: ReadPlan | None = None  # the samples located ahead, read by groups
         self._group_bytes = GROUP_BYTES
+        self._by_rows = [isinstance(s, IndexedRows) for s in self.sources]  # asked once
 
-    def _chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """For each sample of the chunk: its source and its global sample in that source;
-        and the samples each source gave before each offset in the chunk (``[CHUNK + 1, S]``)."""
+        and per source, the offsets in the chunk of its samples (ascending)."""
         with self._chunks_lock:  # a feed's thread reads on while the loop asks for tokens
             found = self._chunks.get(chunk)
             if found is None:
@@ -150,21 +156,23 @@ class MixtureDataset:
                     del self._chunks[next(iter(self._chunks))]
         return found
 
-    def _make_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _make_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         n_sources = len(self.sources)
         which = np.repeat(np.arange(n_sources), self.chunk_counts)
         np.random.default_rng([self.seed, chunk]).shuffle(which)
+        # Each source's offsets, not a running count per offset ([CHUNK + 1, S], a strided
+        # cumsum that cost more than the shuffle): a count is a binary search in them.
+        offsets = [np.flatnonzero(which == i) for i in range(n_sources)]
         nth = np.empty(CHUNK, dtype=np.int64)
-        for i in range(n_sources):
-            nth[which == i] = chunk * self.chunk_counts[i] + np.arange(self.chunk_counts[i])
-        before = np.zeros((CHUNK + 1, n_sources), dtype=np.int64)
-        np.cumsum(which[:, None] == np.arange(n_sources), axis=0, out=before[1:])
-        return which, nth, before
+        for i, at in enumerate(offsets):
+            nth[at] = np.arange(chunk * self.chunk_counts[i], (chunk + 1) * self.chunk_counts[i])
+        return which, nth, offsets
 
     def positions_at(self, cursor: int) -> np.ndarray:
         """Samples each source has given before global sample ``cursor``."""
         chunk, offset = divmod(cursor, CHUNK)
-        return chunk * self.chunk_counts + self._chunk(chunk)[2][offset]
+        given = [at.searchsorted(offset) for at in self._chunk(chunk)[2]]
+        return chunk * self.chunk_counts + np.array(given, dtype=np.int64)
 
     def locate(self, start: int, count: int, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """For global samples ``start, start + step, ...`` (``count`` of them): the source
@@ -198,9 +206,8 @@ class MixtureDataset:
         with self._chunks_lock:
             found = self._rank_chunks.get(chunk)
         if found is None:
-            which, nth, _ = self._chunk(chunk)
-            found = rank_chunk(chunk, CHUNK, which, nth, len(self.sources), self.rank,
-                               self.world_size)
+            found = rank_chunk(chunk, CHUNK, self._chunk(chunk)[2], self.chunk_counts,
+                               self.rank, self.world_size)
             with self._chunks_lock:
                 self._rank_chunks[chunk] = found
                 if len(self._rank_chunks) > 2:  # reads move forward: this one and the last
@@ -219,11 +226,11 @@ class MixtureDataset:
         while m < end:
             plan = self._rank_chunk((m * self.world_size + self.rank) // CHUNK)
             x, y = m - plan.first, min(end - plan.first, plan.size)
-            lo, hi = plan.before[x].tolist(), plan.before[y].tolist()
-            for i in range(n_sources):
-                if hi[i] > lo[i]:
-                    rows[i].append(plan.rows[i][lo[i] : hi[i]] + (plan.first - first))
-                    samples[i].append(plan.samples[i][lo[i] : hi[i]])
+            for i, own in enumerate(plan.rows):
+                lo, hi = own.searchsorted(x), own.searchsorted(y)
+                if hi > lo:
+                    rows[i].append(own[lo:hi] + (plan.first - first))
+                    samples[i].append(plan.samples[i][lo:hi])
             m = plan.first + y
         empty = np.empty(0, dtype=np.int64)
         return ([empty if not r else r[0] if len(r) == 1 else np.concatenate(r) for r in rows],
@@ -243,7 +250,8 @@ class MixtureDataset:
         group = batch_size * max(1, rows // batch_size)
         size = group * max(1, PLAN_ROWS // group)
         rows, samples = self._by_source(mine, size)
-        self._plan = make_plan(mine, size, group, rows, samples, self.sources)
+        self._plan = make_plan(mine, size, group, rows, samples, self.sources,
+                               self._by_rows)
         return self._plan
 
     def next_batch(self, batch_size: int) -> torch.Tensor | Batch:

@@ -9,8 +9,7 @@ A read of own samples ``[m0, m1)`` needs, per source, the rows of the read that 
 fills and its samples for them, in order. Sorting the read's sources each time costs a
 dozen array operations per read; here they are sorted once per chunk: ``rows[i]`` are
 the chunk's own rows that source ``i`` fills (ascending), ``samples[i]`` its samples
-there (ascending too), and ``before[x, i]`` how many of ``rows[i]`` lie before own row
-``x``. A read is then two rows of ``before`` and two slices per source.
+there (ascending too). A read is then two binary searches and two slices per source.
 """
 
 from __future__ import annotations
@@ -26,30 +25,32 @@ class RankChunk(NamedTuple):
     """The own samples of one rank in one chunk, by source (see the module docstring)."""
 
     first: int  # the rank's own number of the chunk's first sample it takes
-    before: np.ndarray  # [n + 1, n_sources] int64
+    size: int  # the rank's own samples in this chunk
     rows: list[np.ndarray]  # per source, own rows within the chunk, ascending
     samples: list[np.ndarray]  # per source, its global samples at those rows
 
-    @property
-    def size(self) -> int:
-        """The rank's own samples in this chunk."""
-        return len(self.before) - 1
 
-
-def rank_chunk(chunk: int, chunk_size: int, which: np.ndarray, nth: np.ndarray,
-               n_sources: int, rank: int, world_size: int) -> RankChunk:
-    """Rank ``rank``'s share of chunk ``chunk``, whose sample ``k`` comes from source
-    ``which[k]`` as that source's global sample ``nth[k]``."""
+def rank_chunk(chunk: int, chunk_size: int, offsets: list[np.ndarray], counts: np.ndarray,
+               rank: int, world_size: int) -> RankChunk:
+    """Rank ``rank``'s share of chunk ``chunk``, whose source ``i`` gives the samples at
+    ``offsets[i]`` (ascending), its global samples ``chunk * counts[i]`` onwards."""
     start = chunk * chunk_size
     # Own numbers of the chunk's first and of the next chunk's first sample of this rank.
     first = -((rank - start) // world_size)  # ceil((start - rank) / world_size)
     offset = first * world_size + rank - start  # its offset within the chunk
-    mine, theirs = which[offset::world_size], nth[offset::world_size]
-    rows = [np.flatnonzero(mine == i) for i in range(n_sources)]
-    samples = [theirs[r] for r in rows]
-    before = np.zeros((len(mine) + 1, n_sources), dtype=np.int64)
-    np.cumsum(mine[:, None] == np.arange(n_sources), axis=0, out=before[1:])
-    return RankChunk(first, before, rows, samples)
+    size = len(range(offset, chunk_size, world_size))
+    rows, samples = [], []
+    for at, count in zip(offsets, counts.tolist(), strict=True):
+        # The n-th offset of source i is its global sample chunk * count + n: an offset
+        # this rank takes is one of its rows, and the n of those offsets are its samples.
+        if world_size == 1:  # every offset: no search
+            rows.append(at)
+            samples.append(np.arange(chunk * count, (chunk + 1) * count))
+        else:
+            nth = np.flatnonzero((at - offset) % world_size == 0)  # at >= offset there
+            rows.append((at[nth] - offset) // world_size)
+            samples.append(nth + chunk * count)
+    return RankChunk(first, size, rows, samples)
 
 
 class ReadPlan(NamedTuple):
@@ -96,22 +97,25 @@ class ReadPlan(NamedTuple):
 
 
 def make_plan(start: int, size: int, group: int, rows: list[np.ndarray],
-              samples: list[np.ndarray], sources: list[Any]) -> ReadPlan:
+              samples: list[np.ndarray], sources: list[Any], by_rows: list[bool]) -> ReadPlan:
     """The plan of ``size`` own samples from ``start``, source ``i`` filling the plan's
     rows ``rows[i]`` (ascending) with its global samples ``samples[i]``.
 
-    A source whose blocks are rows of one table (``IndexedRows``) is gathered from at
-    each group; any other source gives its tokens now (``sample_tokens``), and they are
-    that table."""
+    A source whose blocks are rows of one table (``IndexedRows``; ``by_rows[i]``, asked
+    once by the caller: a protocol's isinstance costs more than locating a source's rows)
+    is gathered from at each group; any other source gives its tokens now
+    (``sample_tokens``), and they are that table."""
     tables, indices, ats, splits = [], [], [], []
     bounds = np.arange(0, size + 1, group)
-    for source, where, which in zip(sources, rows, samples, strict=True):
-        if isinstance(source, IndexedRows):
+    for source, rows_of, where, which in zip(sources, by_rows, rows, samples, strict=True):
+        if rows_of:
             tables.append(source.rows)
             indices.append(source.sample_rows(which))
         else:
             tables.append(source.sample_tokens(which))
             indices.append(np.arange(len(which)))
-        ats.append(where % group)
-        splits.append(np.searchsorted(where, bounds).tolist())
+        split = np.searchsorted(where, bounds)
+        # Within its group: less each group's first row (a subtraction, not an int64 %).
+        ats.append(where - np.repeat(bounds[:-1], np.diff(split)))
+        splits.append(split.tolist())
     return ReadPlan(start, size, group, tables, indices, ats, splits, list(sources), samples)

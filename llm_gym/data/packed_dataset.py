@@ -189,7 +189,8 @@ class PackedMemMapDataset:
             return samples
         first, last = int(samples.min()) // self.n_blocks, int(samples.max()) // self.n_blocks
         if first == last:  # the usual case, kept to few array operations: a mixture's path
-            blocks = self._epoch_order(first).take(samples, mode="wrap")
+            # Less the epoch's start, not take(mode="wrap"): that divides every index.
+            blocks = self._epoch_order(first).take(samples - first * self.n_blocks)
         else:
             epochs, positions = np.divmod(samples, self.n_blocks)
             blocks = np.empty_like(positions)
