@@ -27,6 +27,7 @@ from llm_gym.planning.memory import (
     memory,
 )
 from llm_gym.registry import ResolverRegistry
+from llm_gym.runner.batch_layout import batch_layout, fixed_global_batch
 from llm_gym.runner.distributed import World
 from llm_gym.runner.flops import gpu_spec
 from llm_gym.runner.parallelize import PRECISIONS
@@ -50,6 +51,8 @@ class Plan:
     mfu: float
     max_steps: int
     warnings: tuple[str, ...] = field(default=())
+    # trainer.global_batch_size/_tokens: accumulation follows the ranks, the batch does not
+    fixed_batch: bool = False
 
     def memory(self, setup: Setup | None = None) -> Memory:
         return memory(self.shape, setup or self.setup, self.optimizer)
@@ -106,11 +109,13 @@ def make_plan(
     s, entries = recipe.trainer, recipe.components()
     model = build_on_meta(registry, recipe)
     shape = model_shape(model, s.seq_len, entries["model"].type_hint.name)
+    ranks = nodes * gpus_per_node
     setup = Setup(
-        ranks=nodes * gpus_per_node,
+        ranks=ranks,
         micro_batch_size=s.micro_batch_size,
         seq_len=s.seq_len,
-        grad_accumulation=s.grad_accumulation,
+        # A fixed global batch: the accumulation this many ranks need (runner/batch_layout).
+        grad_accumulation=batch_layout(s, ranks).grad_accumulation,
         param_dtype=s.param_dtype,
         reduce_dtype=s.reduce_dtype,
         activation_checkpointing=s.activation_checkpointing,
@@ -127,7 +132,7 @@ def make_plan(
     optimizer = optimizer_layout(registry, recipe) if "optimizer" in entries else (
         OptimizerLayout("none", 0, 0, 0))
     return Plan(label, shape, setup, optimizer, nodes, gpus_per_node, name, peak, gpu_bytes,
-                mfu, s.max_steps, tuple(warnings))
+                mfu, s.max_steps, tuple(warnings), fixed_global_batch(s) is not None)
 
 
 def build_on_meta(registry: ResolverRegistry, recipe: RecipeBase) -> nn.Module:
@@ -223,8 +228,9 @@ def alternatives(plan: Plan) -> list[tuple[str, Memory, str]]:
     for ac in dict.fromkeys([s.activation_checkpointing, "full"]):
         smaller = _smaller_micro_batch(plan, s.with_(activation_checkpointing=ac))
         if smaller is not None:
-            change = (f"trainer.micro_batch_size={smaller.micro_batch_size} "
-                      f"trainer.grad_accumulation={smaller.grad_accumulation}")
+            change = f"trainer.micro_batch_size={smaller.micro_batch_size}"
+            if not plan.fixed_batch:  # a fixed global batch derives the accumulation
+                change += f" trainer.grad_accumulation={smaller.grad_accumulation}"
             if ac != s.activation_checkpointing:
                 change += f" trainer.activation_checkpointing={ac}"
             found.append((change, plan.memory(smaller), "same tokens per step"))
@@ -232,9 +238,10 @@ def alternatives(plan: Plan) -> list[tuple[str, Memory, str]]:
     for nodes in range(plan.nodes + 1, 64 * plan.nodes + 1):
         more = s.with_(ranks=nodes * plan.gpus_per_node)
         if plan.fits(more):
+            grows = ("the global batch stays fixed" if plan.fixed_batch
+                     else "tokens per step grow with the ranks")
             found.append((f"--nodes {nodes}", plan.memory(more),
-                          f"{more.ranks} GPUs: states shard further; tokens per step grow "
-                          "with the ranks"))
+                          f"{more.ranks} GPUs: states shard further; {grows}"))
             break
     return found
 

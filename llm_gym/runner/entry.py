@@ -60,6 +60,12 @@ def run_recipe(
             "--nproc starts local workers; under torchrun/srun leave it out "
             "(torchrun's --nproc-per-node decides)"
         )
+    # A fixed global batch that does not split on this many ranks is refused before any
+    # run directory or worker exists (the trainer derives the same layout again).
+    from llm_gym.runner.batch_layout import batch_layout
+
+    batch_layout(loaded.recipe.trainer,
+                 int(os.environ["WORLD_SIZE"]) if under_launcher else nproc)
     created = False
     if run_dir is None:
         from llm_gym.runner.run_dir import claim_default_run_dir, newest_run_dir

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from llm_gym.registry import Component
 from llm_gym.registry.component import STRICT_MODEL_CONFIG
@@ -32,7 +39,15 @@ class TrainerSettings(BaseModel):
     max_steps: PositiveInt = Field(description="optimizer steps to train for")
     seq_len: PositiveInt = Field(description="tokens per training sequence")
     micro_batch_size: PositiveInt = Field(8, description="sequences per rank per forward pass")
-    grad_accumulation: PositiveInt = Field(1, description="micro-batches per optimizer step")
+    grad_accumulation: PositiveInt = Field(
+        1, description="micro-batches per optimizer step; derived from the world size when "
+        "global_batch_size or global_batch_tokens is set (then leave it at 1)")
+    global_batch_size: PositiveInt | None = Field(
+        None, description="sequences per optimizer step, all ranks together, whatever the "
+        "world size (grad_accumulation is derived; a checkpoint then resumes on another "
+        "world size); null: micro_batch_size x grad_accumulation x ranks")
+    global_batch_tokens: PositiveInt | None = Field(
+        None, description="the fixed global batch in tokens instead (a multiple of seq_len)")
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null: no clip")
     eval_every: PositiveInt | None = Field(None, description="steps between evaluations")
     eval_batches: PositiveInt = Field(8, description="micro-batches per evaluation")
@@ -90,6 +105,35 @@ class TrainerSettings(BaseModel):
             raise ValueError(f"two evaluators are named {name!r} ([{first}] and [{i}]): give "
                              "one another name, their records' keys are eval/<name>/<metric>")
         return evaluators
+
+    # Field validators (not one model validator) so each refusal is reported at the YAML
+    # path of the setting to change, e.g. trainer.global_batch_tokens.
+    @field_validator("global_batch_size", "global_batch_tokens")
+    @classmethod
+    def _fixed_batch_derives_accumulation(cls, value: int | None,
+                                          info: ValidationInfo) -> int | None:
+        accumulation = info.data.get("grad_accumulation", 1)
+        if value is not None and accumulation != 1:
+            raise ValueError("a fixed global batch derives grad_accumulation from itself, "
+                             "micro_batch_size and the world size: set "
+                             f"trainer.grad_accumulation=1 (it is {accumulation})")
+        return value
+
+    @field_validator("global_batch_tokens")
+    @classmethod
+    def _whole_sequences(cls, tokens: int | None, info: ValidationInfo) -> int | None:
+        if tokens is None:
+            return None
+        if info.data.get("global_batch_size") is not None:
+            raise ValueError("global_batch_size is set too: fix the global batch in "
+                             "sequences or in tokens, not both")
+        seq_len = info.data.get("seq_len")
+        if seq_len and tokens % seq_len:
+            below = tokens // seq_len * seq_len
+            nearest = " or ".join(str(n) for n in (below, below + seq_len) if n > 0)
+            raise ValueError(f"{tokens} tokens are not whole sequences of seq_len "
+                             f"{seq_len}; the nearest that are: {nearest}")
+        return tokens
 
     @model_validator(mode="after")
     def _profile_within_run(self) -> TrainerSettings:

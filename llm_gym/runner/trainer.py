@@ -30,6 +30,7 @@ from llm_gym.recipes.pins import current_pins
 from llm_gym.recipes.resolved import resolved_yaml
 from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.building import build_choice
+from llm_gym.runner.batch_layout import batch_layout
 from llm_gym.runner.checkpoint import (
     CheckpointWriteError,
     latest_checkpoint,
@@ -170,6 +171,8 @@ class Trainer:
         self.loaded, self.world, self.run_dir, self.plan = loaded, world, run_dir, plan
         self.settings = settings = loaded.recipe.trainer
         self.main = world.rank == 0
+        # Every rank reads its share of each step (data parallel over the whole world).
+        self.layout = batch_layout(settings, world.world_size)
         self.stop_agreement = StopAgreement(world)  # collective: before any rank can fail
         # From the start, so an out-of-memory snapshot shows the weights' allocations too.
         self.oom = OomRecorder(settings.memory_snapshot_on_oom, run_dir, world.rank,
@@ -219,12 +222,7 @@ class Trainer:
             write_segment_recipe(run_dir, self.step, self._resolved_text(),
                                  changed=bool(plan.applied))
             self._save_tokenizer()
-        self.tokens_per_step = (
-            settings.micro_batch_size
-            * settings.grad_accumulation
-            * settings.seq_len
-            * world.world_size
-        )
+        self.tokens_per_step = self.layout.global_batch_size * settings.seq_len
         self.flops_per_token = as_language_model(model).flops_per_token(settings.seq_len)
         # Only rank 0 reports MFU; the meter raises a peak that a step beats, so no
         # figure above 100% is ever logged (runner/flops.py says why).
@@ -330,20 +328,20 @@ class Trainer:
         optimizer nothing here reads a device value back to the host (runner/nonfinite.py
         says why and what other optimizers do)."""
         s, model = self.settings, self.model
+        accumulation = self.layout.grad_accumulation
         model.train()
         total = torch.zeros((), device=self.world.device)
         # Where the data stood before this step, in case it runs out part way through.
-        self._step_start_data = self.train_feed.state_dict() if s.grad_accumulation > 1 \
-            else None
-        for micro in range(s.grad_accumulation):
+        self._step_start_data = self.train_feed.state_dict() if accumulation > 1 else None
+        for micro in range(accumulation):
             # Gradients are reduce-scattered only on the last micro-batch.
             if hasattr(model, "set_requires_gradient_sync"):  # absent when not sharded
-                model.set_requires_gradient_sync(micro == s.grad_accumulation - 1)
+                model.set_requires_gradient_sync(micro == accumulation - 1)
             # A dataset with document boundaries adds document_ids to the model's call.
             with self.profiler.phase("data"):  # named ranges while profiling only
                 inputs, targets, kwargs = model_call(self.train_feed.next())
             with self.profiler.phase("forward_backward"):
-                loss = self.loss_fn(model(inputs, **kwargs), targets) / s.grad_accumulation
+                loss = self.loss_fn(model(inputs, **kwargs), targets) / accumulation
                 loss.backward()
             total += loss.detach()
         with self.profiler.phase("optimizer"):
