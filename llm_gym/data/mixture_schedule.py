@@ -18,8 +18,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from llm_gym.data.indexed import IndexedRows
-
 
 class RankChunk(NamedTuple):
     """The own samples of one rank in one chunk, by source (see the module docstring)."""
