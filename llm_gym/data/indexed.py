@@ -65,6 +65,14 @@ class DocumentBoundaries(Protocol):
         ...
 
 
+class GlobalPosition:
+    """Derive a training dataset from this to declare that its ``state_dict`` is one
+    position for all ranks together, independent of the world size: a state saved on W
+    ranks, loaded on any number of ranks, continues with the samples W ranks would have
+    read next. A checkpoint of such a dataset can resume on another world size (with a
+    fixed global batch); any other dataset's resumes on the world size that wrote it."""
+
+
 class DataExhausted(Exception):  # noqa: N818 -- it is a signal, not an error
     """The data ran out and the recipe said to stop there (``on_exhausted: stop``).
 

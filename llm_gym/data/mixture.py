@@ -63,6 +63,7 @@ from llm_gym.data.batch import Batch
 from llm_gym.data.indexed import (
     DataExhausted,
     DocumentBoundaries,
+    GlobalPosition,
     IndexedRows,
     IndexedSamples,
 )
@@ -86,7 +87,7 @@ def chunk_counts(weights: Sequence[float], chunk: int = CHUNK) -> list[int]:
     return counts
 
 
-class MixtureDataset:
+class MixtureDataset(GlobalPosition):
     """Batches of ``[batch_size, seq_len + 1]`` int64 tokens from weighted ``sources``."""
 
     def __init__(
@@ -324,7 +325,6 @@ class MixtureDataset:
         """Resume at ``state``; refuses one saved by a differently made mixture."""
         why = {
             "seed": "the order of sources would differ",
-            "world_size": "ranks would take other samples",
             "seq_len": "samples would be other blocks",
             "chunk_counts": "the weights (samples of each source per 4096) differ",
             "source_samples": "a source holds another number of samples per epoch",

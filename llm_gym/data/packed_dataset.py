@@ -10,17 +10,15 @@ Splits: the last ``ceil(val_fraction * n_blocks)`` blocks form ``split="val"``, 
 input-only context in val, so no validation target is ever trained on.
 
 Epoch ``e`` visits the split's blocks in the order ``default_rng([seed, e]).permutation``
-(val keeps file order unless ``shuffle=True``). Rank ``r`` of ``world_size`` takes every
-``world_size``-th block of that order starting at ``r``, up to ``len(self)`` blocks, the
-remainder being dropped: ranks are disjoint and equally long, and the k-th batches of all
-ranks together hold the blocks of one process's k-th batch of ``world_size`` times the
-size. The position (epoch, index in the rank's share) is the whole state: the same on
-every rank, and restoring it resumes exactly.
-
-For a mixture (``llm_gym.data.indexed``), the dataset also numbers the split's samples
-globally, whatever the rank: sample ``j`` is block ``j % n_blocks`` of epoch
-``j // n_blocks``'s order, every block of the split (no remainder dropped), so a mixture
-can stride its own sequence across ranks.
+(val keeps file order unless ``shuffle=True``). The split's samples are numbered globally,
+whatever the rank: sample ``j`` is block ``j % n_blocks`` of epoch ``j // n_blocks``'s
+order, every block of every epoch, one epoch running straight into the next. Rank ``r``
+of ``world_size`` reads every ``world_size``-th sample from ``cursor + r``, so the k-th
+batches of all ranks together hold the samples of one process's k-th batch of
+``world_size`` times the size. The cursor (global samples read by all ranks together) is
+the whole state: the same on every rank, and independent of the world size, so a
+checkpoint resumes exactly on the same or, with a fixed global batch, on another number
+of ranks. A mixture (``llm_gym.data.indexed``) reads the same global samples.
 
 Document boundaries (``document_boundaries=True``): each batch is a ``Batch`` of the
 tokens and, for every input token, the index of its document within the row
@@ -41,6 +39,7 @@ import torch
 
 from llm_gym.data.batch import Batch
 from llm_gym.data.document_ids import block_document_ids, document_starts
+from llm_gym.data.indexed import GlobalPosition
 from llm_gym.data.packed import PackedTokens
 from llm_gym.data.sharded_pack import block_rows
 from llm_gym.errors import UserError
@@ -49,7 +48,7 @@ Split = Literal["train", "val"]
 _INT64 = np.dtype(np.int64)
 
 
-class PackedMemMapDataset:
+class PackedMemMapDataset(GlobalPosition):
     """Batches of ``[batch_size, seq_len + 1]`` int64 tokens from ``PREFIX.bin``/``.idx``.
 
     ``inputs, targets = batch[:, :-1], batch[:, 1:]``. Pass ``tokenizer_fingerprint`` to
@@ -98,15 +97,13 @@ class PackedMemMapDataset:
         n_val = math.ceil(total * val_fraction)
         first, count = (0, total - n_val) if split == "train" else (total - n_val, n_val)
         self.first_block, self.n_blocks = first, count
-        self._per_rank = count // world_size
-        if self._per_rank == 0:
+        if count == 0:
             raise UserError(
-                f"{self.packed.bin_path}: the {split} split has {count} blocks of"
+                f"{self.packed.bin_path}: the {split} split has 0 blocks of"
                 f" {seq_len + 1} tokens ({self.packed.n_tokens} tokens, val_fraction"
-                f" {val_fraction}), fewer than the {world_size} data-parallel ranks need"
+                f" {val_fraction})"
             )
-        self.epoch, self.position = 0, 0
-        self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
+        self.cursor = 0  # global samples read so far by all ranks together
         self._epoch_orders: dict[int, np.ndarray] = {}  # the last epochs' full orders
         self._tokens, self._span = self.packed.tokens, seq_len + 1
         # Every block of the file as a row of one strided view (no copy): a batch is then a
@@ -119,20 +116,8 @@ class PackedMemMapDataset:
         self._doc_starts = document_starts(self.packed) if document_boundaries else None
 
     def __len__(self) -> int:
-        """Blocks per rank per epoch."""
-        return self._per_rank
-
-    def blocks_for_epoch(self, epoch: int) -> np.ndarray:
-        """This rank's block indices (into the whole file) for ``epoch``, in visiting order."""
-        if epoch != self._order_epoch:
-            order = self._visiting_order(epoch)
-            # Ranks take every world_size-th block of the epoch's order, so the k-th batch
-            # of all ranks together holds the same blocks as the k-th batch of one rank
-            # with world_size times the batch: the loss does not depend on the world size.
-            stop = self._per_rank * self.world_size
-            self._order = order[self.rank : stop : self.world_size] + self.first_block
-            self._order_epoch = epoch
-        return self._order
+        """Blocks per rank per epoch (rounded down)."""
+        return self.n_blocks // self.world_size
 
     def _visiting_order(self, epoch: int) -> np.ndarray:
         """All the split's blocks (0-based within the split) in ``epoch``'s visiting order."""
@@ -141,8 +126,8 @@ class PackedMemMapDataset:
         return np.arange(self.n_blocks, dtype=np.int64)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        """``_visiting_order`` as blocks of the file, kept for the global reads (a mixture
-        asks every batch)."""
+        """``_visiting_order`` as blocks of the file, kept for the global reads (every
+        batch asks)."""
         order = self._epoch_orders.get(epoch)
         if order is None:
             order = self._visiting_order(epoch) + self.first_block
@@ -207,20 +192,12 @@ class PackedMemMapDataset:
         return torch.from_numpy(self._tokens[start : start + self._span].astype(_INT64))
 
     def next_batch(self, batch_size: int) -> torch.Tensor | Batch:
-        """The next ``batch_size`` blocks of this rank, crossing into new epochs as needed."""
+        """The next ``batch_size`` samples of this rank, crossing into new epochs as needed."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        picked: list[np.ndarray] = []
-        need = batch_size
-        while need:
-            order = self.blocks_for_epoch(self.epoch)
-            take = order[self.position : self.position + need]
-            picked.append(take)
-            need -= len(take)
-            self.position += len(take)
-            if self.position == len(order):
-                self.epoch, self.position = self.epoch + 1, 0
-        blocks = np.concatenate(picked) if len(picked) > 1 else picked[0]
+        samples = self.cursor + self.rank + self.world_size * np.arange(batch_size)
+        self.cursor += batch_size * self.world_size
+        blocks = self.sample_rows(samples)
         # One gather of rows for the whole batch: far cheaper than a slice per block.
         tokens = torch.from_numpy(self._rows[blocks].astype(_INT64))
         if not self.document_boundaries:
@@ -230,17 +207,17 @@ class PackedMemMapDataset:
     # Pickled (e.g. into a spawned worker) as its arguments and position, never as the
     # mapped tokens: the receiver maps the same file again.
     def __getstate__(self) -> dict[str, Any]:
-        return {"args": self._args, "epoch": self.epoch, "position": self.position}
+        return {"args": self._args, "cursor": self.cursor}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state["args"])
-        self.epoch, self.position = state["epoch"], state["position"]
+        self.cursor = state["cursor"]
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain ints: the position, plus what must match for it to mean the same samples."""
+        """Plain ints: the cursor, plus what must match for it to mean the same samples
+        (the world size is recorded, not required: the cursor is global)."""
         return {
-            "epoch": self.epoch,
-            "position": self.position,
+            "cursor": self.cursor,
             "seed": self.seed,
             "seq_len": self.seq_len,
             "world_size": self.world_size,
@@ -250,16 +227,35 @@ class PackedMemMapDataset:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state``; refuses a state saved under another seed, layout or file."""
         where = f"{self.packed.bin_path} ({self.split} split)"
-        for key in ("seed", "seq_len", "world_size", "n_blocks"):
+        for key in ("seed", "seq_len", "n_blocks"):
             if key in state and int(state[key]) != getattr(self, key):
                 raise UserError(
                     f"{where}: checkpointed data position has {key}={state[key]}, this run has"
                     f" {getattr(self, key)}; resuming would repeat or skip samples"
                 )
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position < self._per_rank:
-            raise UserError(
-                f"{where}: checkpointed data position epoch={epoch}, position={position} is"
-                f" outside 0..{self._per_rank - 1}"
-            )
-        self.epoch, self.position = epoch, position
+        cursor = state["cursor"] if "cursor" in state else _cursor_of_rank_position(state,
+                                                                                    where)
+        if not isinstance(cursor, int) or isinstance(cursor, bool) or cursor < 0:
+            raise UserError(f"{where}: checkpointed data position cursor={cursor!r} is not a "
+                            "whole number at or above 0")
+        self.cursor = cursor
+
+
+def _cursor_of_rank_position(state: dict[str, Any], where: str) -> int:
+    """The global cursor of a state saved before the cursor existed: ``epoch`` and
+    ``position`` in each rank's share of an epoch, whose last ``n_blocks % world_size``
+    blocks were dropped. Exact where nothing was dropped before the position (the first
+    epoch, one rank, or an epoch that splits evenly); otherwise the two orders differ."""
+    epoch, position = int(state["epoch"]), int(state["position"])
+    world, n_blocks = int(state.get("world_size", 1)), int(state["n_blocks"])
+    per_rank = n_blocks // world
+    if epoch < 0 or not 0 <= position < per_rank:
+        raise UserError(f"{where}: checkpointed data position epoch={epoch}, "
+                        f"position={position} is outside 0..{per_rank - 1}")
+    if epoch > 0 and n_blocks % world:
+        raise UserError(
+            f"{where}: the checkpoint was written by an older llm_gym in epoch {epoch} on "
+            f"{world} ranks, which skipped {n_blocks % world} block(s) per epoch; this "
+            "version reads every block, so resuming would read other samples. Finish the "
+            "run with the llm_gym that started it")
+    return epoch * n_blocks + position * world

@@ -222,27 +222,33 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
     world: World,
+    elastic: bool = False,
 ) -> dict[str, Any]:
     """Restore model, optimizer and this rank's RNG states from ``path``; return ``extra``.
 
-    A collective call. The world size must be the one the checkpoint was written with:
-    DCP could reshard model and optimizer, but each rank's data position and RNG state
-    cannot be mapped onto a different number of ranks without silently changing what
-    the run sees, so a mismatch raises ``UserError`` naming both sizes. A missing,
-    incomplete, corrupt or crafted checkpoint, or one whose tensors are not the model's
-    and optimizer's, raises ``UserError`` naming ``path`` (and the file), on every rank.
+    A collective call. On the world size that wrote the checkpoint each rank restores its
+    own data position and RNG states. On another world size DCP reshards the model and
+    optimizer; that is only allowed with ``elastic`` (a fixed global batch and a dataset
+    whose position is global, which the caller checks): every rank then takes rank 0's
+    ``extra``, the RNG states are not restored (the caller re-derives them) and
+    ``extra["resharded_from"]`` holds the old world size. Otherwise a mismatch raises
+    ``UserError`` naming both sizes. A missing, incomplete, corrupt or crafted
+    checkpoint, or one whose tensors are not the model's and optimizer's, raises
+    ``UserError`` naming ``path`` (and the file), on every rank.
     """
     path = Path(path)
     marker = read_marker(path)
     saved_world = marker.world_size
-    if saved_world != world.world_size:
+    resharding = saved_world != world.world_size
+    if resharding and not elastic:
         raise UserError(
             f"checkpoint {path} was written by {saved_world} processes but this run has "
-            f"{world.world_size}; resume with {saved_world} processes (per-rank data "
-            "position and RNG state cannot be redistributed)"
+            f"{world.world_size}; resume with {saved_world} processes (the run's global "
+            "batch follows its world size: only a run with trainer.global_batch_size or "
+            "global_batch_tokens, on a dataset with a global position, resumes on another)"
         )
     # Every rank checks every file, so all ranks reach the same verdict without talking.
-    rank_files = [_rank_file(r) for r in range(world.world_size)]
+    rank_files = [_rank_file(r) for r in range(saved_world)]
     missing = [name for name in [METADATA_FILE, *rank_files] if not (path / name).is_file()]
     if missing:
         raise UserError(f"checkpoint {path} is damaged: missing {', '.join(missing)}")
@@ -251,11 +257,14 @@ def load_checkpoint(
         print(f"note: {opened.note}", file=sys.stderr, flush=True)
 
     problem = None
+    # Resharded, every rank takes rank 0's step and data position (the same on every
+    # rank of a global-position dataset).
+    own_file = _rank_file(0 if resharding else world.rank)
     try:
-        own = torch.load(path / _rank_file(world.rank), map_location="cpu", weights_only=True)
+        own = torch.load(path / own_file, map_location="cpu", weights_only=True)
         extra, rng = own["extra"], own["rng"]
     except Exception as exc:  # any unreadable file is the same problem to the user
-        problem = f"{_rank_file(world.rank)}: {type(exc).__name__}: {exc}"
+        problem = f"{own_file}: {type(exc).__name__}: {exc}"
     if not _all_ranks_agree(problem is None, world):
         detail = problem or "another rank could not read its state file"
         raise UserError(f"checkpoint {path} is damaged: {detail}")
@@ -268,6 +277,8 @@ def load_checkpoint(
         set_state_dict(
             model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
         )
+    if resharding:
+        return {**extra, "resharded_from": saved_world}
     restore_rng_state(rng)
     return extra
 

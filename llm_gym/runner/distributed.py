@@ -31,13 +31,16 @@ _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 @dataclass(frozen=True)
 class World:
-    """Where this process sits in the run: its ranks, its device and the backend in use."""
+    """Where this process sits in the run: its ranks, its device, the backend in use and,
+    once the trainer has built it from ``trainer.parallel`` (runner/mesh.py), the device
+    mesh every consumer shards over (None: not built yet)."""
 
     rank: int
     local_rank: int
     world_size: int
     device: torch.device
     backend: str
+    mesh: Any = None  # torch.distributed.device_mesh.DeviceMesh
 
 
 def launched_by_torchrun() -> bool:

@@ -62,10 +62,13 @@ def run_recipe(
         )
     # A fixed global batch that does not split on this many ranks is refused before any
     # run directory or worker exists (the trainer derives the same layout again).
+    # So is a mesh (trainer.parallel) that does not multiply out to the world size.
     from llm_gym.runner.batch_layout import batch_layout
+    from llm_gym.runner.mesh import mesh_shape
 
-    batch_layout(loaded.recipe.trainer,
-                 int(os.environ["WORLD_SIZE"]) if under_launcher else nproc)
+    world_size = int(os.environ["WORLD_SIZE"]) if under_launcher else nproc
+    batch_layout(loaded.recipe.trainer, world_size)
+    mesh_shape(loaded.recipe.trainer.parallel, world_size)
     created = False
     if run_dir is None:
         from llm_gym.runner.run_dir import claim_default_run_dir, newest_run_dir

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from llm_gym.errors import UserError
 from llm_gym.model_contract import as_language_model
 from llm_gym.runner.distributed import World
+from llm_gym.runner.mesh import DEFAULT_PARALLEL, build_mesh, shard_mesh
 
 ActivationCheckpointing = Literal["none", "full"] | int
 
@@ -59,7 +60,9 @@ def parallelize(
     ``"none"``, ``"full"`` (every block) or ``k`` (every k-th block: blocks k, 2k, ...,
     1-based), trading compute for activation memory. Parameters stay fp32 in the
     sharded master copy; ``param_dtype`` is what forward/backward compute in and
-    ``reduce_dtype`` what gradients are averaged in.
+    ``reduce_dtype`` what gradients are averaged in. The blocks and the root shard over
+    ``world.mesh`` (runner/mesh.py: FSDP2 over one dimension, HSDP over two); a world
+    without one shards over every rank.
 
     The model must already sit on ``world.device`` with identical values on every rank.
     """
@@ -79,7 +82,8 @@ def parallelize(
         # only copy, measured at ~15% of a small model's step on CPU. Skip the wrapper.
         return model
     _check_one_group_per_parameter(model, blocks)
-    mesh = init_device_mesh(world.device.type, (world.world_size,), mesh_dim_names=("dp",))
+    mesh = shard_mesh(world.mesh if world.mesh is not None else
+                      build_mesh(DEFAULT_PARALLEL, world.world_size, world.device.type))
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for index, block in enumerate(blocks):
         # The last block's parameters are needed again at the start of backward; keeping
@@ -144,7 +148,11 @@ def parallelize_as_configured(
 ) -> nn.Module:
     """``parallelize`` with what a recipe's ``trainer`` section asks for; the model's
     ``blocks`` (``llm_gym.model_contract``) are the units. ``compile`` overrides the
-    settings (the dry run traces eagerly). A model that breaks the contract is refused."""
+    settings (the dry run traces eagerly). A model that breaks the contract is refused.
+    A world without a mesh gets the one ``trainer.parallel`` describes."""
+    if world.mesh is None and world.world_size > 1:
+        world = replace(world, mesh=build_mesh(settings.parallel, world.world_size,
+                                               world.device.type))
     return parallelize(
         model,
         list(as_language_model(model).blocks),

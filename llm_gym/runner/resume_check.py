@@ -52,6 +52,8 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.profile.*", SAFE, "which steps are profiled (runner/profiling.py)"),
     *(Rule(f"trainer.{key}", SAFE, "how the same step is computed")
       for key in ("compile", "activation_checkpointing")),
+    Rule("trainer.parallel.*", SAFE, "how the same step is sharded (DCP reshards the "
+         "checkpoint onto the new mesh)"),
     Rule("scheduler.type_hint", NEVER, "the checkpoint's scheduler state belongs to the old "
          "scheduler"),
     Rule("scheduler.*", SAFE, "the new schedule applies from the resumed step (with a "

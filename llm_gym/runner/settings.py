@@ -31,6 +31,25 @@ class ProfileSettings(BaseModel):
     steps: PositiveInt = Field(description="how many consecutive steps to profile")
 
 
+class ParallelSettings(BaseModel):
+    """``trainer.parallel``: the data-parallel mesh (runner/mesh.py)."""
+
+    model_config = STRICT_MODEL_CONFIG
+
+    dp_replicate: PositiveInt = Field(
+        1, description="copies of the sharded model (HSDP when > 1: shard within a copy, "
+        "e.g. a node, and average gradients across copies)")
+    dp_shard: int = Field(
+        -1, ge=-1, description="ranks each copy shards over; -1: the rest of the world")
+
+    @field_validator("dp_shard")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("dp_shard must be a number of ranks (>= 1) or -1 for the rest")
+        return value
+
+
 class TrainerSettings(BaseModel):
     """Settings of the training loop (not a component: there is one runner)."""
 
@@ -60,6 +79,10 @@ class TrainerSettings(BaseModel):
     activation_checkpointing: Literal["none", "full"] | PositiveInt = Field(
         "none", description="'none', 'full' (every block) or k (every k-th block)"
     )
+    parallel: ParallelSettings = Field(
+        default_factory=ParallelSettings,
+        description="how ranks split the model: {dp_replicate: copies, dp_shard: ranks per "
+        "copy (-1: the rest)}; the default shards over every rank (FSDP2)")
     compile: bool = Field(False, description="torch.compile each transformer block, and "
                           "the loss (it fuses the fp32 upcast of the logits)")
     prefetch: int | None = Field(

@@ -12,6 +12,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +20,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from llm_gym.data.batch import model_call
-from llm_gym.data.indexed import DataExhausted
+from llm_gym.data.indexed import DataExhausted, GlobalPosition
 from llm_gym.errors import ReportedError, UserError
 from llm_gym.evaluation.evaluator import Schedule, Scheduled
 from llm_gym.evaluation.validation_loss import ValidationLoss
@@ -30,7 +31,7 @@ from llm_gym.recipes.pins import current_pins
 from llm_gym.recipes.resolved import resolved_yaml
 from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.building import build_choice
-from llm_gym.runner.batch_layout import batch_layout
+from llm_gym.runner.batch_layout import batch_layout, fixed_global_batch
 from llm_gym.runner.checkpoint import (
     CheckpointWriteError,
     latest_checkpoint,
@@ -43,12 +44,14 @@ from llm_gym.runner.distributed import (
     all_reduce_mean,
     broadcast_from_main,
     distributed_world,
+    rank_seed,
     seed_everything,
 )
 from llm_gym.runner.entry import RunJob
 from llm_gym.runner.flops import MfuMeter
 from llm_gym.runner.host_memory import keep_freed_host_memory
 from llm_gym.runner.memory_telemetry import MemoryTelemetry, max_over_ranks
+from llm_gym.runner.mesh import build_mesh
 from llm_gym.runner.metrics import (
     MetricsLog,
     Subscribers,
@@ -168,8 +171,11 @@ class Trainer:
         run_dir: Path,
         plan: ResumePlan,
     ) -> None:
-        self.loaded, self.world, self.run_dir, self.plan = loaded, world, run_dir, plan
         self.settings = settings = loaded.recipe.trainer
+        if world.world_size > 1:  # the one mesh sharding, checkpoints and reductions use
+            world = replace(world, mesh=build_mesh(settings.parallel, world.world_size,
+                                                   world.device.type))
+        self.loaded, self.world, self.run_dir, self.plan = loaded, world, run_dir, plan
         self.main = world.rank == 0
         # Every rank reads its share of each step (data parallel over the whole world).
         self.layout = batch_layout(settings, world.world_size)
@@ -215,8 +221,9 @@ class Trainer:
         self.resume_warning: str | None = None
         if plan.resumed:
             fresh = hyperparameters(self.optimizer)  # as this run's recipe builds them
-            self._restore(plan.checkpoint)
-            self.resume_warning = honour_changes(plan, self.optimizer, self.scheduler, fresh)
+            resharded = self._restore(plan.checkpoint)
+            changed = honour_changes(plan, self.optimizer, self.scheduler, fresh)
+            self.resume_warning = "\n".join(m for m in (resharded, changed) if m) or None
         self.start_step = self.step
         if self.main:
             write_segment_recipe(run_dir, self.step, self._resolved_text(),
@@ -496,12 +503,27 @@ class Trainer:
             torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
         return bool(ok.item())
 
-    def _restore(self, path: Path) -> None:
-        extra = load_checkpoint(path, model=self.model, optimizer=self.optimizer, world=self.world)
+    def _restore(self, path: Path) -> str | None:
+        """Load ``path``; on another world size than the one that wrote it, say so."""
+        elastic = (fixed_global_batch(self.settings) is not None
+                   and isinstance(self.train_feed.dataset, GlobalPosition))
+        extra = load_checkpoint(path, model=self.model, optimizer=self.optimizer,
+                                world=self.world, elastic=elastic)
         self.step = int(extra["step"])
         self.train_feed.load_state_dict(extra["train_data"])
         if self.scheduler is not None and "scheduler" in extra:
             self.scheduler.load_state_dict(extra["scheduler"])
+        if "resharded_from" not in extra:
+            return None
+        # The old ranks' random states cannot be dealt out to a new number of ranks:
+        # derive them from the seed and the step instead, the same on every resume.
+        seed_everything(rank_seed(self.settings.seed, self.step), self.world.rank)
+        return (f"resumed on {self.world.world_size} process(es) from a checkpoint written "
+                f"by {extra['resharded_from']}: model and optimizer resharded, the data "
+                f"position is global ({self.layout.global_batch_size} sequences per step, "
+                f"{self.layout.grad_accumulation} micro-batch(es) of "
+                f"{self.layout.micro_batch_size} per rank), random states derived from "
+                "trainer.seed and the step")
 
     def _save_tokenizer(self) -> None:
         """``RUN_DIR/tokenizer/``: the tokenizer as Hugging Face files, where it has that

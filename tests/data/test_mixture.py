@@ -200,7 +200,6 @@ def test_resume_is_exact_through_a_weights_only_checkpoint(prefixes) -> None:
 
 @pytest.mark.parametrize(("field", "change", "match"), [
     ("seed", {"seed": 12}, "seed=12, this run has 11"),
-    ("world_size", {"world_size": 2}, "world_size=2"),
     ("weights", {"chunk_counts": [2048, 2048]}, r"chunk_counts=\[2048, 2048\].*weights"),
     ("sources", {"source_samples": [500, 201]}, "source_samples=.*samples per epoch"),
     ("cursor", {"cursor": -4}, "cursor=-4"),
@@ -213,6 +212,26 @@ def test_a_mismatching_state_is_refused_naming_the_field(prefixes, field, change
     state = {**mix.state_dict(), **change}
     with pytest.raises(UserError, match=match):
         mixture(prefixes).load_state_dict(state)
+
+
+def test_a_position_saved_on_two_ranks_resumes_on_one_and_on_four(prefixes) -> None:
+    """The cursor is global: what 2 ranks would read next, 1 or 4 ranks read instead
+    (a fixed global batch's elastic resume); a cursor the new ranks cannot split evenly
+    is refused."""
+    two = [mixture(prefixes, rank=r, world_size=2) for r in range(2)]
+    for _ in range(30):
+        for ds in two:
+            ds.next_batch(6)
+    state = two[0].state_dict()
+    expected = sorted(map(tuple, torch.cat([ds.next_batch(6) for ds in two]).tolist()))
+    for world in (1, 4):
+        ranks = [mixture(prefixes, rank=r, world_size=world) for r in range(world)]
+        for ds in ranks:
+            ds.load_state_dict(state)
+        got = torch.cat([ds.next_batch(12 // world) for ds in ranks])
+        assert sorted(map(tuple, got.tolist())) == expected
+    with pytest.raises(UserError, match="not a multiple of world_size 7"):
+        mixture(prefixes, rank=0, world_size=7).load_state_dict(state)
 
 
 @pytest.mark.parametrize(("weights", "match"), [

@@ -61,22 +61,23 @@ def test_shuffle_is_seeded_per_epoch(prefix) -> None:
     assert sorted(starts(e0)) == sorted(starts(e1)) == list(range(BLOCKS))
     assert starts(e0) != starts(e1) != list(range(BLOCKS))  # a new order each epoch
     assert starts(other.next_batch(BLOCKS)) != starts(e0)
-    assert np.array_equal(a.blocks_for_epoch(0), np.array(starts(e0)))
+    assert np.array_equal(a.sample_rows(np.arange(BLOCKS)), np.array(starts(e0)))
 
 
 @pytest.mark.parametrize("world_size", [1, 3, 4])
-def test_ranks_split_each_epoch_disjointly(prefix, world_size: int) -> None:
-    for epoch in (0, 1):
-        shares = [
-            PackedMemMapDataset(prefix, SEQ, seed=5, rank=r, world_size=world_size)
-            for r in range(world_size)
-        ]
-        seen = [set(s.blocks_for_epoch(epoch).tolist()) for s in shares]
-        per_rank = BLOCKS // world_size
-        assert all(len(s) == per_rank == len(ds) for s, ds in zip(seen, shares, strict=True))
-        union = set().union(*seen)
-        assert len(union) == per_rank * world_size  # disjoint
-        assert union <= set(range(BLOCKS)) and BLOCKS - len(union) == BLOCKS % world_size
+def test_ranks_split_the_global_sequence_disjointly(prefix, world_size: int) -> None:
+    """Rank r reads global samples r, r + W, ...: two epochs' worth read by all ranks
+    together visit every block exactly twice, nothing dropped at an epoch's end (625
+    blocks do not divide by 3 or 4), in the order one process reads them."""
+    ranks = [PackedMemMapDataset(prefix, SEQ, seed=5, rank=r, world_size=world_size)
+             for r in range(world_size)]
+    per_rank = -(-2 * BLOCKS // world_size)
+    shares = [starts(ds.next_batch(per_rank)) for ds in ranks]
+    interleaved = [shares[j % world_size][j // world_size] for j in range(2 * BLOCKS)]
+    single = PackedMemMapDataset(prefix, SEQ, seed=5)
+    assert interleaved == starts(single.next_batch(2 * BLOCKS))
+    assert sorted(interleaved) == sorted(list(range(BLOCKS)) * 2)
+    assert len({ds.state_dict()["cursor"] for ds in ranks}) == 1  # one cursor for all
 
 
 @pytest.mark.parametrize("batch_size,k", [(7, 50), (64, 13), (625, 3), (1000, 2)])
@@ -103,7 +104,7 @@ def test_val_split_is_the_tail_never_shuffled_into_train(prefix) -> None:
     val = PackedMemMapDataset(prefix, SEQ, split="val", val_fraction=0.1)
     n_val = int(np.ceil(BLOCKS * 0.1))
     assert (len(train), len(val)) == (BLOCKS - n_val, n_val)
-    train_blocks = {b for e in range(3) for b in train.blocks_for_epoch(e).tolist()}
+    train_blocks = set(train.sample_rows(np.arange(3 * len(train))).tolist())
     assert train_blocks == set(range(BLOCKS - n_val))
     v = val.next_batch(n_val)
     assert starts(v) == list(range(BLOCKS - n_val, BLOCKS))  # file order by default
@@ -115,8 +116,6 @@ def test_val_split_is_the_tail_never_shuffled_into_train(prefix) -> None:
 
 
 def test_bad_arguments_and_states(prefix) -> None:
-    with pytest.raises(UserError, match="fewer than the 700 data-parallel ranks"):
-        PackedMemMapDataset(prefix, SEQ, world_size=700)
     with pytest.raises(UserError, match="val split has 0 blocks"):
         PackedMemMapDataset(prefix, SEQ, split="val")
     with pytest.raises(UserError, match="val_fraction"):
@@ -131,8 +130,8 @@ def test_bad_arguments_and_states(prefix) -> None:
         PackedMemMapDataset(prefix, SEQ, seed=2).load_state_dict(state)
     with pytest.raises(UserError, match="seq_len=16, this run has 8"):
         PackedMemMapDataset(prefix, 8, seed=1).load_state_dict(state)
-    with pytest.raises(UserError, match="position=625 is outside"):
-        ds.load_state_dict({**state, "position": BLOCKS})
+    with pytest.raises(UserError, match="cursor=-1 is not a whole number"):
+        ds.load_state_dict({**state, "cursor": -1})
     assert ds.state_dict() == state  # a refused state changes nothing
 
 
@@ -176,5 +175,38 @@ def test_end_to_end_blocks_match_a_plain_python_stream(tmp_path) -> None:
     ds = PackedMemMapDataset(tmp_path / "p", seq, seed=9)
     assert len(ds) == (len(stream) - 1) // seq
     batch = ds.next_batch(len(ds))
-    for row, b in zip(batch.tolist(), ds.blocks_for_epoch(0).tolist(), strict=True):
+    for row, b in zip(batch.tolist(), ds.sample_rows(np.arange(len(ds))).tolist(), strict=True):
         assert row == stream[b * seq : b * seq + seq + 1]
+
+
+@pytest.mark.parametrize("new_world", [1, 4])
+def test_a_position_saved_on_two_ranks_resumes_on_another_world_size(prefix, new_world) -> None:
+    """The cursor is global: after 2 ranks read 40 batches of 8 (into the second epoch),
+    any number of ranks continues with the very samples 2 ranks would have read next."""
+    two = [PackedMemMapDataset(prefix, SEQ, seed=7, rank=r, world_size=2) for r in range(2)]
+    for _ in range(40):
+        for ds in two:
+            ds.next_batch(8)
+    state = two[0].state_dict()
+    expected = sorted(s for ds in two for s in starts(ds.next_batch(8)))
+    resumed = [PackedMemMapDataset(prefix, SEQ, seed=7, rank=r, world_size=new_world)
+               for r in range(new_world)]
+    for ds in resumed:
+        ds.load_state_dict(state)
+    got = sorted(s for ds in resumed for s in starts(ds.next_batch(16 // new_world)))
+    assert got == expected
+
+
+def test_a_position_of_the_older_per_rank_format_maps_to_the_cursor(prefix) -> None:
+    """Checkpoints written before the cursor held (epoch, position in the rank's share)."""
+    old = {"epoch": 0, "position": 30, "seed": 7, "seq_len": SEQ, "world_size": 2,
+           "n_blocks": BLOCKS}
+    ds = PackedMemMapDataset(prefix, SEQ, seed=7, rank=1, world_size=2)
+    ds.load_state_dict(old)
+    assert ds.state_dict()["cursor"] == 60
+    one = PackedMemMapDataset(prefix, SEQ, seed=7)
+    one.load_state_dict({**old, "epoch": 2, "world_size": 1})
+    assert one.state_dict()["cursor"] == 2 * BLOCKS + 30
+    # Two ranks dropped 625 % 2 blocks per epoch: past the first, the orders differ.
+    with pytest.raises(UserError, match="skipped 1 block"):
+        ds.load_state_dict({**old, "epoch": 1})

@@ -84,3 +84,41 @@ def test_four_processes_train_like_one(tmp_path):
     run_recipe("gpt2-debug", FIXED, run_dir=tmp_path / "four", nproc=4)
     one, four = _train(tmp_path / "one"), _train(tmp_path / "four")
     assert [r["loss"] for r in four] == pytest.approx([r["loss"] for r in one], abs=1e-5)
+
+
+def _resume_elsewhere(tmp_path: Path, nproc: int) -> tuple[list[dict], list[dict], str]:
+    """2 processes for 2 steps, then ``nproc`` processes for 2 more, beside 2 processes
+    for 4 steps straight."""
+    args = [a for a in FIXED if not a.startswith("trainer.max_steps")]
+    run_recipe("gpt2-debug", [*args, "trainer.max_steps=4"], run_dir=tmp_path / "whole",
+               nproc=2)
+    run_recipe("gpt2-debug", [*args, "trainer.max_steps=2"], run_dir=tmp_path / "moved",
+               nproc=2)
+    run_recipe("gpt2-debug", [*args, "trainer.max_steps=4"], run_dir=tmp_path / "moved",
+               nproc=nproc, resume=True)
+    resolved = (tmp_path / "moved" / "recipe.resolved.yaml").read_text()
+    return _train(tmp_path / "whole"), _train(tmp_path / "moved"), resolved
+
+
+def test_a_checkpoint_of_two_processes_resumes_on_one(tmp_path, capsys):
+    whole, moved, _ = _resume_elsewhere(tmp_path, 1)
+    assert [r["step"] for r in moved] == [1, 2, 3, 4]
+    assert [r["loss"] for r in moved] == pytest.approx([r["loss"] for r in whole], abs=1e-5)
+    assert [r["tokens"] for r in moved] == [r["tokens"] for r in whole]
+    assert "from a checkpoint written by 2: model and optimizer resharded" in (
+        capsys.readouterr().out)
+
+
+def test_without_a_fixed_global_batch_another_world_size_is_refused(tmp_path):
+    args = ["trainer.micro_batch_size=2", "trainer.eval_every=null", "trainer.sample_prompt=null"]
+    run_recipe("gpt2-debug", [*args, "trainer.max_steps=2"], run_dir=tmp_path / "run", nproc=2)
+    with pytest.raises(UserError, match="written by 2 processes but this run has 1; resume "
+                                        "with 2 processes .*trainer.global_batch_size"):
+        run_recipe("gpt2-debug", [*args, "trainer.max_steps=4"], run_dir=tmp_path / "run",
+                   resume=True)
+
+
+@pytest.mark.dist
+def test_a_checkpoint_of_two_processes_resumes_on_four(tmp_path):
+    whole, moved, _ = _resume_elsewhere(tmp_path, 4)
+    assert [r["loss"] for r in moved] == pytest.approx([r["loss"] for r in whole], abs=1e-5)
