@@ -60,6 +60,14 @@ class Setup:
     param_dtype: str  # compute dtype of gathered parameters (FSDP's param_dtype)
     reduce_dtype: str  # gradient reduce-scatter dtype
     activation_checkpointing: str | int  # "none", "full" or every k-th block
+    # trainer.parallel.dp_replicate: copies of the sharded model (HSDP when > 1); each
+    # shards its parameters over ranks / replicas ranks.
+    replicas: int = 1
+
+    @property
+    def shard_ranks(self) -> int:
+        """Ranks one copy of the model is sharded over (all of them without HSDP)."""
+        return self.ranks // self.replicas
 
     @property
     def sharded(self) -> bool:
@@ -114,10 +122,13 @@ class Comm:
     all_gather_forward: int
     all_gather_backward: int  # re-gathers of blocks that re-sharded after forward
     reduce_scatter: int
+    # HSDP: the reduced gradient shards all-reduced across replicas (other nodes)
+    all_reduce_replicas: int = 0
 
     @property
     def total(self) -> int:
-        return self.all_gather_forward + self.all_gather_backward + self.reduce_scatter
+        return (self.all_gather_forward + self.all_gather_backward + self.reduce_scatter
+                + self.all_reduce_replicas)
 
 
 def numel(shapes: tuple[Shape, ...]) -> int:
@@ -177,8 +188,10 @@ def working_memory(shape: ModelShape, setup: Setup) -> int:
 
 
 def memory(shape: ModelShape, setup: Setup, optimizer: OptimizerLayout) -> Memory:
-    """Bytes per rank (rank 0) for one optimizer step of ``setup``."""
-    r, pb, rb = setup.ranks, DTYPE_BYTES[setup.param_dtype], DTYPE_BYTES[setup.reduce_dtype]
+    """Bytes per rank (rank 0) for one optimizer step of ``setup``; states are sharded
+    over the ranks of one copy of the model (``setup.shard_ranks``)."""
+    r, pb = setup.shard_ranks, DTYPE_BYTES[setup.param_dtype]
+    rb = DTYPE_BYTES[setup.reduce_dtype]
     groups = (shape.root, *shape.blocks)
     local = sum(shard_numel(g, r) for g in groups)
     tensors = sum(len(g) for g in groups)
@@ -208,10 +221,14 @@ def memory(shape: ModelShape, setup: Setup, optimizer: OptimizerLayout) -> Memor
 
 
 def communication(shape: ModelShape, setup: Setup) -> Comm:
-    """Per-rank collective volume of one optimizer step (zero when nothing is sharded)."""
-    r = setup.ranks
-    if not setup.sharded or r == 1:
+    """Per-rank collective volume of one optimizer step (zero when nothing is sharded).
+
+    Gathers and reduce-scatters run within one copy of the model (``shard_ranks``); with
+    HSDP each rank's reduced gradient shard is then all-reduced across the copies (a ring
+    all-reduce receives 2 (R-1)/R of the data)."""
+    if not setup.sharded or setup.ranks == 1:
         return Comm(0, 0, 0)
+    r, replicas = setup.shard_ranks, setup.replicas
     pb, rb = DTYPE_BYTES[setup.param_dtype], DTYPE_BYTES[setup.reduce_dtype]
     share = (r - 1) / r
     blocks = [padded_numel(b, r) for b in shape.blocks]
@@ -220,4 +237,5 @@ def communication(shape: ModelShape, setup: Setup) -> Comm:
     # last one (the trainer turns gradient sync off for the others).
     forward = setup.grad_accumulation * every * pb * share
     backward = setup.grad_accumulation * sum(blocks[:-1]) * pb * share
-    return Comm(int(forward), int(backward), int(every * rb * share))
+    across = 2 * (replicas - 1) / replicas * (every // r) * rb
+    return Comm(int(forward), int(backward), int(every * rb * share), int(across))

@@ -30,6 +30,7 @@ from llm_gym.registry import ResolverRegistry
 from llm_gym.runner.batch_layout import batch_layout, fixed_global_batch
 from llm_gym.runner.distributed import World
 from llm_gym.runner.flops import gpu_spec
+from llm_gym.runner.mesh import mesh_shape
 from llm_gym.runner.parallelize import PRECISIONS
 
 # Peak memory up to this share of the GPU fits; the rest goes to the CUDA context, NCCL
@@ -110,8 +111,10 @@ def make_plan(
     model = build_on_meta(registry, recipe)
     shape = model_shape(model, s.seq_len, entries["model"].type_hint.name)
     ranks = nodes * gpus_per_node
+    replicas = mesh_shape(s.parallel, ranks).dp_replicate  # refuses a split that misfits
     setup = Setup(
         ranks=ranks,
+        replicas=replicas,
         micro_batch_size=s.micro_batch_size,
         seq_len=s.seq_len,
         # A fixed global batch: the accumulation this many ranks need (runner/batch_layout).
@@ -237,6 +240,8 @@ def alternatives(plan: Plan) -> list[tuple[str, Memory, str]]:
             break
     for nodes in range(plan.nodes + 1, 64 * plan.nodes + 1):
         more = s.with_(ranks=nodes * plan.gpus_per_node)
+        if more.ranks % s.replicas:  # HSDP keeps its number of copies
+            continue
         if plan.fits(more):
             grows = ("the global batch stays fixed" if plan.fixed_batch
                      else "tokens per step grow with the ranks")

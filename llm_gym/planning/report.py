@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from llm_gym.planning.memory import OptimizerLayout, checkpointed_blocks
+from llm_gym.planning.memory import OptimizerLayout, Setup, checkpointed_blocks
 from llm_gym.planning.plan import USABLE, Plan, alternatives
 from llm_gym.runner.flops import gpu_part
 
@@ -37,7 +37,7 @@ def render(plan: Plan, console: Console) -> Verdict:
         f"[bold]{plan.label}[/]: {plan.shape.name}, {plan.shape.num_params / 1e6:,.1f}M "
         f"parameters, on {plan.nodes} node{'s' if plan.nodes > 1 else ''} x "
         f"{plan.gpus_per_node} {plan.gpu} = {s.ranks} rank{'s' if s.ranks > 1 else ''} "
-        f"(FSDP2, data-parallel {s.ranks})"
+        f"({_layout(s)}, data-parallel {s.ranks})"
     )
     precision = (
         f"{s.param_dtype} compute (all-gathered), {s.reduce_dtype} gradient reduce-scatter, "
@@ -55,6 +55,12 @@ def render(plan: Plan, console: Console) -> Verdict:
     for line in _verdict_lines(plan, result):
         console.print(line)
     return result
+
+
+def _layout(s: Setup) -> str:
+    if s.replicas == 1:
+        return "FSDP2"
+    return f"HSDP: {s.replicas} replicas x FSDP2 over {s.shard_ranks}"
 
 
 def gib(n: float) -> str:
@@ -78,7 +84,7 @@ def _memory_table(plan: Plan) -> Table:
         table.add_column(f"AC {mode}{mark}", justify="right")
     mems = [plan.memory(s.with_(activation_checkpointing=m)) for m in modes]
     master = "fp32" if plan.shape.master_bytes == 4 else f"{plan.shape.master_bytes} B"
-    share = f", 1/{s.ranks} shard" if s.ranks > 1 else ""
+    share = f", 1/{s.shard_ranks} shard" if s.shard_ranks > 1 else ""
     o = plan.optimizer
     rows = [
         (f"parameters ({master}{share})", "params"),
@@ -163,8 +169,13 @@ def _comm_table(plan: Plan) -> Table:
     resharded = max(0, len(plan.shape.blocks) - 1)
     table.add_row(f"all-gather, backward ({s.param_dtype})", gib(comm.all_gather_backward),
                   f"{resharded} blocks re-sharded after forward, {micro}")
+    within = f" within a replica of {s.shard_ranks}" if s.replicas > 1 else ""
     table.add_row(f"reduce-scatter ({s.reduce_dtype})", gib(comm.reduce_scatter),
-                  "every gradient, once per step")
+                  f"every gradient, once per step{within}")
+    if s.replicas > 1:
+        table.add_row(f"all-reduce across replicas ({s.reduce_dtype})",
+                      gib(comm.all_reduce_replicas),
+                      f"each gradient shard, over the {s.replicas} replicas (between nodes)")
     table.add_section()
     rate = comm.total / plan.step_seconds
     table.add_row("total", gib(comm.total),

@@ -122,3 +122,24 @@ def test_cli_exits_2_when_it_will_not_fit(capsys: pytest.CaptureFixture[str]) ->
     assert "verdict: will not fit" in out and "what to change" in out
     assert "dry run" not in out
     assert "will not fit on 1 x 1 RTX-4090" in err
+
+
+def test_hsdp_shards_states_within_a_replica_and_all_reduces_across() -> None:
+    """2 nodes x 8 GPUs as 2 replicas of 8: each rank holds what 8-way FSDP2 holds, the
+    gathers and reduce-scatters are those of 8 ranks, and the gradient shards cross the
+    nodes once per step (a ring all-reduce: 2 (R-1)/R of a shard)."""
+    hsdp = plan("gpt2-124m", "trainer.parallel={dp_replicate: 2}", nodes=2)
+    fsdp8, fsdp16 = plan("gpt2-124m"), plan("gpt2-124m", nodes=2)
+    assert (hsdp.setup.ranks, hsdp.setup.replicas, hsdp.setup.shard_ranks) == (16, 2, 8)
+    assert hsdp.memory().params == fsdp8.memory().params > fsdp16.memory().params
+    assert hsdp.comm.reduce_scatter == fsdp8.comm.reduce_scatter
+    assert fsdp16.comm.all_reduce_replicas == 0
+    shard_bytes = fsdp8.comm.reduce_scatter * 8 // 7  # the fp32 gradients over 8 ranks / 8
+    assert hsdp.comm.all_reduce_replicas == pytest.approx(shard_bytes / 8, rel=1e-6)
+    assert hsdp.tokens_per_step == fsdp16.tokens_per_step
+
+
+def test_hsdp_that_does_not_fit_the_gpus_is_refused(capsys) -> None:
+    code, out, err = cli(capsys, "gpt2-124m", "--nodes", "1", "--gpus-per-node", "8",
+                         "trainer.parallel={dp_replicate: 3}")
+    assert code == 2 and "trainer.parallel.dp_replicate: 3 replicas do not divide" in out + err
