@@ -9,26 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_gym.errors import UserError
-
-
-@dataclass(frozen=True)
-class RunJob:
-    """Everything a worker needs to load the same recipe as the launcher (picklable)."""
-
-    spec: str
-    overrides: tuple[str, ...]
-    run_dir: Path
-    resume: bool = False
-    allow_drift: bool = False
-    recipe_dirs: tuple[Path, ...] = field(default_factory=tuple)
-    # Recipe keys a resume may change deliberately (``--allow-change``).
-    allow_changes: tuple[str, ...] = ()
-    # The launcher created run_dir for this run: a refused run removes it again.
-    created_run_dir: bool = False
+from llm_gym.runner.run_job import RunJob
 
 
 def run_recipe(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from llm_gym.runner.entry import RunJob
 from llm_gym.runner.resume_check import ResumePlan
+from llm_gym.runner.run_job import RunJob
 
 
 def start_message(run_dir: Path, plan: ResumePlan) -> str:

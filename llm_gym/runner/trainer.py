@@ -47,7 +47,6 @@ from llm_gym.runner.distributed import (
     rank_seed,
     seed_everything,
 )
-from llm_gym.runner.entry import RunJob
 from llm_gym.runner.flops import MfuMeter
 from llm_gym.runner.host_memory import keep_freed_host_memory
 from llm_gym.runner.memory_telemetry import MemoryTelemetry, max_over_ranks
@@ -65,6 +64,7 @@ from llm_gym.runner.profiling import StepProfiler
 from llm_gym.runner.resume_check import ResumePlan
 from llm_gym.runner.resuming import honour_changes, hyperparameters, plan_run
 from llm_gym.runner.run_dir import METRICS_FILE, remove_unused_run_dir, write_segment_recipe
+from llm_gym.runner.run_job import RunJob
 from llm_gym.runner.run_messages import end_message, nothing_left_message, start_message
 from llm_gym.runner.safety import (
     Interrupted,
