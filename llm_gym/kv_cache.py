@@ -27,6 +27,11 @@ class KVCache:
         shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
+        # Each layer's view, taken once: indexing ``[layer, :, :, a:b]`` anew costs more per
+        # decoded token (Python parsing the index, several views) than the copy itself.
+        # (select, not unbind: autograd refuses in-place writes into unbind's views.)
+        self._layer_keys = [self.keys.select(0, i) for i in range(n_layer)]
+        self._layer_values = [self.values.select(0, i) for i in range(n_layer)]
         self.max_len = max_len
         self.length = 0
 
@@ -34,13 +39,15 @@ class KVCache:
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k, v[B, n_kv_head, T, head_dim]`` at positions ``length .. length+T-1``
         of ``layer``; return that layer's keys and values for positions ``0 .. length+T-1``."""
-        end = self.length + k.size(2)
+        start, n = self.length, k.size(2)
+        end = start + n
         if end > self.max_len:
             raise ValueError(f"the KV cache holds {self.max_len} positions; "
-                             f"{self.length} + {k.size(2)} do not fit")
-        self.keys[layer, :, :, self.length:end] = k
-        self.values[layer, :, :, self.length:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+                             f"{start} + {n} do not fit")
+        keys, values = self._layer_keys[layer], self._layer_values[layer]
+        keys.narrow(2, start, n).copy_(k)
+        values.narrow(2, start, n).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def advance(self, n: int) -> None:
         """The model ran ``n`` more positions through every layer."""
@@ -73,6 +80,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, *,
     if start == 0:
         return torch.nn.functional.scaled_dot_product_attention(
             q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=enable_gqa)
-    mask = cached_attention_mask(start, q.size(2), q.device)
+    # A single new query (every decoded token) sees every key: no mask to build.
+    mask = None if q.size(2) == 1 else cached_attention_mask(start, q.size(2), q.device)
     return torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=enable_gqa)

@@ -60,18 +60,23 @@ def iter_tokens(
                         top_p=top_p)
     max_len = as_language_model(model).max_seq_len
     cached = use_cache and isinstance(model, CachedDecoding)
-    ids, pending = input_ids, input_ids[:, -max_len:]
     # Decoding runs eager: compiled blocks (trainer.compile) would otherwise recompile
     # for every cache length, each new step's shapes and positions being new to them.
     with torch.compiler.set_stance("force_eager") if cached else contextlib.nullcontext():
-        yield from _steps(model, ids, pending, max_new_tokens, max_len, cached,
+        yield from _steps(model, input_ids, max_new_tokens, max_len, cached,
                           temperature=temperature, top_k=top_k, top_p=top_p,
                           generator=generator)
 
 
-def _steps(model: nn.Module, ids: torch.Tensor, pending: torch.Tensor, max_new_tokens: int,
-           max_len: int, cached: bool, **choice) -> Iterator[torch.Tensor]:
-    cache = None
+def _steps(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, max_len: int,
+           cached: bool, **choice) -> Iterator[torch.Tensor]:
+    # Every id so far lives in one buffer, written in place: a torch.cat of the whole
+    # context per token would copy it again at every step.
+    prompt_len = input_ids.size(1)
+    ids = input_ids.new_empty(input_ids.size(0), prompt_len + max_new_tokens)
+    ids.narrow(1, 0, prompt_len).copy_(input_ids)
+    n = prompt_len  # ids written so far
+    cache, pending = None, None
     for _ in range(max_new_tokens):
         if cached:
             if cache is None or cache.length + pending.size(1) > max_len:
@@ -79,13 +84,20 @@ def _steps(model: nn.Module, ids: torch.Tensor, pending: torch.Tensor, max_new_t
                 # no longer hold; start again from the cropped context (what the uncached
                 # path runs every step).
                 cache = model.new_kv_cache(ids.size(0), max_len)
-                pending = ids[:, -max_len:]
-            logits = model(pending, kv_cache=cache)[:, -1, :]
+                pending = _window(ids, n, max_len)
+            logits = model(pending, kv_cache=cache)[:, -1]
         else:
-            logits = model(ids[:, -max_len:])[:, -1, :]
+            logits = model(_window(ids, n, max_len))[:, -1]
         token = next_token(logits, **choice)
-        ids, pending = torch.cat([ids, token], dim=1), token
+        pending = ids.narrow(1, n, 1)
+        pending.copy_(token)
+        n += 1
         yield token
+
+
+def _window(ids: torch.Tensor, n: int, max_len: int) -> torch.Tensor:
+    """The last ``max_len`` of the first ``n`` ids: the context the model sees."""
+    return ids.narrow(1, max(0, n - max_len), min(n, max_len))
 
 
 def sample_tokens(

@@ -132,3 +132,13 @@ def test_after_the_prompt_each_step_runs_one_token(name, monkeypatch):
     monkeypatch.setattr(type(model), "forward", recording)
     sample_tokens(model, torch.randint(0, 101, (1, 7)), 10, temperature=0)
     assert lengths == [7] + [1] * 9
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_prompt_longer_than_the_window_is_cropped_alike_with_and_without_the_cache(name):
+    model = _model(name)
+    prompt = torch.randint(0, 101, (2, 30))  # max_seq_len is 24
+    cached = sample_tokens(model, prompt, 8, temperature=0)
+    plain = sample_tokens(model, prompt, 8, temperature=0, use_cache=False)
+    assert torch.equal(cached[:, :30], prompt)  # the whole prompt is returned, uncropped
+    assert torch.equal(cached, plain)
