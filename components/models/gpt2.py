@@ -30,6 +30,16 @@ from llm_gym.kv_cache import CachedDecoding, KVCache, attend
 from llm_gym.sampling import sample_tokens
 
 
+def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` without the module call (decoding's per-token cost)."""
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` without the module call (decoding's per-token cost)."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
         super().__init__()
@@ -44,6 +54,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0,
                 documents: DocumentMask | None = None) -> torch.Tensor:
+        if kv_cache is not None:
+            return self.decode(x, kv_cache, layer)
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim): heads become a batch dimension for SDPA.
@@ -51,16 +63,24 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if documents is not None:  # a packed block: each token sees only its own document
             y = attend_within_documents(q, k, v, documents, dropout_p=dropout_p)
-        elif kv_cache is None:
+        else:
             # is_causal lets SDPA pick a fused (flash / memory-efficient) kernel and spares
             # us a (T, T) mask buffer, which would also need special care on meta.
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        else:  # decoding: attend to the keys and values of every position so far
-            start = kv_cache.length
-            k, v = kv_cache.append(layer, k, v)
-            y = attend(q, k, v, start, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def decode(self, x: torch.Tensor, kv_cache: KVCache, layer: int) -> torch.Tensor:
+        """Attention of new positions over every cached one (see :meth:`Block.decode`)."""
+        B, T, C = x.shape
+        # (B, T, 3 C) -> 3 x (B, n_head, T, head_dim) in three ops, not split's seven.
+        q, k, v = _linear(self.c_attn, x).view(B, T, 3, self.n_head, C // self.n_head).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        start = kv_cache.length
+        k, v = kv_cache.append(layer, k, v)
+        y = attend(q, k, v, start, dropout_p=self.dropout if self.training else 0.0)
+        y = _linear(self.c_proj, y.transpose(1, 2).reshape(B, T, C))
+        return self.resid_dropout(y) if self.training else y  # dropout: identity in eval
 
 
 # The MLP's activation: "gelu_tanh" is GPT-2's (the default), "gelu" the exact one.
@@ -84,6 +104,11 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` for decoding (see :meth:`Block.decode`)."""
+        h = _linear(self.c_proj, F.gelu(_linear(self.c_fc, x), approximate=self.act.approximate))
+        return self.dropout(h) if self.training else h  # dropout: identity in eval
+
 
 class Block(nn.Module):
     """A pre-LayerNorm transformer block: the unit FSDP shards and checkpointing recomputes."""
@@ -98,10 +123,21 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0,
                 documents: DocumentMask | None = None) -> torch.Tensor:
+        if kv_cache is not None:
+            return self.decode(x, kv_cache, layer)
         # Normalising only the branch input leaves the residual stream an identity path,
         # which is what lets deep stacks train without warm-up tricks.
         x = x + self.attn(self.ln_1(x), kv_cache, layer, documents)
         return x + self.mlp(self.ln_2(x))
+
+    def decode(self, x: torch.Tensor, kv_cache: KVCache, layer: int) -> torch.Tensor:
+        """``forward`` for positions that continue ``kv_cache``: the same arithmetic with
+        fewer Python calls. Decoding runs every op once per token on a single position,
+        where calling a module costs about what its kernel does, so the layers inside a
+        block are applied as functions of their weights (hooks on them do not run; the
+        block's own, FSDP's among them, do)."""
+        x = x + self.attn.decode(_layer_norm(self.ln_1, x), kv_cache, layer)
+        return x + self.mlp.decode(_layer_norm(self.ln_2, x))
 
 
 # "causal": every token sees all before it; "document": only those of its own document,
@@ -210,22 +246,39 @@ class GPT2(nn.Module, CachedDecoding):
         as if alone. Without them a row is one document (evaluation, sampling)."""
         if document_ids is not None:
             return self._forward_documents(input_ids, document_ids)
+        if kv_cache is not None:
+            return self._forward_cached(input_ids, kv_cache)
         T = input_ids.size(1)
-        start = 0 if kv_cache is None else kv_cache.length
+        if T > self.n_positions:
+            raise ValueError(
+                f"sequence length {T} exceeds the model's n_positions={self.n_positions}")
+        pos = torch.arange(0, T, device=input_ids.device)
+        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.lm_head(self.transformer.ln_f(x))
+
+    def _forward_cached(self, input_ids: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
+        """The ids continue the ``kv_cache.length`` cached positions. Decoding runs this
+        once per token: ops that do nothing here (eval-mode dropout, a positions arange)
+        are left out and layers are applied as functions of their weights (``Block.decode``
+        says why)."""
+        T = input_ids.size(1)
+        start = kv_cache.length
         if start + T > self.n_positions:
             raise ValueError(
                 f"sequence length {start + T} exceeds the model's n_positions={self.n_positions}"
             )
-        pos = torch.arange(start, start + T, device=input_ids.device)
-        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
-        if kv_cache is None:
-            for block in self.transformer.h:
-                x = block(x)
-        else:
-            for layer, block in enumerate(self.transformer.h):
-                x = block(x, kv_cache, layer)
-            kv_cache.advance(T)
-        return self.lm_head(self.transformer.ln_f(x))
+        transformer = self.transformer
+        # The positions are a run: a slice of the table equals looking each one up.
+        x = F.embedding(input_ids, transformer.wte.weight) + transformer.wpe.weight.narrow(
+            0, start, T)
+        if self.training:  # dropout is the identity in eval mode
+            x = transformer.drop(x)
+        for layer, block in enumerate(transformer.h):
+            x = block(x, kv_cache, layer)
+        kv_cache.advance(T)
+        return _linear(self.lm_head, _layer_norm(transformer.ln_f, x))
 
     def _forward_documents(self, input_ids: torch.Tensor,
                            document_ids: torch.Tensor) -> torch.Tensor:
