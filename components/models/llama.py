@@ -71,6 +71,16 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
 
 
+def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` without the module call (decoding's per-token cost, see Block.decode)."""
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def _rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` without the module call (decoding's per-token cost, see Block.decode)."""
+    return F.rms_norm(x, (x.size(-1),), norm.weight, norm.eps)
+
+
 class Attention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int, qk_norm: bool,
                  norm_eps: float) -> None:
@@ -95,6 +105,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 kv_cache: KVCache | None = None, layer: int = 0,
                 documents: DocumentMask | None = None) -> torch.Tensor:
+        if kv_cache is not None:
+            return self.decode(x, cos, sin, kv_cache, layer)
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -108,13 +120,26 @@ class Attention(nn.Module):
         gqa = self.n_kv_head != self.n_head
         if documents is not None:  # a packed block: each token sees only its own document
             y = attend_within_documents(q, k, v, documents, enable_gqa=gqa)
-        elif kv_cache is None:
+        else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:  # decoding: only the n_kv_head heads are stored, at their rotated positions
-            start = kv_cache.length
-            k, v = kv_cache.append(layer, k, v)
-            y = attend(q, k, v, start, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               kv_cache: KVCache, layer: int) -> torch.Tensor:
+        """Attention of new positions over every cached one (see :meth:`Block.decode`):
+        only the n_kv_head heads are stored, at their rotated positions."""
+        B, T, _ = x.shape
+        q = _linear(self.q_proj, x).view(B, T, self.n_head, self.head_dim)
+        k = _linear(self.k_proj, x).view(B, T, self.n_kv_head, self.head_dim)
+        v = _linear(self.v_proj, x).view(B, T, self.n_kv_head, self.head_dim)
+        if self.q_norm is not None:
+            q, k = _rms_norm(self.q_norm, q), _rms_norm(self.k_norm, k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        start = kv_cache.length
+        k, v = kv_cache.append(layer, k, v)
+        y = attend(q, k, v, start, enable_gqa=self.n_kv_head != self.n_head)
+        return _linear(self.o_proj, y.transpose(1, 2).reshape(B, T, -1))
 
 
 class MLP(nn.Module):
@@ -128,6 +153,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` for decoding (see :meth:`Block.decode`)."""
+        return _linear(self.down_proj,
+                       F.silu(_linear(self.gate_proj, x)) * _linear(self.up_proj, x))
 
 
 class Block(nn.Module):
@@ -144,8 +174,21 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 kv_cache: KVCache | None = None, layer: int = 0,
                 documents: DocumentMask | None = None) -> torch.Tensor:
+        if kv_cache is not None:
+            return self.decode(x, cos, sin, kv_cache, layer)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, layer, documents)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               kv_cache: KVCache, layer: int) -> torch.Tensor:
+        """``forward`` for positions that continue ``kv_cache``: the same arithmetic with
+        fewer Python calls. Decoding runs every op once per token on a single position,
+        where calling a module costs about what its kernel does, so the layers inside a
+        block are applied as functions of their weights (hooks on them do not run; the
+        block's own, FSDP's among them, do)."""
+        x = x + self.self_attn.decode(_rms_norm(self.input_layernorm, x), cos, sin, kv_cache,
+                                      layer)
+        return x + self.mlp.decode(_rms_norm(self.post_attention_layernorm, x))
 
 
 class Llama(nn.Module, CachedDecoding):
@@ -245,16 +288,25 @@ class Llama(nn.Module, CachedDecoding):
         if start + T > self.max_seq_len:
             raise ValueError(f"sequence length {start + T} exceeds the model's max_seq_len="
                              f"{self.max_seq_len}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        if kv_cache is not None:
+            return self._forward_cached(input_ids, kv_cache)
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.model.embed_tokens(input_ids)
-        if kv_cache is None:
-            for block in self.model.layers:
-                x = block(x, cos, sin)
-        else:
-            for layer, block in enumerate(self.model.layers):
-                x = block(x, cos, sin, kv_cache, layer)
-            kv_cache.advance(T)
+        for block in self.model.layers:
+            x = block(x, cos, sin)
         return self.lm_head(self.model.norm(x))
+
+    def _forward_cached(self, input_ids: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
+        """The ids continue the ``kv_cache.length`` cached positions. Decoding runs this
+        once per token, so layers are applied as functions of their weights
+        (``Block.decode`` says why)."""
+        T, start = input_ids.size(1), kv_cache.length
+        cos, sin = self.rope_cos.narrow(0, start, T), self.rope_sin.narrow(0, start, T)
+        x = F.embedding(input_ids, self.model.embed_tokens.weight)
+        for layer, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, kv_cache, layer)
+        kv_cache.advance(T)
+        return _linear(self.lm_head, _rms_norm(self.model.norm, x))
 
     def _forward_documents(self, input_ids: torch.Tensor,
                            document_ids: torch.Tensor) -> torch.Tensor:
