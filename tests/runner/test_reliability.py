@@ -124,9 +124,9 @@ def test_a_checkpoint_that_cannot_be_written_stops_cleanly_and_keeps_the_last(tm
 
 
 def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly(tmp_path):
-    # Ctrl-C comes after the 5th step is logged, so the stop lands long before step 120;
+    # Ctrl-C comes after the 5th step is logged, so the stop lands long before step 60;
     # each step more would be paid three times (interrupted, resumed, whole) for nothing.
-    steps = 120
+    steps = 60
     args = [f"trainer.max_steps={steps}", "trainer.eval_every=null", "trainer.log_every=1",
             "model.config.n_embd=96", "model.config.n_layer=3"]
     run_dir = tmp_path / "run"
