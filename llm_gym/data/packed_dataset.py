@@ -195,9 +195,18 @@ class PackedMemMapDataset(GlobalPosition):
         """The next ``batch_size`` samples of this rank, crossing into new epochs as needed."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        samples = self.cursor + self.rank + self.world_size * np.arange(batch_size)
-        self.cursor += batch_size * self.world_size
-        blocks = self.sample_rows(samples)
+        step = self.world_size
+        start = self.cursor + self.rank  # this rank's samples: start, start + step, ...
+        last = start + step * (batch_size - 1)
+        self.cursor += batch_size * step
+        epoch = start // self.n_blocks
+        if last // self.n_blocks == epoch:
+            # Within one epoch (nearly every batch) the rank's blocks are a strided view of
+            # that epoch's order: no index arithmetic per sample.
+            offset = start - epoch * self.n_blocks
+            blocks = self._epoch_order(epoch)[offset : offset + step * batch_size : step]
+        else:
+            blocks = self.sample_rows(start + step * np.arange(batch_size))
         # One gather of rows for the whole batch: far cheaper than a slice per block.
         tokens = torch.from_numpy(self._rows[blocks].astype(_INT64))
         if not self.document_boundaries:
