@@ -15,13 +15,14 @@ the world is split.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from types import SimpleNamespace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from llm_gym.errors import UserError
+from llm_gym.runner.distributed import World
+from llm_gym.runner.settings import ParallelSettings
 
 MESH_DIMS = ("dp_replicate", "dp_shard")
 
@@ -34,10 +35,6 @@ class MeshShape:
     @property
     def sizes(self) -> tuple[int, int]:
         return self.dp_replicate, self.dp_shard
-
-
-# trainer.parallel's defaults: one copy, sharded over every rank (plain FSDP2).
-DEFAULT_PARALLEL = SimpleNamespace(dp_replicate=1, dp_shard=-1)
 
 
 def mesh_shape(parallel: Any, world_size: int) -> MeshShape:
@@ -64,6 +61,16 @@ def build_mesh(parallel: Any, world_size: int, device_type: str) -> DeviceMesh:
     """The 2-D ``(dp_replicate, dp_shard)`` mesh of the current process group."""
     shape = mesh_shape(parallel, world_size)
     return init_device_mesh(device_type, shape.sizes, mesh_dim_names=MESH_DIMS)
+
+
+def with_mesh(world: World, parallel: Any = None) -> World:
+    """``world`` holding the mesh ``parallel`` (``trainer.parallel``; None: its defaults,
+    one copy sharded over every rank) describes, built once; a world that already holds
+    one is returned as it is."""
+    if world.mesh is not None:
+        return world
+    mesh = build_mesh(parallel or ParallelSettings(), world.world_size, world.device.type)
+    return replace(world, mesh=mesh)
 
 
 def shard_mesh(mesh: DeviceMesh) -> DeviceMesh:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -34,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from llm_gym.errors import UserError
 from llm_gym.model_contract import as_language_model
 from llm_gym.runner.distributed import World
-from llm_gym.runner.mesh import DEFAULT_PARALLEL, build_mesh, shard_mesh
+from llm_gym.runner.mesh import shard_mesh, with_mesh
 
 ActivationCheckpointing = Literal["none", "full"] | int
 
@@ -82,8 +81,7 @@ def parallelize(
         # only copy, measured at ~15% of a small model's step on CPU. Skip the wrapper.
         return model
     _check_one_group_per_parameter(model, blocks)
-    mesh = shard_mesh(world.mesh if world.mesh is not None else
-                      build_mesh(DEFAULT_PARALLEL, world.world_size, world.device.type))
+    mesh = shard_mesh(with_mesh(world).mesh)
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for index, block in enumerate(blocks):
         # The last block's parameters are needed again at the start of backward; keeping
@@ -150,13 +148,10 @@ def parallelize_as_configured(
     ``blocks`` (``llm_gym.model_contract``) are the units. ``compile`` overrides the
     settings (the dry run traces eagerly). A model that breaks the contract is refused.
     A world without a mesh gets the one ``trainer.parallel`` describes."""
-    if world.mesh is None and world.world_size > 1:
-        world = replace(world, mesh=build_mesh(settings.parallel, world.world_size,
-                                               world.device.type))
     return parallelize(
         model,
         list(as_language_model(model).blocks),
-        world=world,
+        world=with_mesh(world, settings.parallel),
         param_dtype=PRECISIONS[settings.param_dtype],
         reduce_dtype=PRECISIONS[settings.reduce_dtype],
         activation_checkpointing=settings.activation_checkpointing,

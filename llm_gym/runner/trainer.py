@@ -12,7 +12,6 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,7 +49,7 @@ from llm_gym.runner.distributed import (
 from llm_gym.runner.flops import MfuMeter
 from llm_gym.runner.host_memory import keep_freed_host_memory
 from llm_gym.runner.memory_telemetry import MemoryTelemetry, max_over_ranks
-from llm_gym.runner.mesh import build_mesh
+from llm_gym.runner.mesh import with_mesh
 from llm_gym.runner.metrics import (
     MetricsLog,
     Subscribers,
@@ -172,9 +171,8 @@ class Trainer:
         plan: ResumePlan,
     ) -> None:
         self.settings = settings = loaded.recipe.trainer
-        if world.world_size > 1:  # the one mesh sharding, checkpoints and reductions use
-            world = replace(world, mesh=build_mesh(settings.parallel, world.world_size,
-                                                   world.device.type))
+        # The one mesh (trainer.parallel) that sharding, checkpoints and reductions use.
+        world = with_mesh(world, settings.parallel)
         self.loaded, self.world, self.run_dir, self.plan = loaded, world, run_dir, plan
         self.main = world.rank == 0
         # Every rank reads its share of each step (data parallel over the whole world).
