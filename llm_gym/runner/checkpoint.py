@@ -33,6 +33,7 @@ import os
 import random
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,9 @@ from llm_gym.runner.checkpoint_reading import dcp_error_text, load_state, open_c
 from llm_gym.runner.checkpoint_writer import DigestingWriter
 from llm_gym.runner.distributed import World, is_main
 
-__all__ = ["CHECKPOINTS", "MARKER", "CheckpointWriteError", "capture_rng_state",
+__all__ = ["CHECKPOINTS", "MARKER", "CheckpointWriteError", "Snapshot", "capture_rng_state",
            "checkpoint_path", "latest_checkpoint", "load_checkpoint", "restore_rng_state",
-           "save_checkpoint"]
+           "save_checkpoint", "take_snapshot", "write_checkpoint"]
 
 
 class CheckpointWriteError(RuntimeError):
@@ -89,6 +90,43 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}"
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What a checkpoint of one step holds on this rank, taken between two steps: the
+    rank's own state file (``extra`` and its RNG states, already serialised) and the DCP
+    state of model and optimizer (live tensors, or a staged copy for a save in the
+    background: async_checkpoint.py)."""
+
+    payload: bytes
+    state: dict[str, Any]
+
+
+def take_snapshot(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    world: World,
+    extra: dict[str, Any],
+) -> Snapshot:
+    """This rank's part of a checkpoint of the present step (a collective call).
+
+    ``extra`` is this rank's own state (it may differ between ranks, e.g. the data
+    position); this rank's python/numpy/torch RNG states are saved with it and restored
+    by ``load_checkpoint``. ``extra`` is serialised here, at save time, so a value
+    ``torch.load(weights_only=True)`` would refuse fails now, not at resume time when the
+    run can no longer be fixed (``TypeError``, on every rank).
+    """
+    problem = None
+    payload = b""
+    try:
+        payload = _encode_rank_state({"extra": extra, "rng": capture_rng_state()})
+    except TypeError as exc:
+        problem = str(exc)
+    if not _all_ranks_agree(problem is None, world):
+        raise TypeError(problem or "another rank's checkpoint `extra` cannot be saved")
+    return Snapshot(payload, _dcp_state(model, optimizer))
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -101,24 +139,31 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint of ``step`` on every rank (a collective call); return its path.
 
-    ``extra`` is this rank's own state (it may differ between ranks, e.g. the data
-    position); this rank's python/numpy/torch RNG states are saved with it and restored
-    by ``load_checkpoint``. After the new checkpoint is complete, all but the
-    ``keep_last`` newest complete checkpoints (by step) are deleted; ``None`` keeps all.
-    The checkpoint just written is never deleted.
+    ``take_snapshot`` then ``write_checkpoint``: see both. After the new checkpoint is
+    complete, all but the ``keep_last`` newest complete checkpoints (by step) are
+    deleted; ``None`` keeps all. The checkpoint just written is never deleted.
     """
-    if keep_last is not None and keep_last < 1:
-        raise ValueError(f"keep_last must be at least 1 or None, got {keep_last}")
-    # Serialise first: a value torch.load(weights_only=True) would refuse must fail
-    # here, at save time, not at resume time when the run can no longer be fixed.
-    problem = None
-    try:
-        payload = _encode_rank_state({"extra": extra, "rng": capture_rng_state()})
-    except TypeError as exc:
-        problem = str(exc)
-    if not _all_ranks_agree(problem is None, world):
-        raise TypeError(problem or "another rank's checkpoint `extra` cannot be saved")
+    _check_keep_last(keep_last)
+    snapshot = take_snapshot(model=model, optimizer=optimizer, world=world, extra=extra)
+    return write_checkpoint(run_dir, step, snapshot, world=world, keep_last=keep_last)
 
+
+def write_checkpoint(
+    run_dir: Path,
+    step: int,
+    snapshot: Snapshot,
+    *,
+    world: World,
+    keep_last: int | None = 3,
+) -> Path:
+    """Write ``snapshot`` as the complete checkpoint of ``step`` (a collective call over
+    ``world.group``, so a thread of its own can run it beside training); return its path.
+
+    Raises ``CheckpointWriteError`` on every rank when any rank failed to write (the
+    partial checkpoint is removed, the earlier complete ones are untouched), ``UserError``
+    when the checkpoints directory cannot be used.
+    """
+    _check_keep_last(keep_last)
     root = checkpoints_root(run_dir)  # every rank: a refused root is refused everywhere
     final = checkpoint_path(run_dir, step)
     writer = writer_token(world)
@@ -127,16 +172,16 @@ def save_checkpoint(
     prepare = functools.partial(_prepare, Path(run_dir), root, final, writer)
     _together(world, prepare if is_main(world) else None, "preparing")
     tmp = temp_path(final, run_id(run_dir), writer)
-    state = _dcp_state(model, optimizer)
     try:
         own: dict[str, FileDigest] = {}  # filled by the writer as DCP writes each file
         try:
-            dcp.save(state, checkpoint_id=tmp, storage_writer=storage_writer(tmp, own))
+            dcp.save(snapshot.state, checkpoint_id=tmp, storage_writer=storage_writer(tmp, own),
+                     process_group=world.group)
         except dcp.CheckpointException as exc:
             # Raised on every rank when any rank failed to write (disk full, ...). It is a
             # BaseException; re-raise as an ordinary error with the ranks' actual causes.
             raise CheckpointWriteError(dcp_error_text(exc)) from exc
-        write_own = functools.partial(_write_own, tmp, world.rank, payload, own)
+        write_own = functools.partial(_write_own, tmp, world.rank, snapshot.payload, own)
         _together(world, write_own, "writing")
         digests = gather_digests(own, world)
     except (CheckpointWriteError, OSError, RuntimeError) as exc:
@@ -151,6 +196,11 @@ def save_checkpoint(
                                digests, temp_path(final, run_id(run_dir), writer, "replaced"))
     _together(world, commit if is_main(world) else None, "completing")
     return final
+
+
+def _check_keep_last(keep_last: int | None) -> None:
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1 or None, got {keep_last}")
 
 
 def _prepare(run_dir: Path, root: Path, final: Path, writer: str) -> None:
@@ -361,7 +411,7 @@ def _all_ranks_agree(ok: bool, world: World) -> bool:
     # forever in the next collective.
     flag = torch.tensor([1 if ok else 0], device=world.device)
     if world.world_size > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=world.group)
     return bool(flag.item())
 
 

@@ -105,7 +105,7 @@ def gather_digests(own: Mapping[str, FileDigest], world: World) -> dict[str, Fil
         return dict(own)
     everyone: list[dict[str, FileDigest] | None] = [None] * world.world_size
     # Pickled between this run's own processes, which trust each other anyway.
-    dist.all_gather_object(everyone, dict(own))
+    dist.all_gather_object(everyone, dict(own), group=world.group)
     merged: dict[str, FileDigest] = {}
     for part in everyone:
         merged.update(part or {})

@@ -58,7 +58,7 @@ def writer_token(world: World) -> str:
     mine = torch.tensor([os.getpid(), secrets.randbits(31)], dtype=torch.int64,
                         device=world.device)
     if world.world_size > 1:
-        dist.broadcast(mine, src=0)
+        dist.broadcast(mine, src=0, group=world.group)
     pid, token = mine.tolist()
     return f"{pid}-{token:08x}"
 

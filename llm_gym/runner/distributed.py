@@ -33,7 +33,9 @@ _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 class World:
     """Where this process sits in the run: its ranks, its device, the backend in use and,
     once the trainer has built it from ``trainer.parallel`` (runner/mesh.py), the device
-    mesh every consumer shards over (None: not built yet)."""
+    mesh every consumer shards over (None: not built yet). ``group`` is the process group
+    the checkpoint writer's collectives use (None: the default group; a thread writing
+    a checkpoint beside training has a gloo group of its own, async_checkpoint.py)."""
 
     rank: int
     local_rank: int
@@ -41,6 +43,7 @@ class World:
     device: torch.device
     backend: str
     mesh: Any = None  # torch.distributed.device_mesh.DeviceMesh
+    group: Any = None  # torch.distributed.ProcessGroup
 
 
 def launched_by_torchrun() -> bool:

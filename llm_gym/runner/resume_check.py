@@ -46,7 +46,8 @@ RULES: tuple[Rule, ...] = (
     Rule("pins.*", SAFE, "the pin check compares pins with the installed components"),
     Rule("trainer.max_steps", SAFE, "where the run ends"),
     *(Rule(f"trainer.{key}", SAFE, "how the run is watched, saved or stopped")
-      for key in ("log_every", "eval_every", "checkpoint_every", "keep_last", "loggers",
+      for key in ("log_every", "eval_every", "checkpoint_every", "keep_last",
+                  "async_checkpoint", "loggers",
                   "sample_prompt", "sample_tokens", "checkpoint_on_interrupt",
                   "on_nonfinite", "prefetch", "profile", "memory_snapshot_on_oom")),
     Rule("trainer.profile.*", SAFE, "which steps are profiled (runner/profiling.py)"),

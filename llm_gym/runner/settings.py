@@ -73,6 +73,9 @@ class TrainerSettings(BaseModel):
     log_every: PositiveInt = Field(10, description="steps between metric records")
     checkpoint_every: PositiveInt | None = Field(None, description="steps between checkpoints")
     keep_last: PositiveInt = Field(3, description="complete checkpoints to keep")
+    async_checkpoint: bool = Field(
+        False, description="write checkpoints in the background while training goes on "
+        "(a copy of the state in host memory; at most one save in flight)")
     seed: int = Field(0, description="same seed and world size give identical losses")
     param_dtype: Precision = Field("fp32", description="dtype of parameters in compute")
     reduce_dtype: Precision = Field("fp32", description="dtype of gradient reduction")

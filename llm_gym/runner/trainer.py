@@ -30,12 +30,15 @@ from llm_gym.recipes.pins import current_pins
 from llm_gym.recipes.resolved import resolved_yaml
 from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.building import build_choice
+from llm_gym.runner.async_checkpoint import AsyncCheckpointer
 from llm_gym.runner.batch_layout import batch_layout, fixed_global_batch
 from llm_gym.runner.checkpoint import (
     CheckpointWriteError,
+    checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
-    save_checkpoint,
+    take_snapshot,
+    write_checkpoint,
 )
 from llm_gym.runner.data_feed import BatchFeed
 from llm_gym.runner.distributed import (
@@ -178,6 +181,11 @@ class Trainer:
         # Every rank reads its share of each step (data parallel over the whole world).
         self.layout = batch_layout(settings, world.world_size)
         self.stop_agreement = StopAgreement(world)  # collective: before any rank can fail
+        # Collective too (a process group of its own for the writer thread).
+        self.checkpointer = AsyncCheckpointer(world) if settings.async_checkpoint else None
+        if self.checkpointer is not None:
+            self.stop_agreement.watch_saves(self.checkpointer.failed)
+        self.checkpoint_wait_s = 0.0  # training time spent on checkpoints, per record
         # From the start, so an out-of-memory snapshot shows the weights' allocations too.
         self.oom = OomRecorder(settings.memory_snapshot_on_oom, run_dir, world.rank,
                                world.device)
@@ -264,6 +272,8 @@ class Trainer:
             while self.step < s.max_steps:
                 if self.stop_agreement.agreed(self._stop.requested):
                     self._stop_on_request()
+                if self.stop_agreement.save_failed:  # a background save, on some rank
+                    self._finish_saves()  # raises its error, on every rank
                 self.profiler.begin_step(self.step + 1)
                 try:
                     loss = self._train_step()
@@ -302,6 +312,7 @@ class Trainer:
         trained = ran_out is None or self.step > self.start_step
         if trained and not (s.checkpoint_every and self.step % s.checkpoint_every == 0):
             self.save()
+        self._finish_saves()  # the run's last checkpoint is complete before it ends
         self.close()
         if s.sample_prompt and self.tokenizer is not None:
             self.metrics.message(f"sample: {self.sample(s.sample_prompt, s.sample_tokens)}")
@@ -324,6 +335,8 @@ class Trainer:
     def close(self) -> None:
         """Close the metrics subscribers and stop the data thread; safe to call again."""
         self.profiler.finish()  # a run that ended inside the profiled steps keeps them
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         self.oom.close()
         self.metrics.close()
         self.train_feed.close()
@@ -377,6 +390,7 @@ class Trainer:
             "tokens_per_s": tokens_per_s,
             "mfu": mfu,
             "data_wait_pct": 100 * waited / elapsed if elapsed > 0 else None,
+            "checkpoint_wait_s": self._take_checkpoint_wait(),
             "tokens": self.step * self.tokens_per_step,
             **max_over_ranks(self.memory.record(), self.world.world_size, self.world.device),
             **({"tokens_by_source": by_source} if by_source is not None else {}),
@@ -434,6 +448,7 @@ class Trainer:
 
     def _stop_on_request(self) -> None:
         self.stop_agreement.finish()
+        self._finish_saves()  # a stop waits for the save in flight
         resume = f"continue with the same command and --run-dir {self.run_dir} --resume"
         if self.step == self.start_step and self.plan.resumed:
             # Nothing trained since the resume: that checkpoint is this state, and a
@@ -443,7 +458,7 @@ class Trainer:
             where = "nothing trained yet, so no checkpoint was written"
             resume = f"start again with the same command and --run-dir {self.run_dir}"
         elif self.settings.checkpoint_on_interrupt:
-            where = f"checkpoint saved to {self.save()}"
+            where = f"checkpoint saved to {self.save(wait=True)}"
         else:
             where = "no checkpoint written (trainer.checkpoint_on_interrupt is off)"
             latest = latest_checkpoint(self.run_dir)
@@ -458,7 +473,10 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def save(self) -> Path:
+    def save(self, *, wait: bool = False) -> Path:
+        """Checkpoint this step; return where it is (or will be, once a background save,
+        ``trainer.async_checkpoint``, is done; ``wait`` waits for that)."""
+        self._finish_saves()  # at most one in flight
         self.guard.check(self.step)  # never save past a step the guard would stop at
         # The divergence guard keeps weights finite; this makes sure no path around it
         # ever turns a good checkpoint directory into a poisoned one.
@@ -467,26 +485,46 @@ class Trainer:
         extra = {"step": self.step, "train_data": self.train_feed.state_dict()}
         if self.scheduler is not None:
             extra["scheduler"] = self.scheduler.state_dict()
+        s, started = self.settings, time.perf_counter()
         try:
-            return save_checkpoint(
-                self.run_dir,
-                self.step,
-                model=self.model,
-                optimizer=self.optimizer,
-                world=self.world,
-                extra=extra,
-                keep_last=self.settings.keep_last,
-            )
+            snapshot = take_snapshot(model=self.model, optimizer=self.optimizer,
+                                     world=self.world, extra=extra)
+            if self.checkpointer is None:
+                return write_checkpoint(self.run_dir, self.step, snapshot, world=self.world,
+                                        keep_last=s.keep_last)
+            # Copied to host memory here; written by the checkpointer's thread.
+            self.checkpointer.save(self.run_dir, self.step, snapshot, s.keep_last)
         except CheckpointWriteError as exc:
-            raise ReportedError(self._save_failed(str(exc))) from exc
+            raise ReportedError(self._save_failed(str(exc), self.step)) from exc
+        finally:
+            self.checkpoint_wait_s += time.perf_counter() - started
+        if wait:
+            self._finish_saves()
+        return checkpoint_path(self.run_dir, self.step)
 
-    def _save_failed(self, cause: str) -> str:
+    def _finish_saves(self) -> None:
+        """Wait for the background save in flight (if any); a failed one stops the run."""
+        if self.checkpointer is None:
+            return
+        step, started = self.checkpointer.step, time.perf_counter()
+        try:
+            self.checkpointer.wait()
+        except CheckpointWriteError as exc:
+            raise ReportedError(self._save_failed(str(exc), step)) from exc
+        finally:
+            self.checkpoint_wait_s += time.perf_counter() - started
+
+    def _take_checkpoint_wait(self) -> float:
+        waited, self.checkpoint_wait_s = self.checkpoint_wait_s, 0.0
+        return round(waited, 6)
+
+    def _save_failed(self, cause: str, step: int | None) -> str:
         root = self.run_dir / "checkpoints"
         free = shutil.disk_usage(root if root.exists() else self.run_dir).free
         latest = latest_checkpoint(self.run_dir)
         kept = (f"the newest complete checkpoint, {latest}, is intact" if latest
                 else "no earlier checkpoint exists")
-        return (f"step {self.step}: writing the checkpoint failed ({cause}); the partial "
+        return (f"step {step}: writing the checkpoint failed ({cause}); the partial "
                 f"one was removed and {kept}. {human_size(free)} free under {root}, "
                 f"a checkpoint takes about {human_size(checkpoint_bytes(self.model))}: "
                 "make room, then continue with the same command and "
