@@ -1,5 +1,6 @@
-"""SIGKILL at random moments, mid-checkpoint included, for 1 and 2 processes: --resume
-always ends where an uninterrupted run ends, loss for loss (nox -s dist)."""
+"""SIGKILL at random moments, mid-checkpoint included, for 1 and 2 processes and for
+checkpoints written in the background (trainer.async_checkpoint): --resume always ends
+where an uninterrupted run ends, loss for loss (nox -s dist)."""
 
 from __future__ import annotations
 
@@ -36,14 +37,17 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 @pytest.mark.dist
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_kill_anywhere_then_resume(tmp_path, nproc):
-    args = [*ARGS, f"trainer.micro_batch_size={4 // nproc}"]
-    run_recipe("gpt2-debug", args, run_dir=tmp_path / "whole", nproc=nproc)
+@pytest.mark.parametrize(("nproc", "saves"), [(1, "sync"), (2, "sync"), (2, "async")])
+def test_kill_anywhere_then_resume(tmp_path, nproc, saves):
+    args = [*ARGS, f"trainer.micro_batch_size={4 // nproc}",
+            f"trainer.async_checkpoint={saves == 'async'}"]
+    # The reference saves synchronously: a background save must not change a loss.
+    run_recipe("gpt2-debug", [*args[:-1], "trainer.async_checkpoint=false"],
+               run_dir=tmp_path / "whole", nproc=nproc)
     expected = _losses(tmp_path / "whole")
     # Real numbers, one per step: lists of nulls (non-finite losses) would compare equal.
     assert len(expected) == MAX_STEPS and all(math.isfinite(x) for x in expected)
-    rng = random.Random(1234 + nproc)
+    rng = random.Random(1234 + nproc + (saves == "async"))
     outcomes = []
     for trial in range(TRIALS):
         run_dir = tmp_path / f"killed{trial}"
@@ -67,7 +71,8 @@ def test_kill_anywhere_then_resume(tmp_path, nproc):
         run_recipe("gpt2-debug", args, run_dir=run_dir, nproc=nproc, resume=True)
         assert _losses(run_dir) == expected, f"trial {trial}, killed at {killed_at}"
         outcomes.append(f"{killed_at.name}{' +partial save' if leftovers else ''}")
-    print(f"\n{nproc} process(es): killed after {outcomes}; every resume matched")
+    print(f"\n{nproc} process(es), {saves} saves: killed after {outcomes}; every resume "
+          "matched")
 
 
 @pytest.mark.dist
