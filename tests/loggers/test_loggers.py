@@ -24,7 +24,7 @@ from llm_gym.runner.settings import TrainerSettings
 pytestmark = pytest.mark.usefixtures("use_demo_cache")
 
 TRAIN_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait_pct", "tokens",
-              "mem/rss_mib", "mem/peak_rss_mib"}  # a CPU run's memory (memory_telemetry.py)
+              "checkpoint_wait_s", "mem/rss_mib", "mem/peak_rss_mib"}  # a CPU run's memory (memory_telemetry.py)
 EVAL_KEYS = {"step", "eval_loss", "eval_perplexity"}
 
 
