@@ -19,17 +19,35 @@ cannot save: the job still ends as stopped, with the caller's ``stop_hint`` sayi
 continue (``recipe run`` names the run directory and whether it holds a checkpoint).
 What failed workers leave behind, and how it is told apart, is in launch_failures.py.
 
-A worker whose launcher dies (even by SIGKILL) gets SIGINT from the kernel (torch's spawn sets the
-parent-death signal), which stops it the same way: no worker outlives its launcher.
+A worker whose launcher dies (even by SIGKILL) gets SIGINT, which stops it the same way:
+no worker outlives its launcher. A worker's parent is the forkserver below, which lives
+as long as its children, so the kernel's parent-death signal cannot tell; a thread in
+each worker waits on the launcher's pidfd instead (``_stop_when_launcher_dies``).
+
+Starting: workers are forked from a multiprocessing forkserver that has imported torch
+and the entry point's module once, instead of each importing them afresh (3-4 s of CPU
+per worker; in one process that launches again, as a test session, the server stays and
+a launch costs no import at all). The server is a clean process that has run nothing, so
+forking it is safe, CUDA included. multiprocessing hands each worker the launcher's
+working directory and sys.path, but a forked worker's environment and open files are the
+server's, from when it started: the launcher's own environment goes with the arguments
+and replaces it, keeping what the elastic agent set for the worker (RANK, WORLD_SIZE,
+...), and a launcher whose stdout or stderr is no longer what the server writes to (a
+caller redirected them since) starts a new server.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import select
+import signal
 import socket
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +66,10 @@ from llm_gym.runner.launch_failures import (  # noqa: F401 (WorkerFailure, _desc
     _WorkerUserError,
     _write_failure_record,
 )
+
+# The environment this module was imported with: in a worker, the forkserver's (or a
+# spawned interpreter's) before the elastic agent added the worker's own variables.
+_ENV_AT_IMPORT = dict(os.environ)
 
 # Agent, rendezvous and worker-process-management loggers live under these names.
 _AGENT_LOGGERS = (
@@ -105,8 +127,12 @@ def launch_local(
         # resuming from a checkpoint is the runner's decision.
         max_restarts=0,
         monitor_interval=0.1,
-        start_method="spawn",
+        start_method="forkserver",
     )
+    # Imported once, in the server (see the module docstring); a server that is already
+    # running keeps what it has.
+    multiprocessing.set_forkserver_preload(["torch", __name__, entrypoint.__module__])
+    _server_writes_where_we_do()
     threads = str(max(1, _cpu_cores() // nproc))
     # Spawning N interpreters, importing torch and the rendezvous take seconds before
     # any worker prints: say that something is happening.
@@ -120,8 +146,9 @@ def launch_local(
         # No redirects: workers write straight to our stdout/stderr. The log dir only
         # holds each worker's error.json, read back below when something fails.
         config.logs_specs = DefaultLogsSpecs(log_dir=log_dir)
+        launcher = (os.getpid(), dict(os.environ))  # with the OMP_NUM_THREADS default
         try:
-            return elastic_launch(config, _worker_main)(entrypoint, *args)
+            return elastic_launch(config, _worker_main)(entrypoint, launcher, *args)
         except ChildFailedError as exc:
             failures = _collect_failures(exc.failures, Path(log_dir))
         except SignalException as exc:
@@ -133,6 +160,32 @@ def launch_local(
     if all(f.user_error for f in failures.values()):
         raise _as_user_error(failures, stop_hint)
     raise LaunchError(failures)
+
+
+# What the running forkserver's stdout and stderr are (None: no server started here yet).
+_server_outputs: tuple[tuple[int, int] | None, ...] | None = None
+
+
+def _server_writes_where_we_do() -> None:
+    """Stop the forkserver if this process's stdout or stderr changed since it started
+    (workers inherit the server's), so that the launch starts one that writes here."""
+    global _server_outputs
+    outputs = tuple(_file_identity(fd) for fd in (1, 2))
+    if _server_outputs is not None and outputs != _server_outputs:
+        from multiprocessing import forkserver
+
+        stop = getattr(forkserver._forkserver, "_stop", None)  # CPython 3.8+
+        if stop is not None:
+            stop()  # the previous launch's workers are gone: it stops at once
+    _server_outputs = outputs
+
+
+def _file_identity(fd: int) -> tuple[int, int] | None:
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _check_workers_fit(nproc: int) -> None:
@@ -166,14 +219,74 @@ def _cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _worker_main(entrypoint: Callable[..., Any], *args: Any) -> Any:
+def _adopt_environment(launcher: dict[str, str]) -> None:
+    """The launcher's environment, plus what the elastic agent set for this worker (what
+    differs from the environment this module was imported with)."""
+    from_agent = {k: v for k, v in os.environ.items() if _ENV_AT_IMPORT.get(k) != v}
+    os.environ.clear()
+    os.environ.update(launcher)
+    os.environ.update(from_agent)
+
+
+def _stop_when_launcher_dies(pid: int) -> None:
+    """SIGINT to this worker (a stop request) when process ``pid`` ends, from a thread
+    that waits on its pidfd (Linux 5.3+; elsewhere it polls once a second)."""
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:  # already gone
+        os.kill(os.getpid(), signal.SIGINT)
+        return
+    except (AttributeError, OSError):
+        pidfd = None
+
+    def wait_for_it() -> None:
+        if pidfd is not None:
+            select.select([pidfd], [], [])
+        else:
+            while _alive(pid):
+                time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=wait_for_it, name="launcher-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# Errors of a rank whose peer vanished (gloo's words for a closed connection).
+_PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Read error",
+              "Socket closed")
+_PEER_GRACE_S = 0.5
+
+
+def _lost_a_peer(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and any(words in str(exc) for words in _PEER_LOST)
+
+
+def _worker_main(entrypoint: Callable[..., Any], launcher: tuple[int, dict[str, str]],
+                 *args: Any) -> Any:
     # Runs inside each worker, under torch's error recorder, which writes
     # "<ExceptionClass>: <message>" and the traceback to a file the agent reads back.
+    launcher_pid, environment = launcher
+    _adopt_environment(environment)
+    _stop_when_launcher_dies(launcher_pid)
     try:
         return entrypoint(*args)
     except BaseException as exc:
         stop = _early_signal_as_stop(exc)
         _write_failure_record(stop)
+        if _lost_a_peer(exc):
+            # The agent names the first worker it sees dead, and a forked worker's death
+            # reaches it through the forkserver: give the peer that died (the cause) time
+            # to be seen first, rather than this rank's consequence.
+            time.sleep(_PEER_GRACE_S)
         if stop is not exc:
             raise stop from exc
         if isinstance(exc, UserError) and not isinstance(exc, _WorkerUserError):

@@ -23,8 +23,9 @@ from llm_gym.runner.settings import TrainerSettings
 
 pytestmark = pytest.mark.usefixtures("use_demo_cache")
 
+# mem/*: a CPU run's memory (memory_telemetry.py)
 TRAIN_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait_pct", "tokens",
-              "checkpoint_wait_s", "mem/rss_mib", "mem/peak_rss_mib"}  # a CPU run's memory (memory_telemetry.py)
+              "checkpoint_wait_s", "mem/rss_mib", "mem/peak_rss_mib"}
 EVAL_KEYS = {"step", "eval_loss", "eval_perplexity"}
 
 

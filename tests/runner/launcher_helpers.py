@@ -58,3 +58,8 @@ def main(ready_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+
+
+def environment_seen(names: list[str]) -> dict[str, str | None]:
+    """The values of ``names`` in this worker's environment."""
+    return {name: os.environ.get(name) for name in names}

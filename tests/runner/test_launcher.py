@@ -138,6 +138,25 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path) -> None:
     assert _workers_gone(tmp_path, within=20.0)
 
 
+def test_each_launch_gives_workers_the_launchers_environment_of_the_moment(monkeypatch):
+    """Workers fork from a server started at the first launch; what the environment holds
+    at each launch (set, changed, removed) is what the workers see, with their ranks."""
+    from tests.runner.launcher_helpers import environment_seen
+
+    names = ["LLM_GYM_PROBE", "LLM_GYM_PROBE_GONE", "RANK", "WORLD_SIZE"]
+    monkeypatch.setenv("LLM_GYM_PROBE", "first")
+    monkeypatch.setenv("LLM_GYM_PROBE_GONE", "here")
+    first = launch_local(2, environment_seen, (names,))
+    monkeypatch.setenv("LLM_GYM_PROBE", "second")
+    monkeypatch.delenv("LLM_GYM_PROBE_GONE")
+    second = launch_local(2, environment_seen, (names,))
+    for rank in (0, 1):
+        assert first[rank] == {"LLM_GYM_PROBE": "first", "LLM_GYM_PROBE_GONE": "here",
+                               "RANK": str(rank), "WORLD_SIZE": "2"}
+        assert second[rank] == {"LLM_GYM_PROBE": "second", "LLM_GYM_PROBE_GONE": None,
+                                "RANK": str(rank), "WORLD_SIZE": "2"}
+
+
 # --- how many workers fit -----------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ and whether there is a checkpoint to resume from (``recipe run`` passes the hint
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import pytest
@@ -70,7 +71,7 @@ def test_a_worker_records_an_early_signal_as_a_stop(tmp_path, monkeypatch):
         raise SignalException("Process 1 got signal: 15", signal.SIGTERM)
 
     with pytest.raises(launch_failures._WorkerUserError) as stopped:
-        launcher._worker_main(starting)
+        launcher._worker_main(starting, (os.getpid(), dict(os.environ)))
     assert (stopped.value.exit_code, stopped.value.label) == (130, "stopped")
     record = json.loads((tmp_path / "failure.json").read_text())
     assert record["signal"] == "SIGTERM" and record["exit_code"] == 130
