@@ -20,10 +20,11 @@ from typing import Any
 from llm_gym.errors import UserError
 from llm_gym.fileio import atomic_output, describe_file_type, read_json_object
 from llm_gym.recipes.resolved import RESOLVED_FILE
+from llm_gym.run_layout import RunLayout
 from llm_gym.runner.checkpoint import checkpoint_path
 from llm_gym.runner.checkpoint_dirs import checkpoints_root, complete_checkpoints
 
-EVAL_DIR = "eval"
+EVAL_DIR = RunLayout.EVAL
 # --task -> (evaluator, multiple-choice format): what the task's file holds.
 TASKS = {
     "hellaswag": ("multiple_choice", "hellaswag"),

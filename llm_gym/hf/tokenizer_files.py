@@ -18,12 +18,13 @@ from llm_gym.data.tokenizer import EOD_TOKEN
 from llm_gym.errors import UserError
 from llm_gym.fileio import atomic_output, open_input
 from llm_gym.hf.files import write_json
+from llm_gym.run_layout import RunLayout
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt")
 
 # Where a run keeps its tokenizer's files.
-RUN_TOKENIZER_DIR = "tokenizer"
+RUN_TOKENIZER_DIR = RunLayout.TOKENIZER
 
 
 def write_tokenizer_files(

@@ -16,9 +16,10 @@ import yaml
 
 from llm_gym.config.yaml_files import parse_yaml, read_yaml_file
 from llm_gym.errors import UserError
+from llm_gym.run_layout import RunLayout, segment_recipe_name
 
 # Where a run keeps the recipe it ran, written by rank 0 before training starts.
-RESOLVED_FILE = "recipe.resolved.yaml"
+RESOLVED_FILE = RunLayout.RESOLVED_RECIPE
 _SEGMENT_FILE = re.compile(r"^recipe\.resolved\.step_(\d{8,})\.yaml$")
 
 
@@ -35,7 +36,7 @@ def resolved_data(loaded: Any) -> dict[str, Any]:
 
 def segment_file_name(start_step: int) -> str:
     """The resolved recipe of the segment that starts at ``start_step``."""
-    return RESOLVED_FILE if start_step == 0 else f"recipe.resolved.step_{start_step:08d}.yaml"
+    return segment_recipe_name(start_step)
 
 
 def segment_files(run_dir: Path) -> list[tuple[int, Path]]:

@@ -51,6 +51,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from llm_gym.errors import UserError
 from llm_gym.fileio import fsync_dir
+from llm_gym.run_layout import RunLayout
 from llm_gym.runner.checkpoint_digests import FileDigest, digest_bytes, digest_file, gather_digests
 from llm_gym.runner.checkpoint_dirs import (
     CHECKPOINTS,
@@ -87,7 +88,7 @@ storage_writer = DigestingWriter
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     """Where the complete checkpoint of ``step`` lives (or would live)."""
-    return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}"
+    return RunLayout(run_dir).checkpoint(step)
 
 
 @dataclass(frozen=True)

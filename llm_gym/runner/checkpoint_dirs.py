@@ -24,10 +24,11 @@ import torch
 import torch.distributed as dist
 
 from llm_gym.errors import UserError
+from llm_gym.run_layout import RunLayout
 from llm_gym.runner.checkpoint_marker import MARKER, STEP_DIR, has_marker
 from llm_gym.runner.distributed import World
 
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = RunLayout.CHECKPOINTS
 TMP_SUFFIX = ".tmp"
 
 

@@ -17,14 +17,13 @@ import torch
 
 from llm_gym.recipes.loading import LoadedRecipe
 from llm_gym.recipes.resolved import RESOLVED_FILE
-from llm_gym.runner.profiling import PROFILE_DIR
+from llm_gym.run_layout import RunLayout
 
 MAX_ENTRIES = 100_000
 
 
 def snapshot_path(run_dir: Path, rank: int) -> Path:
-    name = "oom-snapshot.pickle" if rank == 0 else f"oom-snapshot-rank{rank}.pickle"
-    return run_dir / PROFILE_DIR / name
+    return RunLayout(run_dir).oom_snapshot(rank)
 
 
 class OomRecorder:

@@ -21,15 +21,16 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from llm_gym.run_layout import RunLayout
 from llm_gym.runner.settings import ProfileSettings
 
-PROFILE_DIR = "profile"
+PROFILE_DIR = RunLayout.PROFILE
 PHASES = ("data", "forward_backward", "optimizer")
 
 
 def trace_path(run_dir: Path, rank: int) -> Path:
     """Where rank ``rank`` writes its trace."""
-    return run_dir / PROFILE_DIR / f"rank{rank}.pt.trace.json"
+    return RunLayout(run_dir).profile_trace(rank)
 
 
 class StepProfiler:

@@ -1,14 +1,6 @@
 """The run directory: its default name, the layout it must have, the segment recipes.
 
-Layout (written by rank 0 only)::
-
-    RUN_DIR/
-      .lock                         while a run holds the directory (runner/safety.py)
-      recipe.resolved.yaml          the recipe of the segment that started at step 0
-      recipe.resolved.step_N.yaml   a segment that resumed from step N with changes
-      metrics.jsonl                 one JSON record per line (runner/metrics.py)
-      tokenizer/                    Hugging Face tokenizer files, where there is a form
-      checkpoints/step_N/           runner/checkpoint.py
+The layout (written by rank 0 only) is ``llm_gym/run_layout.py``'s ``RunLayout``.
 
 The run appends to ``metrics.jsonl`` and writes into ``tokenizer/`` and ``checkpoints/``:
 a symbolic link or a file of another kind in one of those places would make it write
@@ -32,14 +24,15 @@ from llm_gym.recipes.resolved import (
     segment_file_name,
     segment_files,
 )
+from llm_gym.run_layout import RunLayout
 
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
-TOKENIZER_DIR = "tokenizer"
+METRICS_FILE = RunLayout.METRICS
+CHECKPOINTS_DIR = RunLayout.CHECKPOINTS
+TOKENIZER_DIR = RunLayout.TOKENIZER
 
 # What each name the runner writes must be: a regular file or a real directory.
 _EXPECTED = (
-    (".lock", "file"),
+    (RunLayout.LOCK, "file"),
     (METRICS_FILE, "file"),
     ("recipe.resolved*.yaml", "file"),
     (TOKENIZER_DIR, "directory"),

@@ -16,8 +16,9 @@ from types import FrameType
 import torch
 
 from llm_gym.errors import UserError
+from llm_gym.run_layout import RunLayout
 
-LOCK_FILE = ".lock"
+LOCK_FILE = RunLayout.LOCK
 
 
 class Interrupted(UserError):

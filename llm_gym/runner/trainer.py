@@ -30,6 +30,7 @@ from llm_gym.recipes.pins import current_pins
 from llm_gym.recipes.resolved import resolved_yaml
 from llm_gym.registry import ResolverRegistry
 from llm_gym.registry.building import build_choice
+from llm_gym.run_layout import RunLayout
 from llm_gym.runner.async_checkpoint import AsyncCheckpointer
 from llm_gym.runner.batch_layout import batch_layout, fixed_global_batch
 from llm_gym.runner.checkpoint import (
@@ -165,6 +166,9 @@ def _last_loss(metrics: Path, step: int) -> float:
 
 
 class Trainer:
+    """One rank's run: built, resumed and its run directory prepared by ``__init__``
+    (in that order, each a method below), trained by ``fit``."""
+
     def __init__(
         self,
         loaded: LoadedRecipe,
@@ -189,7 +193,15 @@ class Trainer:
         # From the start, so an out-of-memory snapshot shows the weights' allocations too.
         self.oom = OomRecorder(settings.memory_snapshot_on_oom, run_dir, world.rank,
                                world.device)
-        entries = loaded.recipe.components()
+        self._build(registry)
+        self._resume()
+        self._prepare_run_dir()
+        self._start_telemetry()
+
+    def _build(self, registry: ResolverRegistry) -> None:
+        """The model (sharded), then every other component with what it asks for."""
+        settings, world = self.settings, self.world
+        entries = self.loaded.recipe.components()
         if settings.eval_every and "eval_dataset" not in entries:
             raise UserError("trainer.eval_every is set but the recipe has no eval_dataset")
         # Same seed on every rank while building: FSDP2 shards whatever each rank holds,
@@ -197,6 +209,7 @@ class Trainer:
         seed_everything(settings.seed, 0)
         with torch.device(world.device):
             model = registry.build_component_by_config(entries.pop("model"))
+        self.flops_per_token = as_language_model(model).flops_per_token(settings.seq_len)
         self.model = parallelize_as_configured(model, settings, world)
         seed_everything(settings.seed, world.rank)  # dropout and sampling differ per rank
         built = registry.build_components(
@@ -218,40 +231,50 @@ class Trainer:
             prefetch = 2 if world.device.type == "cuda" else 0
         self.train_feed = BatchFeed(built["train_dataset"], settings.micro_batch_size,
                                     world.device, prefetch)
-        self.evaluators = self._build_evaluators(built, run_dir)
+        self.evaluators = self._build_evaluators(built, self.run_dir)
 
+    def _resume(self) -> None:
+        """Room for a checkpoint first; then, resuming, the checkpoint and the changes the
+        plan allowed."""
         needed = checkpoint_bytes(self.model)
-        on_main(lambda: check_room(run_dir, needed, settings.keep_last), world)
-
+        on_main(lambda: check_room(self.run_dir, needed, self.settings.keep_last), self.world)
         self.step = 0
         self.resume_warning: str | None = None
+        plan = self.plan
         if plan.resumed:
             fresh = hyperparameters(self.optimizer)  # as this run's recipe builds them
             resharded = self._restore(plan.checkpoint)
             changed = honour_changes(plan, self.optimizer, self.scheduler, fresh)
             self.resume_warning = "\n".join(m for m in (resharded, changed) if m) or None
         self.start_step = self.step
+
+    def _prepare_run_dir(self) -> None:
+        """This segment's resolved recipe and the tokenizer's files (rank 0)."""
         if self.main:
-            write_segment_recipe(run_dir, self.step, self._resolved_text(),
-                                 changed=bool(plan.applied))
+            write_segment_recipe(self.run_dir, self.step, self._resolved_text(),
+                                 changed=bool(self.plan.applied))
             self._save_tokenizer()
+
+    def _start_telemetry(self) -> None:
+        """Throughput, MFU, profiler, memory, and last the metrics and loggers."""
+        settings, world = self.settings, self.world
         self.tokens_per_step = self.layout.global_batch_size * settings.seq_len
-        self.flops_per_token = as_language_model(model).flops_per_token(settings.seq_len)
         # Only rank 0 reports MFU; the meter raises a peak that a step beats, so no
         # figure above 100% is ever logged (runner/flops.py says why).
         self.mfu_meter = MfuMeter(world.device, world.world_size) if self.main else None
-        self.profiler = StepProfiler(settings.profile, run_dir, world.rank, world.device)
+        self.profiler = StepProfiler(settings.profile, self.run_dir, world.rank, world.device)
         self.memory = MemoryTelemetry(world.device)
 
         # Last, so nothing after it can fail with a live display running. Rank 0 builds
         # the loggers; a logger that cannot start (a missing extra) stops every rank.
-        title = f"{loaded.ref.label} on {world.world_size} x {world.device.type}"
-        provided = {"world": world, "trainer": settings, "run_dir": run_dir,
+        title = f"{self.loaded.ref.label} on {world.world_size} x {world.device.type}"
+        provided = {"world": world, "trainer": settings, "run_dir": self.run_dir,
                     "start_step": self.step, "title": title}
         loggers: list = []
         on_main(lambda: loggers.extend(build_loggers(settings.loggers, provided)), world)
         self.metrics = Subscribers(
-            [MetricsLog(run_dir / METRICS_FILE, enabled=self.main, resume_step=self.step)],
+            [MetricsLog(RunLayout(self.run_dir).metrics, enabled=self.main,
+                        resume_step=self.step)],
             loggers,
             main=self.main,
         )
@@ -519,7 +542,7 @@ class Trainer:
         return round(waited, 6)
 
     def _save_failed(self, cause: str, step: int | None) -> str:
-        root = self.run_dir / "checkpoints"
+        root = RunLayout(self.run_dir).checkpoints
         free = shutil.disk_usage(root if root.exists() else self.run_dir).free
         latest = latest_checkpoint(self.run_dir)
         kept = (f"the newest complete checkpoint, {latest}, is intact" if latest
