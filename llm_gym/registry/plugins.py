@@ -11,6 +11,9 @@ from llm_gym.errors import UserError
 from llm_gym.registry import hookspecs
 
 ENTRY_POINT_GROUP = "llm_gym"
+# The application's own plugin (the recipe slots and sections the runner needs), found
+# the same way so that the registry names no module above it (llm_gym/core_plugin.py).
+CORE_ENTRY_POINT_GROUP = "llm_gym.core"
 
 
 class PluginLoadError(UserError):
@@ -23,20 +26,22 @@ def new_plugin_manager() -> pluggy.PluginManager:
     return manager
 
 
-def installed_entry_points() -> list[EntryPoint]:
+def installed_entry_points(group: str = ENTRY_POINT_GROUP) -> list[EntryPoint]:
     unique: dict[tuple[str, str], EntryPoint] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in entry_points(group=group):
         unique.setdefault((ep.name, ep.value), ep)  # an editable install may list one twice
     return sorted(unique.values(), key=lambda ep: ep.name)
 
 
-def load_entry_point_plugins(manager: pluggy.PluginManager) -> dict[str, str]:
-    """Import and register every installed plugin, saying which one failed and why.
+def load_entry_point_plugins(manager: pluggy.PluginManager,
+                             group: str = ENTRY_POINT_GROUP) -> dict[str, str]:
+    """Import and register every installed plugin of ``group``, saying which one failed
+    and why.
 
     Returns ``plugin name -> "entry point ... of distribution ..."`` for later messages.
     """
     origins = {}
-    for ep in installed_entry_points():
+    for ep in installed_entry_points(group):
         if manager.has_plugin(ep.name):
             continue
         dist = ep.dist.name if ep.dist is not None else "an unknown distribution"

@@ -24,7 +24,13 @@ from llm_gym.registry.hookspecs import Slot
 from llm_gym.registry.kinds import ComponentChoice, ComponentKind, UnknownComponentError
 from llm_gym.registry.lookup import LookupEnum
 from llm_gym.registry.nesting import nested_field_kinds, registry_active
-from llm_gym.registry.plugins import call_each, load_entry_point_plugins, new_plugin_manager
+from llm_gym.registry.plugins import (
+    CORE_ENTRY_POINT_GROUP,
+    PluginLoadError,
+    call_each,
+    load_entry_point_plugins,
+    new_plugin_manager,
+)
 
 
 class ResolverRegistry:
@@ -41,12 +47,16 @@ class ResolverRegistry:
 
     @classmethod
     def from_installed_plugins(cls) -> ResolverRegistry:
-        """The core's own plugin plus every installed ``llm_gym`` entry point."""
-        from llm_gym import core_plugin
-
+        """The application's core plugin (entry point group ``llm_gym.core``) plus every
+        installed ``llm_gym`` entry point."""
         manager = new_plugin_manager()
-        manager.register(core_plugin, name="llm_gym.core")
-        return cls(manager, load_entry_point_plugins(manager))
+        origins = load_entry_point_plugins(manager, CORE_ENTRY_POINT_GROUP)
+        if not origins:
+            raise PluginLoadError(
+                "llm_gym's core plugin is not installed (no entry point in the group "
+                f"{CORE_ENTRY_POINT_GROUP!r}): install the package (pip install -e .) "
+                "rather than running it from a source tree")
+        return cls(manager, {**origins, **load_entry_point_plugins(manager)})
 
     # -- filling -------------------------------------------------------------------------
 

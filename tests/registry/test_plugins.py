@@ -150,3 +150,38 @@ def test_builtin_set_is_registered_only_through_its_entry_point():
 
     eps = [ep for ep in entry_points(group="llm_gym") if ep.value == "llm_gym_components"]
     assert [ep.name for ep in eps][:1] == ["builtin"]
+
+
+def _imports_of(package: Path) -> list[tuple[str, str]]:
+    """(file, imported module) for every import statement under ``package``."""
+    found = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found += [(path.name, a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                # `from llm_gym import core_plugin` imports llm_gym.core_plugin
+                found += [(path.name, f"{node.module}.{a.name}") for a in node.names]
+    return found
+
+
+def test_the_registry_knows_nothing_of_the_runner_or_the_core_plugin():
+    """The core plugin (the runner's slots and sections) arrives by its entry point, so
+    the import graph runs one way: runner -> registry, never back, not even lazily."""
+    offenders = [f"{f}: {m}" for f, m in _imports_of(REPO / "llm_gym" / "registry")
+                 if m.startswith(("llm_gym.runner", "llm_gym.core_plugin", "llm_gym.cli"))]
+    assert offenders == []
+    registry = ResolverRegistry.from_installed_plugins()
+    assert {"model", "optimizer", "train_dataset"} <= {s.name for s in registry.slots()}
+
+
+def test_without_the_core_plugin_installed_the_registry_says_so(monkeypatch):
+    from llm_gym.registry import plugins
+
+    real = plugins.installed_entry_points
+    monkeypatch.setattr(plugins, "installed_entry_points",
+                        lambda group=plugins.ENTRY_POINT_GROUP: [] if group == "llm_gym.core"
+                        else real(group))
+    with pytest.raises(UserError, match=r"core plugin is not installed .*'llm_gym.core'.*"
+                                        r"pip install -e \."):
+        ResolverRegistry.from_installed_plugins()
