@@ -25,7 +25,8 @@ from llm_gym.runner.metrics import read_metrics
 STEPS, EVERY, ROUNDS = 40, 10, 2
 TIMED_SAVES = STEPS // EVERY - 1
 BASE = [f"trainer.max_steps={STEPS}", "trainer.log_every=1", "trainer.eval_every=null",
-        "trainer.sample_prompt=null", "trainer.loggers=[]", "trainer.keep_last=2"]
+        "trainer.sample_prompt=null", "trainer.loggers=[]", "trainer.keep_last=2",
+        "scheduler.config.warmup_steps=5"]
 MODES = {
     "none": ["trainer.checkpoint_every=null"],
     "sync": [f"trainer.checkpoint_every={EVERY}"],
