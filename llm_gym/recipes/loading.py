@@ -32,6 +32,26 @@ class LoadedRecipe:
     recipe: RecipeBase
     drift: list[Drift]
 
+    def portable(self) -> ResolvedRecipe:
+        """What another process needs to rebuild this recipe without reading a file."""
+        return ResolvedRecipe(self.ref, self.data, list(self.drift))
+
+
+@dataclass(frozen=True)
+class ResolvedRecipe:
+    """A recipe already found, resolved (overrides, interpolation) and checked, in plain
+    values: picklable, so the launcher hands it to its workers. The validated model is a
+    class of the registry's making and does not travel; ``load`` validates the same data
+    against the worker's registry (nothing is read again, so nothing can have changed)."""
+
+    ref: RecipeRef
+    data: dict[str, Any]
+    drift: list[Drift]
+
+    def load(self, registry: ResolverRegistry) -> LoadedRecipe:
+        recipe = validate_recipe(self.data, registry, source=str(self.ref.path))
+        return LoadedRecipe(self.ref, self.data, recipe, list(self.drift))
+
 
 def load_recipe(
     spec: str,

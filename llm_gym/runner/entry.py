@@ -65,7 +65,7 @@ def run_recipe(
         else:
             run_dir, created = claim_default_run_dir(name, version), True
     job = RunJob(spec, tuple(overrides), Path(run_dir), resume, allow_drift, tuple(recipe_dirs),
-                 tuple(allow_changes), created)
+                 tuple(allow_changes), created, loaded.portable())
 
     from llm_gym.runner.trainer import train_worker
 

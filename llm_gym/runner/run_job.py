@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,3 +26,8 @@ class RunJob:
     allow_changes: tuple[str, ...] = ()
     # The launcher created run_dir for this run: a refused run removes it again.
     created_run_dir: bool = False
+    # The recipe as the launcher resolved and checked it (recipes/loading.py's
+    # ResolvedRecipe): workers validate it against their registry instead of loading
+    # the files again. None: each worker loads spec and overrides (torchrun runs the
+    # command itself on every rank).
+    recipe: Any = None

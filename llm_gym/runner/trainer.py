@@ -89,6 +89,9 @@ def train_worker(
 ) -> dict[str, Any]:
     """One rank of a run (the launcher's entry point; also the single-process path, which
     passes the recipe it already loaded and validated)."""
+    if (loaded is None or registry is None) and job.recipe is not None:
+        registry = ResolverRegistry.from_installed_plugins()
+        loaded = job.recipe.load(registry)  # as the launcher resolved and checked it
     if loaded is None or registry is None:
         registry = ResolverRegistry.from_installed_plugins()
         loaded = load_recipe(

@@ -223,3 +223,20 @@ def test_a_stop_before_the_first_step_says_there_is_nothing_to_resume(tmp_path, 
     assert message.startswith("interrupted at step 0; nothing trained yet, so no checkpoint")
     assert message.endswith(f"start again with the same command and --run-dir {run_dir}")
     assert "--resume" not in message and latest_checkpoint(run_dir) is None
+
+
+def test_workers_train_the_recipe_the_launcher_resolved_without_reading_it_again(tmp_path):
+    """The job a launcher pickles for its workers carries the resolved recipe; a worker
+    validates that instead of finding and loading the files again (which may have changed
+    or gone since the launcher checked them)."""
+    import pickle
+
+    from llm_gym.recipes.loading import load_recipe
+    from llm_gym.runner.run_job import RunJob
+    from llm_gym.runner.trainer import train_worker
+
+    loaded = load_recipe("gpt2-debug", ["trainer.max_steps=2", "trainer.eval_every=null"])
+    job = RunJob("no-such-recipe", (), tmp_path / "run", recipe=loaded.portable())
+    result = train_worker(pickle.loads(pickle.dumps(job)))  # as a forked worker gets it
+    assert result["step"] == 2
+    assert "max_steps: 2" in (tmp_path / "run" / "recipe.resolved.yaml").read_text()
