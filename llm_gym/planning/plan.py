@@ -54,6 +54,15 @@ class Plan:
     warnings: tuple[str, ...] = field(default=())
     # trainer.global_batch_size/_tokens: accumulation follows the ranks, the batch does not
     fixed_batch: bool = False
+    async_checkpoint: bool = False  # trainer.async_checkpoint: a host copy of the states
+
+    def checkpoint_host_bytes(self) -> int:
+        """Host memory per rank that a background checkpoint's copy takes (its sharded
+        parameters and optimizer state; 0 without trainer.async_checkpoint)."""
+        if not self.async_checkpoint:
+            return 0
+        m = self.memory()
+        return m.params + m.optimizer
 
     def memory(self, setup: Setup | None = None) -> Memory:
         return memory(self.shape, setup or self.setup, self.optimizer)
@@ -135,7 +144,8 @@ def make_plan(
     optimizer = optimizer_layout(registry, recipe) if "optimizer" in entries else (
         OptimizerLayout("none", 0, 0, 0))
     return Plan(label, shape, setup, optimizer, nodes, gpus_per_node, name, peak, gpu_bytes,
-                mfu, s.max_steps, tuple(warnings), fixed_global_batch(s) is not None)
+                mfu, s.max_steps, tuple(warnings), fixed_global_batch(s) is not None,
+                s.async_checkpoint)
 
 
 def build_on_meta(registry: ResolverRegistry, recipe: RecipeBase) -> nn.Module:

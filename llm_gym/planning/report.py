@@ -48,6 +48,11 @@ def render(plan: Plan, console: Console) -> Verdict:
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(_memory_table(plan))
+    if plan.async_checkpoint:
+        host = plan.checkpoint_host_bytes()
+        console.print(f"background checkpoints (trainer.async_checkpoint): a host-memory copy "
+                      f"of {gib(host)} per rank, {gib(host * plan.gpus_per_node)} per node, "
+                      "while a save is written")
     console.print(_compute_table(plan))
     if s.sharded and s.ranks > 1:
         console.print(_comm_table(plan))

@@ -143,3 +143,25 @@ def test_hsdp_that_does_not_fit_the_gpus_is_refused(capsys) -> None:
     code, out, err = cli(capsys, "gpt2-124m", "--nodes", "1", "--gpus-per-node", "8",
                          "trainer.parallel={dp_replicate: 3}")
     assert code == 2 and "trainer.parallel.dp_replicate: 3 replicas do not divide" in out + err
+
+
+def test_background_checkpoints_plan_a_host_copy_of_the_sharded_states(capsys) -> None:
+    """trainer.async_checkpoint copies each rank's parameters and optimizer state to host
+    memory while a save is written: the plan says how much, per rank and per node."""
+    sync = plan("gpt2-124m", gpus=8)
+    background = plan("gpt2-124m", "trainer.async_checkpoint=true", gpus=8)
+    assert sync.checkpoint_host_bytes() == 0
+    m = background.memory()
+    assert background.checkpoint_host_bytes() == m.params + m.optimizer > 0
+    # Sharded: twice the ranks, about half the copy on each.
+    wider = plan("gpt2-124m", "trainer.async_checkpoint=true", gpus=8, nodes=2)
+    assert wider.checkpoint_host_bytes() == pytest.approx(
+        background.checkpoint_host_bytes() / 2, rel=0.01)
+    _, out, _ = cli(capsys, "gpt2-124m", "--nodes", "1", "--gpus-per-node", "8", "--gpu",
+                    "h100", "trainer.async_checkpoint=true")
+    per_rank = background.checkpoint_host_bytes() / 2**30
+    assert (f"a host-memory copy of {per_rank:,.2f} GiB per rank, {8 * per_rank:,.2f} GiB per "
+            "node") in " ".join(out.split())
+    _, out, _ = cli(capsys, "gpt2-124m", "--nodes", "1", "--gpus-per-node", "8", "--gpu",
+                    "h100")
+    assert "background checkpoints" not in out
