@@ -12,9 +12,10 @@
       profile/                      trainer.profile traces, CUDA out-of-memory snapshots
       eval/                         `llm_gym eval` results (evaluation/offline.py)
 
-Every module that reads or writes one of these asks a ``RunLayout`` (or its names), so
-a new entry, or a renamed one, is one edit here. It knows paths only, nothing of what
-the files hold, so any layer (runner, evaluation, hf, recipes) may import it.
+Every module that reads or writes one of these takes its name from here, and the paths
+built from a name (a checkpoint's step, a rank's trace) are methods here, so a new entry,
+or a renamed one, is one edit here. It knows paths only, nothing of what the files hold,
+so any layer (runner, evaluation, hf, recipes) may import it.
 """
 
 from __future__ import annotations
@@ -39,25 +40,8 @@ class RunLayout:
         object.__setattr__(self, "root", Path(self.root))
 
     @property
-    def lock(self) -> Path:
-        return self.root / self.LOCK
-
-    @property
-    def resolved_recipe(self) -> Path:
-        """The recipe of the segment that started at step 0."""
-        return self.root / self.RESOLVED_RECIPE
-
-    def segment_recipe(self, start_step: int) -> Path:
-        """The resolved recipe of the segment that starts at ``start_step``."""
-        return self.root / segment_recipe_name(start_step)
-
-    @property
     def metrics(self) -> Path:
         return self.root / self.METRICS
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.root / self.TOKENIZER
 
     @property
     def checkpoints(self) -> Path:
@@ -77,10 +61,6 @@ class RunLayout:
     def oom_snapshot(self, rank: int) -> Path:
         return self.profile / ("oom-snapshot.pickle" if rank == 0
                                else f"oom-snapshot-rank{rank}.pickle")
-
-    @property
-    def eval(self) -> Path:
-        return self.root / self.EVAL
 
 
 def segment_recipe_name(start_step: int) -> str:

@@ -145,7 +145,6 @@ def save_checkpoint(
     complete, all but the ``keep_last`` newest complete checkpoints (by step) are
     deleted; ``None`` keeps all. The checkpoint just written is never deleted.
     """
-    _check_keep_last(keep_last)
     snapshot = take_snapshot(model=model, optimizer=optimizer, world=world, extra=extra)
     return write_checkpoint(run_dir, step, snapshot, world=world, keep_last=keep_last)
 

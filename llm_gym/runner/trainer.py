@@ -89,18 +89,13 @@ def train_worker(
 ) -> dict[str, Any]:
     """One rank of a run (the launcher's entry point; also the single-process path, which
     passes the recipe it already loaded and validated)."""
-    if (loaded is None or registry is None) and job.recipe is not None:
-        registry = ResolverRegistry.from_installed_plugins()
-        loaded = job.recipe.load(registry)  # as the launcher resolved and checked it
     if loaded is None or registry is None:
         registry = ResolverRegistry.from_installed_plugins()
-        loaded = load_recipe(
-            job.spec,
-            job.overrides,
-            registry=registry,
-            recipe_dirs=job.recipe_dirs,
-            allow_drift=job.allow_drift,
-        )
+        if job.recipe is not None:  # as the launcher resolved and checked it
+            loaded = job.recipe.load(registry)
+        else:  # under torchrun: each rank loads the recipe itself
+            loaded = load_recipe(job.spec, job.overrides, registry=registry,
+                                 recipe_dirs=job.recipe_dirs, allow_drift=job.allow_drift)
     with distributed_world() as world:
         if world.device.type == "cpu":
             keep_freed_host_memory()  # a CPU step reuses its tensors' pages (host_memory.py)
