@@ -23,12 +23,15 @@ A model is a ``torch.nn.Module`` whose ``forward(input_ids[B, T])`` returns logi
   ``llm_gym.sampling.sample_tokens`` (also top_p and stop_token), which ``llm_gym
   generate`` and the trainer's sample use too and which samples any contract model.
 
-Two parts are optional. A Hugging Face adapter: a "pretrained" model component carries an
+Three parts are optional. A Hugging Face adapter: a "pretrained" model component carries an
 ``hf_adapter`` class attribute (``llm_gym.hf.adapter.HFAdapter``); a model without one
 trains, plans and samples, and only ``export hf`` / ``import hf`` refuse it. Cached
 decoding: a model that derives from ``llm_gym.kv_cache.CachedDecoding`` (and takes
 ``forward(input_ids, kv_cache=...)``) decodes one token per step; any other model is
-sampled by running its whole context each step.
+sampled by running its whole context each step. Tensor parallelism: a model with a
+``tensor_parallel_plan()`` method returns a ``llm_gym.tensor_parallel_plan.TensorParallelPlan``
+(which of its layers are cut how); ``trainer.parallel.tp`` above 1 refuses a model
+without one.
 
 ``recipe validate`` (and ``run``) refuse a model component whose class lacks a part, by
 the class its ``build`` is annotated to return; the runner and planner check the built
@@ -156,3 +159,8 @@ def contract_problems(recipe: Any) -> Iterator[str]:
                     "in the class body (`vocab_size: int`) or as a property")
         yield ("model.type_hint: " + _refusal(name, f"class {declared.__qualname__}", missing)
                + hint)
+
+
+def declares_tensor_parallel_plan(model_or_class: Any) -> bool:
+    """True for a model (or model class) with the optional ``tensor_parallel_plan()``."""
+    return callable(getattr(model_or_class, "tensor_parallel_plan", None))

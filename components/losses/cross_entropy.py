@@ -16,6 +16,9 @@ class CrossEntropyLoss(torch.nn.Module):
         super().__init__()
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
+        # Under tensor parallelism the trainer may hand this loss logits cut by vocabulary
+        # (torch's loss parallel), which supports no label smoothing.
+        self.vocab_parallel = label_smoothing == 0
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # Compute in fp32 whatever the model's dtype: log-softmax over 50k classes in bf16

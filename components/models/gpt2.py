@@ -28,6 +28,7 @@ from llm_gym.document_attention import (
 )
 from llm_gym.kv_cache import CachedDecoding, KVCache, attend
 from llm_gym.sampling import sample_tokens
+from llm_gym.tensor_parallel_plan import TensorParallelPlan
 
 
 def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -57,9 +58,12 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             return self.decode(x, kv_cache, layer)
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
+        head_dim = C // self.n_head
+        # Thirds, and heads counted from the width: under tensor parallelism c_attn gives
+        # this rank's heads of q, k and v only (runner/tensor_parallel.py).
+        q, k, v = self.c_attn(x).chunk(3, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim): heads become a batch dimension for SDPA.
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(B, T, -1, head_dim).transpose(1, 2) for t in (q, k, v))
         dropout_p = self.dropout if self.training else 0.0
         if documents is not None:  # a packed block: each token sees only its own document
             y = attend_within_documents(q, k, v, documents, dropout_p=dropout_p)
@@ -67,7 +71,7 @@ class CausalSelfAttention(nn.Module):
             # is_causal lets SDPA pick a fused (flash / memory-efficient) kernel and spares
             # us a (T, T) mask buffer, which would also need special care on meta.
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)
         return self.resid_dropout(self.c_proj(y))
 
     def decode(self, x: torch.Tensor, kv_cache: KVCache, layer: int) -> torch.Tensor:
@@ -208,6 +212,20 @@ class GPT2(nn.Module, CachedDecoding):
     @property
     def max_seq_len(self) -> int:
         return self.n_positions
+
+    def tensor_parallel_plan(self) -> TensorParallelPlan:
+        """Megatron-style cuts (``llm_gym/tensor_parallel_plan.py``): heads and MLP units
+        per rank, the sequence cut between them; c_attn's q, k and v each cut by heads."""
+        return TensorParallelPlan(
+            root={"transformer.wte": "vocab_embedding", "transformer.wpe": "replicate",
+                  "transformer.ln_f": "norm", "lm_head": "head"},
+            block={"ln_1": "norm", "attn": "gather_sequence", "attn.c_attn": "colwise",
+                   "attn.c_proj": "rowwise", "ln_2": "norm", "mlp": "gather_sequence",
+                   "mlp.c_fc": "colwise", "mlp.c_proj": "rowwise"},
+            fused={"attn.c_attn": 3},
+            divides={"n_head": self.n_head},
+            tied=(("lm_head.weight", "transformer.wte.weight"),),
+        )
 
     def init_weights(self) -> None:
         """(Re-)apply GPT-2's initialisation in place; a no-op on the meta device.

@@ -29,6 +29,7 @@ from llm_gym.document_attention import (
 )
 from llm_gym.kv_cache import CachedDecoding, KVCache, attend
 from llm_gym.sampling import sample_tokens
+from llm_gym.tensor_parallel_plan import TensorParallelPlan
 
 # Bytes of the fp32 statistics and int64 ids that a forward saves, whatever the dtype.
 _F32 = 4
@@ -108,9 +109,11 @@ class Attention(nn.Module):
         if kv_cache is not None:
             return self.decode(x, cos, sin, kv_cache, layer)
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        # Heads counted from the width: under tensor parallelism the projections give this
+        # rank's heads only (runner/tensor_parallel.py).
+        q = self.q_proj(x).view(B, T, -1, self.head_dim)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # heads become a batch dimension
@@ -249,6 +252,26 @@ class Llama(nn.Module, CachedDecoding):
     def blocks(self) -> list[nn.Module]:
         """The transformer blocks, in order: the units for FSDP and activation checkpointing."""
         return list(self.model.layers)
+
+    def tensor_parallel_plan(self) -> TensorParallelPlan:
+        """Megatron-style cuts (``llm_gym/tensor_parallel_plan.py``): query and key/value
+        heads and SwiGLU units per rank, the sequence cut between them."""
+        block = {"input_layernorm": "norm", "self_attn": "gather_sequence",
+                 "self_attn.q_proj": "colwise", "self_attn.k_proj": "colwise",
+                 "self_attn.v_proj": "colwise", "self_attn.o_proj": "rowwise",
+                 "post_attention_layernorm": "norm", "mlp": "gather_sequence",
+                 "mlp.gate_proj": "colwise", "mlp.up_proj": "colwise",
+                 "mlp.down_proj": "rowwise"}
+        if self.qk_norm:
+            block |= {"self_attn.q_norm": "head_norm", "self_attn.k_norm": "head_norm"}
+        tied = (("lm_head.weight", "model.embed_tokens.weight"),) if self.tie_embeddings else ()
+        return TensorParallelPlan(
+            root={"model.embed_tokens": "vocab_embedding", "model.norm": "norm",
+                  "lm_head": "head"},
+            block=block,
+            divides={"n_head": self.n_head, "n_kv_head": self.n_kv_head},
+            tied=tied,
+        )
 
     def init_weights(self) -> None:
         """Normal(0, init_std) weights, the two residual projections of each block scaled by

@@ -30,9 +30,9 @@ def shard_passes(items: Sequence[T], world: World) -> Iterator[tuple[T, bool]]:
 
 
 def sum_over_ranks(values: Sequence[float], world: World, *, dtype: torch.dtype) -> list[float]:
-    """Each value summed over all ranks (``torch.int64`` for counts: exact at any world
+    """Each value summed over the world's ranks (``torch.int64`` for counts: exact at any world
     size; ``torch.float64`` for log-probabilities)."""
     out = torch.tensor(list(values), dtype=dtype, device=world.device)
     if world.world_size > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=world.group)
     return out.tolist()

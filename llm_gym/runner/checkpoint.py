@@ -65,6 +65,7 @@ from llm_gym.runner.checkpoint_dirs import (
     temp_path,
     writer_token,
 )
+from llm_gym.runner.checkpoint_layout import as_blocks
 from llm_gym.runner.checkpoint_marker import MARKER, marker_bytes, read_marker
 from llm_gym.runner.checkpoint_metadata import METADATA_FILE
 from llm_gym.runner.checkpoint_reading import dcp_error_text, load_state, open_checkpoint
@@ -199,6 +200,7 @@ def write_checkpoint(
 
 
 def _dcp_save(state: dict[str, Any], path: Path, writer: Any, world: World) -> None:
+    state = as_blocks(state)  # a tensor-parallel cut saved in the unsharded layout
     if world.world_size > 1:
         dcp.save(state, checkpoint_id=path, storage_writer=writer, process_group=world.group)
         return
@@ -331,7 +333,7 @@ def load_checkpoint(
         raise UserError(f"checkpoint {path} is damaged: {detail}")
 
     state = _dcp_state(model, optimizer)
-    load_state(opened, state)
+    load_state(opened, as_blocks(state))  # views: loading fills the state's tensors
     if optimizer is None:
         set_model_state_dict(model, state["model"])
     else:

@@ -34,8 +34,10 @@ class World:
     """Where this process sits in the run: its ranks, its device, the backend in use and,
     once the trainer has built it from ``trainer.parallel`` (runner/mesh.py), the device
     mesh every consumer shards over (None: not built yet). ``group`` is the process group
-    the checkpoint writer's collectives use (None: the default group; a thread writing
-    a checkpoint beside training has a gloo group of its own, async_checkpoint.py)."""
+    of these ranks, which collectives among them use (None: the default group, every
+    rank; a thread writing a checkpoint beside training has a gloo group of its own,
+    async_checkpoint.py; the data-parallel world of a tensor-parallel run, runner/mesh.py,
+    the group of its data-parallel ranks)."""
 
     rank: int
     local_rank: int
@@ -154,7 +156,7 @@ def all_reduce_mean(value: T, world: World) -> T:
     else:
         out = torch.tensor(float(value), dtype=torch.float32, device=world.device)
     if world.world_size > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=world.group)
         out /= world.world_size
     if isinstance(value, torch.Tensor):
         return out.to(value.dtype)

@@ -46,13 +46,18 @@ def run_recipe(
         )
     # A fixed global batch that does not split on this many ranks is refused before any
     # run directory or worker exists (the trainer derives the same layout again).
-    # So is a mesh (trainer.parallel) that does not multiply out to the world size.
+    # So is a mesh (trainer.parallel) that does not multiply out to the world size, and a
+    # tensor-parallel degree the model has no plan for or whose heads it does not divide.
     from llm_gym.runner.batch_layout import batch_layout
     from llm_gym.runner.mesh import mesh_shape
 
     world_size = int(os.environ["WORLD_SIZE"]) if under_launcher else nproc
-    batch_layout(loaded.recipe.trainer, world_size)
-    mesh_shape(loaded.recipe.trainer.parallel, world_size)
+    shape = mesh_shape(loaded.recipe.trainer.parallel, world_size)
+    batch_layout(loaded.recipe.trainer, shape.dp_size)
+    if shape.tp > 1:  # the model's tensor-parallel plan fits the degree (built on meta)
+        from llm_gym.runner.tensor_parallel import check_recipe_degree
+
+        check_recipe_degree(registry, loaded.recipe, shape.tp)
     created = False
     if run_dir is None:
         from llm_gym.runner.run_dir import claim_default_run_dir, newest_run_dir

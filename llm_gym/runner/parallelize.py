@@ -1,8 +1,12 @@
-"""Make a plain model trainable at scale: activation checkpointing, compile, FSDP2.
+"""Make a plain model trainable at scale: tensor parallelism, activation checkpointing,
+compile, FSDP2.
 
 The model code knows nothing of this module; the runner hands over the model and the list
 of its repeated blocks. The order is fixed and matters:
 
+0. tensor parallelism, when the mesh has a ``tp`` dimension above 1: the model's declared
+   plan cuts its layers into DTensors over that dimension (runner/tensor_parallel.py);
+   FSDP then shards those DTensors further over the data-parallel dimensions (2-D);
 1. activation checkpointing per block: the recomputation boundary is the block's forward;
 2. ``torch.compile`` per block: the compiled region then contains the checkpointed forward
    (compile understands ``torch.utils.checkpoint``), and compiling block by block keeps
@@ -33,7 +37,12 @@ from torch.utils.checkpoint import checkpoint
 from llm_gym.errors import UserError
 from llm_gym.model_contract import as_language_model
 from llm_gym.runner.distributed import World
-from llm_gym.runner.mesh import shard_mesh, with_mesh
+from llm_gym.runner.mesh import shard_mesh, tp_size, with_mesh
+from llm_gym.runner.tensor_parallel import (
+    apply_tensor_parallel,
+    plan_for_degree,
+    strided_shard_placement,
+)
 
 ActivationCheckpointing = Literal["none", "full"] | int
 
@@ -64,9 +73,14 @@ def parallelize(
     without one shards over every rank.
 
     The model must already sit on ``world.device`` with identical values on every rank.
+    With a ``tp`` mesh dimension above 1 it must declare a tensor-parallel plan.
     """
     if any(getattr(block, _MARK, False) for block in blocks):
         raise RuntimeError("parallelize() was already applied to these blocks")
+    world = with_mesh(world)
+    plan = plan_for_degree(model, tp_size(world))
+    if plan is not None:
+        apply_tensor_parallel(model, list(blocks), plan, world.mesh["tp"])
     for index in _checkpointed_indices(len(blocks), activation_checkpointing):
         _checkpoint_forward(blocks[index])
     if compile:
@@ -76,19 +90,23 @@ def parallelize(
     for block in blocks:
         setattr(block, _MARK, True)
 
-    if world.world_size == 1 and param_dtype == reduce_dtype == torch.float32:
+    data_parallel = world.world_size // tp_size(world)
+    if data_parallel == 1 and param_dtype == reduce_dtype == torch.float32:
         # Sharding over one rank shards nothing and casts nothing: FSDP's all-gathers would
         # only copy, measured at ~15% of a small model's step on CPU. Skip the wrapper.
         return model
     _check_one_group_per_parameter(model, blocks)
-    mesh = shard_mesh(with_mesh(world).mesh)
+    mesh = shard_mesh(world.mesh)
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    # A fused projection cut part by part (tensor parallel) shards along its other dim.
+    placement = strided_shard_placement if plan is not None else None
     for index, block in enumerate(blocks):
         # The last block's parameters are needed again at the start of backward; keeping
         # them gathered saves one all-gather per step.
         last = index == len(blocks) - 1
-        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=not last)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=not last,
+                    shard_placement_fn=placement)
+    fully_shard(model, mesh=mesh, mp_policy=policy, shard_placement_fn=placement)
     return model
 
 

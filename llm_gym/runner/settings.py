@@ -32,7 +32,8 @@ class ProfileSettings(BaseModel):
 
 
 class ParallelSettings(BaseModel):
-    """``trainer.parallel``: the data-parallel mesh (runner/mesh.py)."""
+    """``trainer.parallel``: the device mesh (runner/mesh.py): data parallel, and tensor
+    parallel inside each data-parallel rank."""
 
     model_config = STRICT_MODEL_CONFIG
 
@@ -41,6 +42,9 @@ class ParallelSettings(BaseModel):
         "e.g. a node, and average gradients across copies)")
     dp_shard: int = Field(
         -1, ge=-1, description="ranks each copy shards over; -1: the rest of the world")
+    tp: PositiveInt = Field(
+        1, description="tensor-parallel degree: ranks that split each layer (heads, MLP "
+        "units) and the sequence between layers; keep it within a node")
 
     @field_validator("dp_shard")
     @classmethod

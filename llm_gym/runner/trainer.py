@@ -53,7 +53,7 @@ from llm_gym.runner.distributed import (
 from llm_gym.runner.flops import MfuMeter
 from llm_gym.runner.host_memory import keep_freed_host_memory
 from llm_gym.runner.memory_telemetry import MemoryTelemetry, max_over_ranks
-from llm_gym.runner.mesh import with_mesh
+from llm_gym.runner.mesh import data_parallel_world, tp_size, with_mesh
 from llm_gym.runner.metrics import (
     MetricsLog,
     Subscribers,
@@ -78,6 +78,7 @@ from llm_gym.runner.safety import (
     human_size,
 )
 from llm_gym.runner.stop_agreement import StopAgreement
+from llm_gym.runner.tensor_parallel import vocab_parallel_loss
 
 T = TypeVar("T")
 
@@ -180,8 +181,11 @@ class Trainer:
         world = with_mesh(world, settings.parallel)
         self.loaded, self.world, self.run_dir, self.plan = loaded, world, run_dir, plan
         self.main = world.rank == 0
-        # Every rank reads its share of each step (data parallel over the whole world).
-        self.layout = batch_layout(settings, world.world_size)
+        # Datasets and evaluators see the data-parallel ranks: the ranks of one
+        # tensor-parallel group read the same samples (runner/mesh.py).
+        self.data_world = data_parallel_world(world)
+        # Every data-parallel rank reads its share of each step.
+        self.layout = batch_layout(settings, self.data_world.world_size)
         self.stop_agreement = StopAgreement(world)  # collective: before any rank can fail
         # Collective too (a process group of its own for the writer thread).
         self.checkpointer = AsyncCheckpointer(world) if settings.async_checkpoint else None
@@ -211,11 +215,15 @@ class Trainer:
         self.model = parallelize_as_configured(model, settings, world)
         seed_everything(settings.seed, world.rank)  # dropout and sampling differ per rank
         built = registry.build_components(
-            entries, extra_kwargs={"model": self.model, "world": world, "trainer": settings}
-        )
+            entries,
+            extra_kwargs={"model": self.model, "world": self.data_world, "trainer": settings})
         self.optimizer = built["optimizer"]
         self.scheduler = built.get("scheduler")
         self.loss_fn = built["loss"]
+        # Cross-entropy on logits cut by vocabulary (loss parallel), where the model is cut
+        # by tensor parallelism and the loss declares it can (runner/tensor_parallel.py).
+        self.vocab_parallel = (tp_size(world) > 1
+                               and getattr(self.loss_fn, "vocab_parallel", False))
         if settings.compile:
             # The loss reads the step's largest tensor, the logits (batch x seq x vocab).
             # Compiled, its fp32 upcast, log-softmax and gradient fuse into a few passes
@@ -336,7 +344,14 @@ class Trainer:
         self._finish_saves()  # the run's last checkpoint is complete before it ends
         self.close()
         if s.sample_prompt and self.tokenizer is not None:
-            self.metrics.message(f"sample: {self.sample(s.sample_prompt, s.sample_tokens)}")
+            if tp_size(self.world) > 1:  # decoding runs on whole layers
+                self.metrics.message(
+                    "sample: not drawn under tensor parallelism (trainer.parallel.tp > 1); "
+                    f"sample the checkpoint with: llm_gym generate {self.run_dir} "
+                    f"--prompt {s.sample_prompt!r}")
+            else:
+                self.metrics.message(
+                    f"sample: {self.sample(s.sample_prompt, s.sample_tokens)}")
         return {"run_dir": str(self.run_dir), "step": self.step, "loss": last_loss,
                 "data_ran_out": ran_out is not None}
 
@@ -379,10 +394,11 @@ class Trainer:
             # A dataset with document boundaries adds document_ids to the model's call.
             with self.profiler.phase("data"):  # named ranges while profiling only
                 inputs, targets, kwargs = model_call(self.train_feed.next())
-            with self.profiler.phase("forward_backward"):
+            with self.profiler.phase("forward_backward"), \
+                    vocab_parallel_loss(self.vocab_parallel):
                 loss = self.loss_fn(model(inputs, **kwargs), targets) / accumulation
                 loss.backward()
-            total += loss.detach()
+            total += _local(loss.detach())
         with self.profiler.phase("optimizer"):
             # The same global norm on every rank, so every rank skips the same steps.
             grad_norm = clip_grad_norm_(model.parameters(), s.grad_clip or math.inf)
@@ -423,7 +439,7 @@ class Trainer:
     def _build_evaluators(self, built: dict[str, Any], run_dir: Path) -> Schedule:
         """``trainer.eval_every``'s validation loss, then ``trainer.evaluators``, built on
         every rank (each scores its share of the examples)."""
-        s, world = self.settings, self.world
+        s, world = self.settings, self.data_world
         scheduled = []
         if s.eval_every:
             validation = ValidationLoss(built["eval_dataset"], self.loss_fn, s.eval_batches,
@@ -601,3 +617,8 @@ class Trainer:
         header += "# pins of the installed components this run used:\n"
         pins = "".join(f"#   {k}: {v}\n" for k, v in current_pins(self.loaded.recipe).items())
         return header + pins + resolved_yaml(self.loaded)
+
+
+def _local(value: torch.Tensor) -> torch.Tensor:
+    """A loss computed under loss parallel is a replicated DTensor: its local value."""
+    return value.to_local() if isinstance(value, DTensor) else value
