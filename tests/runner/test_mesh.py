@@ -25,13 +25,13 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 def _parallel(replicate: int, shard: int) -> SimpleNamespace:
-    return SimpleNamespace(dp_replicate=replicate, dp_shard=shard)
+    return SimpleNamespace(dp_replicate=replicate, dp_shard=shard, tp=1)
 
 
 @pytest.mark.parametrize(("replicate", "shard", "world", "sizes"), [
     (1, -1, 4, (1, 4)), (2, -1, 4, (2, 2)), (4, 1, 4, (4, 1)), (2, 3, 6, (2, 3))])
 def test_the_rest_of_the_world_fills_dp_shard(replicate, shard, world, sizes):
-    assert mesh_shape(_parallel(replicate, shard), world).sizes == sizes
+    assert mesh_shape(_parallel(replicate, shard), world).sizes == (*sizes, 1)
 
 
 def test_a_split_that_does_not_multiply_out_is_refused_by_its_setting():

@@ -1,0 +1,126 @@
+"""trainer.parallel.tp: tensor parallelism (with sequence parallelism and loss parallel)
+trains like one process with the same global batch, for both model families; its
+checkpoints keep the unsharded layout, so a run moves between cuts; a degree that does
+not fit is refused before any worker starts, naming the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llm_gym.errors import UserError
+from llm_gym.recipes.loading import load_recipe
+from llm_gym.runner.entry import run_recipe
+from llm_gym.runner.metrics import read_metrics
+
+pytestmark = pytest.mark.usefixtures("use_demo_cache")
+
+BATCH = ["trainer.global_batch_size=8", "trainer.micro_batch_size=2", "trainer.max_steps=3",
+         "trainer.eval_every=3", "trainer.sample_prompt=null", "trainer.log_every=1"]
+TP2 = "trainer.parallel={tp: 2}"
+
+# Llama with every part a plan has: grouped-query attention (2 key/value heads for 4
+# query heads), QK-norm (a per-head norm inside attention) and a tied head.
+LLAMA = ("{type_hint: Llama, config: {vocab_size: 257, max_seq_len: 32, n_embd: 32, "
+         "n_layer: 2, n_head: 4, n_kv_head: 2, qk_norm: true, tie_embeddings: true, "
+         "multiple_of: 16}}")
+
+
+def _recipe(family: str, tmp_path: Path) -> tuple[str, list[str]]:
+    """gpt2-debug, or the same recipe with the small Llama above as its model."""
+    if family == "gpt2":
+        return "gpt2-debug", []
+    text = Path(load_recipe("gpt2-debug").ref.path).read_text()
+    start = text.index("model:\n")
+    end = text.index("\n\n", start)
+    path = tmp_path / "llama-debug.yaml"
+    path.write_text(text[:start] + f"model: {LLAMA}" + text[end:text.index("pins:")])
+    return str(path), []
+
+
+def _records(run_dir: Path, key: str) -> list[float]:
+    return [r[key] for r in read_metrics(run_dir / "metrics.jsonl") if key in r]
+
+
+def _assert_same_run(run: Path, reference: Path, keys=("loss", "grad_norm", "eval_loss")) -> None:
+    for key in keys:
+        assert _records(run, key) == pytest.approx(_records(reference, key), abs=1e-5), key
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_two_way_tensor_parallel_trains_like_one_process(tmp_path, family):
+    """2 processes splitting every layer: the same losses, gradient norms and validation
+    losses (the two ranks of the group read the same samples and count once)."""
+    spec, extra = _recipe(family, tmp_path)
+    run_recipe(spec, [*BATCH, *extra], run_dir=tmp_path / "one", allow_drift=True)
+    run_recipe(spec, [*BATCH, *extra, TP2], run_dir=tmp_path / "tp", nproc=2,
+               allow_drift=True)
+    _assert_same_run(tmp_path / "tp", tmp_path / "one")
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_data_parallel_by_tensor_parallel_trains_like_one_process(tmp_path, family):
+    """4 processes as 2 data-parallel ranks x 2 tensor-parallel: FSDP2 shards the
+    tensor-parallel DTensors further (2-D), each pair reads its own half of the batch.
+    (The validation loss reads eval_batches per data-parallel rank, so it is compared
+    where there is one, above.)"""
+    spec, extra = _recipe(family, tmp_path)
+    run_recipe(spec, [*BATCH, *extra], run_dir=tmp_path / "one", allow_drift=True)
+    run_recipe(spec, [*BATCH, *extra, TP2], run_dir=tmp_path / "dptp", nproc=4,
+               allow_drift=True)
+    _assert_same_run(tmp_path / "dptp", tmp_path / "one", keys=("loss", "grad_norm"))
+
+
+def test_a_checkpoint_moves_between_cuts(tmp_path):
+    """A tensor-parallel checkpoint holds the whole tensors in their usual layout (GPT-2's
+    fused c_attn included): one process resumes a 2-way run, and a 2-way run resumes one
+    process's, both on the losses of an uninterrupted run."""
+    steps = [*BATCH, "trainer.eval_every=null"]
+    run_recipe("gpt2-debug", [*steps, "trainer.max_steps=4"], run_dir=tmp_path / "one")
+    run_recipe("gpt2-debug", [*steps, "trainer.max_steps=2", TP2], run_dir=tmp_path / "a",
+               nproc=2)
+    run_recipe("gpt2-debug", [*steps, "trainer.max_steps=4"], run_dir=tmp_path / "a",
+               resume=True)
+    run_recipe("gpt2-debug", [*steps, "trainer.max_steps=2"], run_dir=tmp_path / "b")
+    run_recipe("gpt2-debug", [*steps, "trainer.max_steps=4", TP2], run_dir=tmp_path / "b",
+               nproc=2, resume=True)
+    for moved in ("a", "b"):
+        assert _records(tmp_path / moved, "loss") == pytest.approx(
+            _records(tmp_path / "one", "loss"), abs=1e-5), moved
+
+
+@pytest.mark.parametrize(("setting", "nproc", "message"), [
+    ("trainer.parallel={tp: 3}", 2,
+     r"trainer.parallel.tp: a tensor-parallel degree of 3 does not divide the 2 ranks; "
+     r"with 2 ranks it can be 1, 2"),
+    ("trainer.parallel={tp: 4}", 4,
+     r"trainer.parallel.tp: 4 does not fit model GPT2: n_head = 2 is not divisible by 4; "
+     r"it can be 1, 2"),
+    ("trainer.parallel={tp: 2, dp_replicate: 2, dp_shard: 2}", 2,
+     r"trainer.parallel: dp_replicate 2 x dp_shard 2 x tp 2 = 8 ranks, but the run has 2"),
+])
+def test_a_cut_that_does_not_fit_is_refused_before_any_worker(tmp_path, monkeypatch,
+                                                              setting, nproc, message):
+    import llm_gym.runner.launcher as launcher
+
+    def no_workers(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("workers were started for a cut that does not fit")
+
+    monkeypatch.setattr(launcher, "launch_local", no_workers)
+    with pytest.raises(UserError, match=message):
+        run_recipe("gpt2-debug", [*BATCH, setting], run_dir=tmp_path / "run", nproc=nproc)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_without_a_plan_is_refused(tmp_path, monkeypatch):
+    import llm_gym_components.models.gpt2 as gpt2
+    import llm_gym.runner.launcher as launcher
+
+    monkeypatch.delattr(gpt2.GPT2, "tensor_parallel_plan")
+    monkeypatch.setattr(launcher, "launch_local", lambda *a, **k: pytest.fail("launched"))
+    with pytest.raises(UserError, match=r"trainer.parallel.tp: 2 asks for tensor "
+                                        r"parallelism, but model GPT2 declares no "
+                                        r"tensor_parallel_plan\(\)"):
+        run_recipe("gpt2-debug", [*BATCH, TP2], run_dir=tmp_path / "run", nproc=2)
