@@ -115,8 +115,8 @@ def test_a_cut_that_does_not_fit_is_refused_before_any_worker(tmp_path, monkeypa
 
 
 def test_a_model_without_a_plan_is_refused(tmp_path, monkeypatch):
-    import llm_gym_components.models.gpt2 as gpt2
     import llm_gym.runner.launcher as launcher
+    import llm_gym_components.models.gpt2 as gpt2
 
     monkeypatch.delattr(gpt2.GPT2, "tensor_parallel_plan")
     monkeypatch.setattr(launcher, "launch_local", lambda *a, **k: pytest.fail("launched"))
