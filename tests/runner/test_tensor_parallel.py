@@ -73,6 +73,24 @@ def test_data_parallel_by_tensor_parallel_trains_like_one_process(tmp_path, fami
     _assert_same_run(tmp_path / "dptp", tmp_path / "one", keys=("loss", "grad_norm"))
 
 
+def test_evaluators_score_alike_under_tensor_parallelism(tmp_path):
+    """MultipleChoice and TextPerplexity run whole forwards of any length (sequences the
+    tensor-parallel ranks cut unevenly) and get the whole logits: the same scores as one
+    process, each example counted once."""
+    from tests.evaluation.task_data import evaluators_override, write_hellaswag, write_texts
+
+    hellaswag = write_hellaswag(tmp_path / "hellaswag.jsonl", 6, long_contexts=2)
+    texts = write_texts(tmp_path / "texts.jsonl", 5)
+    steps = [*BATCH, "trainer.eval_every=null", "trainer.max_steps=2",
+             evaluators_override(hellaswag, texts, 2)]
+    run_recipe("gpt2-debug", steps, run_dir=tmp_path / "one")
+    run_recipe("gpt2-debug", [*steps, TP2], run_dir=tmp_path / "tp", nproc=2)
+    scores = [k for r in read_metrics(tmp_path / "one" / "metrics.jsonl") for k in r
+              if k.startswith("eval/") and not k.endswith("seconds")]
+    assert "eval/hellaswag/acc_norm" in scores and "eval/text/loss" in scores
+    _assert_same_run(tmp_path / "tp", tmp_path / "one", keys=scores)
+
+
 def test_a_checkpoint_moves_between_cuts(tmp_path):
     """A tensor-parallel checkpoint holds the whole tensors in their usual layout (GPT-2's
     fused c_attn included): one process resumes a 2-way run, and a 2-way run resumes one
