@@ -72,6 +72,7 @@ def trace(recipe: Any, registry: ResolverRegistry, *, ranks: int, gpus_per_node:
     from llm_gym.planning.plan import build_on_meta
     from llm_gym.runner.distributed import World
     from llm_gym.runner.parallelize import parallelize_as_configured
+    from llm_gym.runner.tensor_parallel import vocab_parallel_loss
 
     start = time.perf_counter()
     s, entries = recipe.trainer, recipe.components()
@@ -82,7 +83,9 @@ def trace(recipe: Any, registry: ResolverRegistry, *, ranks: int, gpus_per_node:
     # init_process_group chains its own excepthook; put ours back when leaving.
     previous_hook = sys.excepthook
     dist.init_process_group("fake", rank=rank, world_size=ranks)
-    step = f"sharding the model with FSDP2 over {ranks} ranks"
+    step = (f"sharding the model with FSDP2 over {ranks} ranks" if s.parallel.tp == 1 else
+            f"cutting the model {s.parallel.tp} ways (tensor parallel) and sharding it "
+            f"with FSDP2 over {ranks} ranks")
     try:
         model = parallelize_as_configured(model, s, world, compile=False)
         # Meta tensors are not fake ones; allow them in, as to_empty's source.
@@ -98,12 +101,18 @@ def trace(recipe: Any, registry: ResolverRegistry, *, ranks: int, gpus_per_node:
             # Token values do not matter to fake tensors; 0 is a valid id for any vocab.
             batch = torch.zeros((s.micro_batch_size, s.seq_len + 1), dtype=torch.long)
             model.train()
-            step = f"the forward pass of a micro-batch of {s.micro_batch_size} x {s.seq_len}"
-            logits = model(batch[:, :-1])
-            step = "the loss"
-            loss = built["loss"](logits, batch[:, 1:]) if "loss" in built else logits.sum()
-            step = "the backward pass"
-            loss.backward()
+            # As the trainer does: a loss that can, runs on logits cut by vocabulary.
+            vocab_parallel = s.parallel.tp > 1 and getattr(built.get("loss"), "vocab_parallel",
+                                                           False)
+            with vocab_parallel_loss(vocab_parallel):
+                step = (f"the forward pass of a micro-batch of {s.micro_batch_size} x "
+                        f"{s.seq_len}")
+                logits = model(batch[:, :-1])
+                step = "the loss"
+                loss = (built["loss"](logits, batch[:, 1:]) if "loss" in built
+                        else logits.sum())
+                step = "the backward pass"
+                loss.backward()
             no_grad = tuple(n for n, p in model.named_parameters() if p.grad is None)
     except UserError:
         raise

@@ -6,6 +6,12 @@ The model's layout is the one ``llm_gym.runner.parallelize`` makes: one FSDP gro
 transformer block, one for the root (embeddings, final norm, tied head); every block but
 the last re-shards after forward; the root keeps its parameters through backward.
 
+Tensor parallelism (``trainer.parallel.tp``) first cuts each parameter its plan cuts
+(``ModelShape.root_cut``/``blocks_cut``: the dimension, or None for a whole one) into tp
+parts, and FSDP2 then shards those parts; activations, which sequence parallelism cuts
+by the sequence between the matmuls and by heads or units within them, and the logits,
+cut by vocabulary for the loss, are 1/tp of the whole (Korthikanti et al., 2022).
+
 Activations are the model's own declaration (``llm_gym.model_contract``: bytes a block
 saves per token, with and without checkpointing, and those of the layers outside the
 blocks); the loss's are counted here. GPT-2's and Llama's (grouped-query attention,
@@ -43,10 +49,28 @@ class ModelShape:
     root_saved: Mapping[str, int]  # by the layers outside the blocks, the loss not included
     flops_per_token: int  # training FLOPs per token (forward + backward)
     recompute_flops_per_token: int  # one checkpointed block's re-run forward, per token
+    width: int = 0  # the residual stream's width (what sequence parallelism gathers)
+    # The dimension tensor parallelism cuts, per parameter (None: whole on every rank);
+    # empty: the model declares no tensor-parallel plan.
+    root_cut: tuple[int | None, ...] = ()
+    blocks_cut: tuple[tuple[int | None, ...], ...] = ()
 
     @property
     def num_params(self) -> int:
         return numel(self.root) + sum(numel(b) for b in self.blocks)
+
+    def cut(self, tp: int) -> ModelShape:
+        """The shapes one tensor-parallel rank holds (the model itself at ``tp`` 1)."""
+        if tp == 1:
+            return self
+        blocks = zip(self.blocks, self.blocks_cut, strict=True)
+        return replace(self, root=_cut(self.root, self.root_cut, tp),
+                       blocks=tuple(_cut(b, c, tp) for b, c in blocks))
+
+
+def _cut(shapes: tuple[Shape, ...], dims: tuple[int | None, ...], tp: int) -> tuple[Shape, ...]:
+    return tuple(s if d is None else (*s[:d], -(-s[d] // tp), *s[d + 1:])
+                 for s, d in zip(shapes, dims, strict=True))
 
 
 @dataclass(frozen=True)
@@ -61,18 +85,25 @@ class Setup:
     reduce_dtype: str  # gradient reduce-scatter dtype
     activation_checkpointing: str | int  # "none", "full" or every k-th block
     # trainer.parallel.dp_replicate: copies of the sharded model (HSDP when > 1); each
-    # shards its parameters over ranks / replicas ranks.
+    # shards its parameters over ranks / (replicas x tp) ranks.
     replicas: int = 1
+    tp: int = 1  # trainer.parallel.tp: ranks that split every layer
+
+    @property
+    def data_parallel(self) -> int:
+        """Ranks that read their own share of the batch (a tensor-parallel group is one)."""
+        return self.ranks // self.tp
 
     @property
     def shard_ranks(self) -> int:
         """Ranks one copy of the model is sharded over (all of them without HSDP)."""
-        return self.ranks // self.replicas
+        return self.data_parallel // self.replicas
 
     @property
     def sharded(self) -> bool:
-        # parallelize() leaves one fp32 rank unwrapped: no gathers, casts or buffers.
-        return not (self.ranks == 1 and self.param_dtype == self.reduce_dtype == "fp32")
+        # parallelize() leaves one fp32 data-parallel rank unwrapped: no gathers, casts
+        # or buffers.
+        return not (self.data_parallel == 1 and self.param_dtype == self.reduce_dtype == "fp32")
 
     @property
     def tokens_per_micro_batch(self) -> int:
@@ -117,18 +148,23 @@ class Memory:
 
 @dataclass(frozen=True)
 class Comm:
-    """Bytes each rank receives per optimizer step (ring collectives: (R-1)/R of the data)."""
+    """Bytes each rank receives per optimizer step (ring collectives: (R-1)/R of the data),
+    by mesh dimension: FSDP2's gathers and reduce-scatters over ``dp_shard``, HSDP's
+    all-reduce over ``dp_replicate``, the activations' over ``tp``."""
 
     all_gather_forward: int
     all_gather_backward: int  # re-gathers of blocks that re-sharded after forward
     reduce_scatter: int
     # HSDP: the reduced gradient shards all-reduced across replicas (other nodes)
     all_reduce_replicas: int = 0
+    # Sequence parallelism: activations gathered before and reduce-scattered after every
+    # attention and MLP, forward and backward, within each tensor-parallel group
+    tensor_parallel: int = 0
 
     @property
     def total(self) -> int:
         return (self.all_gather_forward + self.all_gather_backward + self.reduce_scatter
-                + self.all_reduce_replicas)
+                + self.all_reduce_replicas + self.tensor_parallel)
 
 
 def numel(shapes: tuple[Shape, ...]) -> int:
@@ -188,8 +224,10 @@ def working_memory(shape: ModelShape, setup: Setup) -> int:
 
 
 def memory(shape: ModelShape, setup: Setup, optimizer: OptimizerLayout) -> Memory:
-    """Bytes per rank (rank 0) for one optimizer step of ``setup``; states are sharded
-    over the ranks of one copy of the model (``setup.shard_ranks``)."""
+    """Bytes per rank (rank 0) for one optimizer step of ``setup``; states are cut by
+    tensor parallelism, then sharded over the ranks of one copy of the model
+    (``setup.shard_ranks``)."""
+    whole, shape = shape, shape.cut(setup.tp)
     r, pb = setup.shard_ranks, DTYPE_BYTES[setup.param_dtype]
     rb = DTYPE_BYTES[setup.reduce_dtype]
     groups = (shape.root, *shape.blocks)
@@ -215,8 +253,8 @@ def memory(shape: ModelShape, setup: Setup, optimizer: OptimizerLayout) -> Memor
         gathered=gathered,
         grad_buffers=grad_buffers,
         accumulated=accumulated,
-        activations=activations(shape, setup),
-        working=working_memory(shape, setup),
+        activations=-(-activations(whole, setup) // setup.tp),
+        working=-(-working_memory(whole, setup) // setup.tp),
     )
 
 
@@ -226,8 +264,10 @@ def communication(shape: ModelShape, setup: Setup) -> Comm:
     Gathers and reduce-scatters run within one copy of the model (``shard_ranks``); with
     HSDP each rank's reduced gradient shard is then all-reduced across the copies (a ring
     all-reduce receives 2 (R-1)/R of the data)."""
-    if not setup.sharded or setup.ranks == 1:
-        return Comm(0, 0, 0)
+    tp = tensor_parallel_bytes(shape, setup)
+    if not setup.sharded or setup.data_parallel == 1:
+        return Comm(0, 0, 0, 0, tp)
+    shape = shape.cut(setup.tp)
     r, replicas = setup.shard_ranks, setup.replicas
     pb, rb = DTYPE_BYTES[setup.param_dtype], DTYPE_BYTES[setup.reduce_dtype]
     share = (r - 1) / r
@@ -238,4 +278,23 @@ def communication(shape: ModelShape, setup: Setup) -> Comm:
     forward = setup.grad_accumulation * every * pb * share
     backward = setup.grad_accumulation * sum(blocks[:-1]) * pb * share
     across = 2 * (replicas - 1) / replicas * (every // r) * rb
-    return Comm(int(forward), int(backward), int(every * rb * share), int(across))
+    return Comm(int(forward), int(backward), int(every * rb * share), int(across), tp)
+
+
+def tensor_parallel_collectives(shape: ModelShape, setup: Setup) -> int:
+    """Activation collectives per micro-batch: each block gathers the sequence before its
+    attention and its MLP and reduce-scatters after each (4 forward, 4 backward; a
+    checkpointed block's recomputation repeats its forward's); the embedding's output is
+    reduce-scattered and the head's input gathered (2 forward, 2 backward)."""
+    ckpt = checkpointed_blocks(shape, setup.activation_checkpointing)
+    return 8 * len(shape.blocks) + 4 * ckpt + 4
+
+
+def tensor_parallel_bytes(shape: ModelShape, setup: Setup) -> int:
+    """Bytes each rank receives per step from the activations' collectives: every one
+    moves (tp - 1) / tp of a micro-batch's [tokens, width] in the compute dtype."""
+    if setup.tp == 1:
+        return 0
+    one = setup.tokens_per_micro_batch * shape.width * DTYPE_BYTES[setup.param_dtype]
+    share = (setup.tp - 1) / setup.tp
+    return int(setup.grad_accumulation * tensor_parallel_collectives(shape, setup) * one * share)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from llm_gym.config.recipe_model import RecipeBase
 from llm_gym.errors import UserError
-from llm_gym.model_contract import LanguageModel, as_language_model
+from llm_gym.model_contract import LanguageModel, as_language_model, declares_tensor_parallel_plan
 from llm_gym.planning.memory import (
     Comm,
     Memory,
@@ -32,6 +33,7 @@ from llm_gym.runner.distributed import World
 from llm_gym.runner.flops import gpu_spec
 from llm_gym.runner.mesh import mesh_shape
 from llm_gym.runner.parallelize import PRECISIONS
+from llm_gym.runner.tensor_parallel import plan_for_degree
 
 # Peak memory up to this share of the GPU fits; the rest goes to the CUDA context, NCCL
 # buffers and the caching allocator's fragmentation.
@@ -77,7 +79,7 @@ class Plan:
     @property
     def tokens_per_step(self) -> int:
         s = self.setup
-        return s.micro_batch_size * s.seq_len * s.grad_accumulation * s.ranks
+        return s.micro_batch_size * s.seq_len * s.grad_accumulation * s.data_parallel
 
     @property
     def model_flops_per_step(self) -> int:
@@ -120,14 +122,16 @@ def make_plan(
     model = build_on_meta(registry, recipe)
     shape = model_shape(model, s.seq_len, entries["model"].type_hint.name)
     ranks = nodes * gpus_per_node
-    replicas = mesh_shape(s.parallel, ranks).dp_replicate  # refuses a split that misfits
+    mesh = mesh_shape(s.parallel, ranks)  # refuses a split that misfits
+    plan_for_degree(model, mesh.tp)  # and a model that has no plan for its tp, or misfits
     setup = Setup(
         ranks=ranks,
-        replicas=replicas,
+        replicas=mesh.dp_replicate,
+        tp=mesh.tp,
         micro_batch_size=s.micro_batch_size,
         seq_len=s.seq_len,
         # A fixed global batch: the accumulation this many ranks need (runner/batch_layout).
-        grad_accumulation=batch_layout(s, ranks).grad_accumulation,
+        grad_accumulation=batch_layout(s, mesh.dp_size).grad_accumulation,
         param_dtype=s.param_dtype,
         reduce_dtype=s.reduce_dtype,
         activation_checkpointing=s.activation_checkpointing,
@@ -182,7 +186,41 @@ def model_shape(model: nn.Module, seq_len: int, name: str) -> ModelShape:
         root_saved={k: declared.root_activation_bytes(d) for k, d in PRECISIONS.items()},
         flops_per_token=int(declared.flops_per_token(seq_len)),
         recompute_flops_per_token=_recompute_flops(declared, blocks, seq_len),
+        **_tensor_parallel_cuts(model, blocks, owned),
     )
+
+
+# The dimension of a parameter that each role of a tensor-parallel plan cuts.
+_CUT_BY_ROLE = {"vocab_embedding": {"weight": 0}, "colwise": {"weight": 0, "bias": 0},
+                "rowwise": {"weight": 1}, "head": {"weight": 0}}
+
+
+def _tensor_parallel_cuts(model: nn.Module, blocks: list[nn.Module],
+                          owned: set[int]) -> dict[str, Any]:
+    """``width``, ``root_cut`` and ``blocks_cut`` of a model with a tensor-parallel plan
+    (llm_gym/tensor_parallel_plan.py), in the order of ``model_shape``'s shapes."""
+    if not declares_tensor_parallel_plan(model):
+        return {}
+    plan = model.tensor_parallel_plan()  # type: ignore[operator]
+
+    def cuts(owner: nn.Module, roles: dict[str, str]) -> dict[int, int]:
+        found = {}
+        for path, role in roles.items():
+            for pname, param in owner.get_submodule(path).named_parameters(recurse=False):
+                if pname in _CUT_BY_ROLE.get(role, {}):
+                    found[id(param)] = _CUT_BY_ROLE[role][pname]
+        return found
+
+    root = cuts(model, plan.root)
+    width = next((p.shape[1] for path, role in plan.root.items() if role == "vocab_embedding"
+                  for p in model.get_submodule(path).parameters()), 0)
+    blocks_cut = []
+    for block in blocks:
+        inside = cuts(block, plan.block)
+        blocks_cut.append(tuple(inside.get(id(p)) for p in block.parameters()))
+    return {"width": width,
+            "root_cut": tuple(root.get(id(p)) for p in model.parameters() if id(p) not in owned),
+            "blocks_cut": tuple(blocks_cut)}
 
 
 def _recompute_flops(model: LanguageModel, blocks: list[nn.Module], seq_len: int) -> int:
@@ -250,7 +288,7 @@ def alternatives(plan: Plan) -> list[tuple[str, Memory, str]]:
             break
     for nodes in range(plan.nodes + 1, 64 * plan.nodes + 1):
         more = s.with_(ranks=nodes * plan.gpus_per_node)
-        if more.ranks % s.replicas:  # HSDP keeps its number of copies
+        if more.ranks % (s.replicas * s.tp):  # HSDP keeps its copies, TP its degree
             continue
         if plan.fits(more):
             grows = ("the global batch stays fixed" if plan.fixed_batch

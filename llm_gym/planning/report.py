@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from llm_gym.planning.memory import OptimizerLayout, Setup, checkpointed_blocks
+from llm_gym.planning.memory import (
+    OptimizerLayout,
+    Setup,
+    checkpointed_blocks,
+    tensor_parallel_collectives,
+)
 from llm_gym.planning.plan import USABLE, Plan, alternatives
 from llm_gym.runner.flops import gpu_part
 
@@ -37,7 +42,7 @@ def render(plan: Plan, console: Console) -> Verdict:
         f"[bold]{plan.label}[/]: {plan.shape.name}, {plan.shape.num_params / 1e6:,.1f}M "
         f"parameters, on {plan.nodes} node{'s' if plan.nodes > 1 else ''} x "
         f"{plan.gpus_per_node} {plan.gpu} = {s.ranks} rank{'s' if s.ranks > 1 else ''} "
-        f"({_layout(s)}, data-parallel {s.ranks})"
+        f"({_layout(s)}, data-parallel {s.data_parallel})"
     )
     precision = (
         f"{s.param_dtype} compute (all-gathered), {s.reduce_dtype} gradient reduce-scatter, "
@@ -54,7 +59,7 @@ def render(plan: Plan, console: Console) -> Verdict:
                       f"of {gib(host)} per rank, {gib(host * plan.gpus_per_node)} per node, "
                       "while a save is written")
     console.print(_compute_table(plan))
-    if s.sharded and s.ranks > 1:
+    if plan.comm.total:
         console.print(_comm_table(plan))
     result = verdict(plan)
     for line in _verdict_lines(plan, result):
@@ -63,9 +68,11 @@ def render(plan: Plan, console: Console) -> Verdict:
 
 
 def _layout(s: Setup) -> str:
-    if s.replicas == 1:
-        return "FSDP2"
-    return f"HSDP: {s.replicas} replicas x FSDP2 over {s.shard_ranks}"
+    data = "FSDP2" if s.replicas == 1 else (
+        f"HSDP: {s.replicas} replicas x FSDP2 over {s.shard_ranks}")
+    if s.tp == 1:
+        return data
+    return f"{data} x tensor parallel {s.tp}; mesh {s.replicas} x {s.shard_ranks} x {s.tp}"
 
 
 def gib(n: float) -> str:
@@ -90,6 +97,8 @@ def _memory_table(plan: Plan) -> Table:
     mems = [plan.memory(s.with_(activation_checkpointing=m)) for m in modes]
     master = "fp32" if plan.shape.master_bytes == 4 else f"{plan.shape.master_bytes} B"
     share = f", 1/{s.shard_ranks} shard" if s.shard_ranks > 1 else ""
+    if s.tp > 1:
+        share = f", 1/{s.tp} cut" + (f" x 1/{s.shard_ranks} shard" if s.shard_ranks > 1 else "")
     o = plan.optimizer
     rows = [
         (f"parameters ({master}{share})", "params"),
@@ -115,6 +124,9 @@ def _memory_table(plan: Plan) -> Table:
     ]
     notes.append("working: the loss's fp32 logit gradients as backward starts, or one "
                  "recomputed block, whichever is larger")
+    if s.tp > 1:
+        notes.append(f"tensor parallel: activations and logits are 1/{s.tp} (sequence "
+                     "parallel between the matmuls, heads and units within, loss parallel)")
     table.caption = "; ".join(notes)
     table.caption_justify = "left"
     for label, attr in rows:
@@ -140,7 +152,7 @@ def _compute_table(plan: Plan) -> Table:
     table.add_column("", style="dim")
     table.add_row("tokens per step", f"{plan.tokens_per_step:,}",
                   f"{s.micro_batch_size} x {s.seq_len} x {s.grad_accumulation} accumulation "
-                  f"x {s.ranks} data-parallel")
+                  f"x {s.data_parallel} data-parallel")
     table.add_row("FLOPs per token", f"{shape.flops_per_token / 1e9:,.3f} G",
                   "the model's own count (flops_per_token)")
     table.add_row("FLOPs per step", _flops(plan.model_flops_per_step), "model FLOPs")
@@ -169,18 +181,27 @@ def _comm_table(plan: Plan) -> Table:
     table.add_column("", justify="right")
     table.add_column("", style="dim")
     micro = f"{s.grad_accumulation} micro-batch{'es' if s.grad_accumulation > 1 else ''}"
-    table.add_row(f"all-gather, forward ({s.param_dtype})", gib(comm.all_gather_forward),
-                  f"every parameter, {micro}")
-    resharded = max(0, len(plan.shape.blocks) - 1)
-    table.add_row(f"all-gather, backward ({s.param_dtype})", gib(comm.all_gather_backward),
-                  f"{resharded} blocks re-sharded after forward, {micro}")
-    within = f" within a replica of {s.shard_ranks}" if s.replicas > 1 else ""
-    table.add_row(f"reduce-scatter ({s.reduce_dtype})", gib(comm.reduce_scatter),
-                  f"every gradient, once per step{within}")
+    if s.sharded and s.data_parallel > 1:
+        table.add_row(f"dp_shard: all-gather, forward ({s.param_dtype})",
+                      gib(comm.all_gather_forward), f"every parameter, {micro}")
+        resharded = max(0, len(plan.shape.blocks) - 1)
+        table.add_row(f"dp_shard: all-gather, backward ({s.param_dtype})",
+                      gib(comm.all_gather_backward),
+                      f"{resharded} blocks re-sharded after forward, {micro}")
+        within = f" within a replica of {s.shard_ranks}" if s.replicas > 1 else ""
+        table.add_row(f"dp_shard: reduce-scatter ({s.reduce_dtype})", gib(comm.reduce_scatter),
+                      f"every gradient, once per step{within}")
     if s.replicas > 1:
-        table.add_row(f"all-reduce across replicas ({s.reduce_dtype})",
+        table.add_row(f"dp_replicate: all-reduce across replicas ({s.reduce_dtype})",
                       gib(comm.all_reduce_replicas),
                       f"each gradient shard, over the {s.replicas} replicas (between nodes)")
+    if s.tp > 1:
+        count = tensor_parallel_collectives(plan.shape, s)
+        table.add_row(f"tp: all-gather + reduce-scatter ({s.param_dtype})",
+                      gib(comm.tensor_parallel),
+                      f"activations ({s.micro_batch_size} x {s.seq_len} x {plan.shape.width}), "
+                      f"{count} per micro-batch, within each group of {s.tp} (keep it in a "
+                      "node)")
     table.add_section()
     rate = comm.total / plan.step_seconds
     table.add_row("total", gib(comm.total),
@@ -204,8 +225,8 @@ def _verdict_lines(plan: Plan, result: Verdict) -> list[str]:
                   for change, m, note in options]
     else:
         lines.append("nothing llm_gym controls makes it fit: not micro-batch 1 with full "
-                     "activation checkpointing, not 64x the nodes; this model needs tensor "
-                     "or pipeline parallelism")
+                     "activation checkpointing, not 64x the nodes; try a larger "
+                     "trainer.parallel.tp, or this model needs pipeline parallelism")
     return lines
 
 

@@ -165,3 +165,53 @@ def test_background_checkpoints_plan_a_host_copy_of_the_sharded_states(capsys) -
     _, out, _ = cli(capsys, "gpt2-124m", "--nodes", "1", "--gpus-per-node", "8", "--gpu",
                     "h100")
     assert "background checkpoints" not in out
+
+
+def test_tensor_parallel_cuts_states_and_activations_and_adds_its_collectives() -> None:
+    """tp=2 on 8 GPUs: each parameter the plan cuts is halved and then sharded over the 4
+    data-parallel ranks (about what 8-way FSDP2 holds; the position embedding and the
+    norms stay whole), activations and the loss's logits halve, the batch is that of 4
+    data-parallel ranks, and the activations' gathers and reduce-scatters are counted."""
+    tp = plan("gpt2-124m", "trainer.parallel={tp: 2}")
+    fsdp4, fsdp8 = plan("gpt2-124m", gpus=4), plan("gpt2-124m")
+    s = tp.setup
+    assert (s.tp, s.data_parallel, s.shard_ranks) == (2, 4, 4)
+    assert tp.tokens_per_step == fsdp4.tokens_per_step
+    whole = 124 * 10**6 * 4 // 8  # fp32 parameters over 8 ranks, about
+    assert fsdp8.memory().params < tp.memory().params < fsdp8.memory().params * 1.02
+    assert tp.memory().params == pytest.approx(whole, rel=0.02)
+    assert tp.memory().activations == pytest.approx(fsdp4.memory().activations / 2, rel=1e-6)
+    assert tp.memory().working == pytest.approx(fsdp4.memory().working / 2, rel=1e-6)
+    # Per micro-batch: 8 per block (12 blocks), 4 at the embedding and the head; each
+    # moves half of 16 x 1024 tokens x 768 wide in bf16 to each rank.
+    per_micro = (8 * 12 + 4) * 16 * 1024 * 768 * 2 // 2
+    assert tp.comm.tensor_parallel == s.grad_accumulation * per_micro
+    # Half the gradient elements over 4 ranks ((4 - 1) / 4 of them) against all of them
+    # over 8 ((8 - 1) / 8): 3 / 7 of FSDP2's reduce-scatter, the whole parameters aside.
+    assert tp.comm.reduce_scatter == pytest.approx(fsdp8.comm.reduce_scatter * 3 / 7, rel=0.02)
+    assert fsdp8.comm.tensor_parallel == 0
+
+
+def test_cli_shows_tensor_parallel_layouts_and_dry_runs_them(capsys, monkeypatch) -> None:
+    """HSDP x TP for gpt2-124m and TP for gpt2-xl (25 heads: a degree of 5): the mesh,
+    the cut and the tp row, and the dry run cuts the model over the simulated ranks."""
+    monkeypatch.setenv("COLUMNS", "200")  # one line per table row, where it is honoured
+    code, out, err = cli(capsys, "gpt2-124m", "--nodes", "2", "--gpus-per-node", "8",
+                         "trainer.parallel={dp_replicate: 2, tp: 4}")
+    flat = " ".join(out.replace("│", " ").split())
+    assert code == 0, err
+    for text in ("HSDP: 2 replicas x FSDP2 over 2 x tensor parallel 4; mesh 2 x 2 x 4",
+                 "data-parallel 4", "1/4 cut x 1/2 shard", "tp: all-gather + reduce-scatter",
+                 "dp_replicate: all-reduce across replicas", "sharded over 16 ranks"):
+        assert text in flat, text
+    code, out, err = cli(capsys, "gpt2-xl", "--nodes", "5", "--gpus-per-node", "8",
+                         "trainer.parallel={tp: 5}", "--no-dry-run")
+    assert code == 0, err
+    assert "tensor parallel 5; mesh 1 x 8 x 5" in " ".join(out.replace("│", " ").split())
+
+
+def test_a_tensor_parallel_degree_the_heads_do_not_take_is_refused(capsys) -> None:
+    code, out, err = cli(capsys, "gpt2-xl", "--gpus-per-node", "8", "trainer.parallel={tp: 4}")
+    assert code == 2
+    assert ("trainer.parallel.tp: 4 does not fit model GPT2: n_head = 25 is not divisible "
+            "by 4; it can be 1, 5, 25") in out + err
