@@ -89,7 +89,8 @@ class TrainerSettings(BaseModel):
     parallel: ParallelSettings = Field(
         default_factory=ParallelSettings,
         description="how ranks split the model: {dp_replicate: copies, dp_shard: ranks per "
-        "copy (-1: the rest)}; the default shards over every rank (FSDP2)")
+        "copy (-1: the rest), tp: ranks that split every layer}; the default shards over "
+        "every rank (FSDP2)")
     compile: bool = Field(False, description="torch.compile each transformer block, and "
                           "the loss (it fuses the fp32 upcast of the logits)")
     prefetch: int | None = Field(
