@@ -13,6 +13,7 @@ from llm_gym.errors import UserError
 from llm_gym.runner.entry import run_recipe
 from llm_gym.runner.mesh import mesh_shape
 from llm_gym.runner.metrics import read_metrics
+from tests.runner.family_recipes import family_recipe
 
 pytestmark = pytest.mark.usefixtures("use_demo_cache")
 
@@ -56,11 +57,13 @@ def test_the_launcher_refuses_it_before_any_worker(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
-def test_two_replicas_train_like_one_process(tmp_path):
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_two_replicas_train_like_one_process(tmp_path, family):
     """HSDP's CPU twin: 2 copies, each sharded over 1 rank, gradients averaged across."""
-    run_recipe("gpt2-debug", BATCH, run_dir=tmp_path / "one")
-    run_recipe("gpt2-debug", [*BATCH, "trainer.parallel={dp_replicate: 2}"],
-               run_dir=tmp_path / "hsdp", nproc=2)
+    spec, _ = family_recipe(family, tmp_path)
+    run_recipe(spec, BATCH, run_dir=tmp_path / "one", allow_drift=True)
+    run_recipe(spec, [*BATCH, "trainer.parallel={dp_replicate: 2}"],
+               run_dir=tmp_path / "hsdp", nproc=2, allow_drift=True)
     assert _losses(tmp_path / "hsdp") == pytest.approx(_losses(tmp_path / "one"), abs=1e-5)
 
 

@@ -10,34 +10,15 @@ from pathlib import Path
 import pytest
 
 from llm_gym.errors import UserError
-from llm_gym.recipes.loading import load_recipe
 from llm_gym.runner.entry import run_recipe
 from llm_gym.runner.metrics import read_metrics
+from tests.runner.family_recipes import family_recipe as _recipe
 
 pytestmark = pytest.mark.usefixtures("use_demo_cache")
 
 BATCH = ["trainer.global_batch_size=8", "trainer.micro_batch_size=2", "trainer.max_steps=3",
          "trainer.eval_every=3", "trainer.sample_prompt=null", "trainer.log_every=1"]
 TP2 = "trainer.parallel={tp: 2}"
-
-# Llama with every part a plan has: grouped-query attention (2 key/value heads for 4
-# query heads), QK-norm (a per-head norm inside attention) and a tied head.
-LLAMA = ("{type_hint: Llama, config: {vocab_size: 257, max_seq_len: 32, n_embd: 32, "
-         "n_layer: 2, n_head: 4, n_kv_head: 2, qk_norm: true, tie_embeddings: true, "
-         "multiple_of: 16}}")
-
-
-def _recipe(family: str, tmp_path: Path) -> tuple[str, list[str]]:
-    """gpt2-debug, or the same recipe with the small Llama above as its model."""
-    if family == "gpt2":
-        return "gpt2-debug", []
-    text = Path(load_recipe("gpt2-debug").ref.path).read_text()
-    start = text.index("model:\n")
-    end = text.index("\n\n", start)
-    path = tmp_path / "llama-debug.yaml"
-    path.write_text(text[:start] + f"model: {LLAMA}" + text[end:text.index("pins:")])
-    return str(path), []
-
 
 def _records(run_dir: Path, key: str) -> list[float]:
     return [r[key] for r in read_metrics(run_dir / "metrics.jsonl") if key in r]
@@ -130,6 +111,17 @@ def test_a_cut_that_does_not_fit_is_refused_before_any_worker(tmp_path, monkeypa
     with pytest.raises(UserError, match=message):
         run_recipe("gpt2-debug", [*BATCH, setting], run_dir=tmp_path / "run", nproc=nproc)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_degree_the_key_value_heads_do_not_take_is_refused(tmp_path, monkeypatch):
+    import llm_gym.runner.launcher as launcher
+
+    monkeypatch.setattr(launcher, "launch_local", lambda *a, **k: pytest.fail("launched"))
+    spec, _ = _recipe("llama", tmp_path)
+    with pytest.raises(UserError, match=r"trainer.parallel.tp: 4 does not fit model Llama: "
+                                        r"n_kv_head = 2 is not divisible by 4; it can be 1, 2"):
+        run_recipe(spec, [*BATCH, "trainer.parallel={tp: 4}"], run_dir=tmp_path / "run",
+                   nproc=4, allow_drift=True)
 
 
 def test_a_model_without_a_plan_is_refused(tmp_path, monkeypatch):
