@@ -200,7 +200,11 @@ def write_checkpoint(
 
 
 def _dcp_save(state: dict[str, Any], path: Path, writer: Any, world: World) -> None:
-    state = as_blocks(state)  # a tensor-parallel cut saved in the unsharded layout
+    with as_blocks(state):  # a tensor-parallel cut saved in the unsharded layout
+        _dcp_save_as_is(state, path, writer, world)
+
+
+def _dcp_save_as_is(state: dict[str, Any], path: Path, writer: Any, world: World) -> None:
     if world.world_size > 1:
         dcp.save(state, checkpoint_id=path, storage_writer=writer, process_group=world.group)
         return
@@ -333,7 +337,8 @@ def load_checkpoint(
         raise UserError(f"checkpoint {path} is damaged: {detail}")
 
     state = _dcp_state(model, optimizer)
-    load_state(opened, as_blocks(state))  # views: loading fills the state's tensors
+    with as_blocks(state):  # views: loading fills the state's own tensors
+        load_state(opened, state)
     if optimizer is None:
         set_model_state_dict(model, state["model"])
     else:

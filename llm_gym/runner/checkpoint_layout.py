@@ -13,6 +13,8 @@ export reads it like any other checkpoint.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -21,16 +23,31 @@ from torch.distributed.tensor._shards_wrapper import LocalShardsWrapper
 from torch.distributed.tensor.placement_types import _StridedShard
 
 
-def as_blocks(state: Any) -> Any:
-    """``state`` (nested dicts and lists) with every DTensor whose shard is not one block of
-    the whole replaced by a DTensor of its blocks; everything else is left as it is."""
-    if isinstance(state, dict):
-        return {key: as_blocks(value) for key, value in state.items()}
-    if isinstance(state, list):
-        return [as_blocks(value) for value in state]
-    if isinstance(state, DTensor) and any(isinstance(p, _StridedShard) for p in state.placements):
-        return _blocks(state)
-    return state
+@contextmanager
+def as_blocks(state: Any) -> Iterator[Any]:
+    """Within: ``state`` (nested dicts and lists) with every DTensor whose shard is not one
+    block of the whole replaced, in place, by a DTensor of its blocks; on leaving, the
+    originals are back. In place, because DCP's load puts the values it does not load
+    into tensors (an optimizer's step, a learning rate) into the containers it is given."""
+    swapped: list[tuple[Any, Any, DTensor]] = []
+    _swap(state, swapped)
+    try:
+        yield state
+    finally:
+        for container, key, original in swapped:
+            container[key] = original
+
+
+def _swap(state: Any, swapped: list[tuple[Any, Any, DTensor]]) -> None:
+    items = state.items() if isinstance(state, dict) else (
+        enumerate(state) if isinstance(state, list) else ())
+    for key, value in list(items):
+        if isinstance(value, DTensor) and any(isinstance(p, _StridedShard)
+                                              for p in value.placements):
+            swapped.append((state, key, value))
+            state[key] = _blocks(value)
+        else:
+            _swap(value, swapped)
 
 
 def _blocks(tensor: DTensor) -> DTensor:
