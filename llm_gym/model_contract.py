@@ -161,6 +161,19 @@ def contract_problems(recipe: Any) -> Iterator[str]:
                + hint)
 
 
+def build_on_meta(registry: Any, recipe: Any) -> nn.Module:
+    """The recipe's model with meta tensors: every shape, no storage (the planner reads
+    its shapes, the launcher its tensor-parallel plan)."""
+    try:
+        with torch.device("meta"):
+            return registry.build_component_by_config(recipe.components()["model"])
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"could not build the model on the meta device: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
 def declares_tensor_parallel_plan(model_or_class: Any) -> bool:
     """True for a model (or model class) with the optional ``tensor_parallel_plan()``."""
     return callable(getattr(model_or_class, "tensor_parallel_plan", None))

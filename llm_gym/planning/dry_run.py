@@ -68,11 +68,10 @@ def trace(recipe: Any, registry: ResolverRegistry, *, ranks: int, gpus_per_node:
     import torch.distributed as dist
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from llm_gym.model_contract import as_language_model
-    from llm_gym.planning.plan import build_on_meta
+    from llm_gym.model_contract import as_language_model, build_on_meta
     from llm_gym.runner.distributed import World
     from llm_gym.runner.parallelize import parallelize_as_configured
-    from llm_gym.runner.tensor_parallel import vocab_parallel_loss
+    from llm_gym.runner.tensor_parallel import loss_takes_vocab_parallel, vocab_parallel_loss
 
     start = time.perf_counter()
     s, entries = recipe.trainer, recipe.components()
@@ -102,9 +101,8 @@ def trace(recipe: Any, registry: ResolverRegistry, *, ranks: int, gpus_per_node:
             batch = torch.zeros((s.micro_batch_size, s.seq_len + 1), dtype=torch.long)
             model.train()
             # As the trainer does: a loss that can, runs on logits cut by vocabulary.
-            vocab_parallel = s.parallel.tp > 1 and getattr(built.get("loss"), "vocab_parallel",
-                                                           False)
-            with vocab_parallel_loss(vocab_parallel):
+            with vocab_parallel_loss(loss_takes_vocab_parallel(built.get("loss"),
+                                                               s.parallel.tp)):
                 step = (f"the forward pass of a micro-batch of {s.micro_batch_size} x "
                         f"{s.seq_len}")
                 logits = model(batch[:, :-1])

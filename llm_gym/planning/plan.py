@@ -16,7 +16,12 @@ from torch import nn
 
 from llm_gym.config.recipe_model import RecipeBase
 from llm_gym.errors import UserError
-from llm_gym.model_contract import LanguageModel, as_language_model, declares_tensor_parallel_plan
+from llm_gym.model_contract import (
+    LanguageModel,
+    as_language_model,
+    build_on_meta,
+    declares_tensor_parallel_plan,
+)
 from llm_gym.planning.memory import (
     Comm,
     Memory,
@@ -150,18 +155,6 @@ def make_plan(
     return Plan(label, shape, setup, optimizer, nodes, gpus_per_node, name, peak, gpu_bytes,
                 mfu, s.max_steps, tuple(warnings), fixed_global_batch(s) is not None,
                 s.async_checkpoint)
-
-
-def build_on_meta(registry: ResolverRegistry, recipe: RecipeBase) -> nn.Module:
-    """The recipe's model with meta tensors: every shape, no storage."""
-    try:
-        with torch.device("meta"):
-            return registry.build_component_by_config(recipe.components()["model"])
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"could not build the model on the meta device: "
-                        f"{type(exc).__name__}: {exc}") from exc
 
 
 def model_shape(model: nn.Module, seq_len: int, name: str) -> ModelShape:

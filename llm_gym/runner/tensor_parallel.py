@@ -38,7 +38,7 @@ from torch.distributed.tensor.parallel import (
 from torch.distributed.tensor.placement_types import _StridedShard
 
 from llm_gym.errors import UserError
-from llm_gym.model_contract import declares_tensor_parallel_plan
+from llm_gym.model_contract import build_on_meta, declares_tensor_parallel_plan
 from llm_gym.tensor_parallel_plan import TensorParallelPlan
 
 # True inside vocab_parallel_loss(): the head returns logits cut by vocabulary.
@@ -67,11 +67,14 @@ def plan_for_degree(model: nn.Module, degree: int) -> TensorParallelPlan | None:
 def check_recipe_degree(registry: Any, recipe: Any, degree: int) -> None:
     """:func:`plan_for_degree` for a recipe's model, built on the meta device (no
     storage), so a misfit is refused before any worker starts."""
-    import torch
+    plan_for_degree(build_on_meta(registry, recipe), degree)
 
-    with torch.device("meta"):
-        model = registry.build_component_by_config(recipe.components()["model"])
-    plan_for_degree(model, degree)
+
+def loss_takes_vocab_parallel(loss_fn: Any, degree: int) -> bool:
+    """True where the model is cut (``degree`` > 1) and the loss declares it takes logits
+    cut by vocabulary (a ``vocab_parallel`` attribute): the train step, and the dry run
+    that traces it, then run it under :func:`vocab_parallel_loss`."""
+    return degree > 1 and getattr(loss_fn, "vocab_parallel", False)
 
 
 def apply_tensor_parallel(model: nn.Module, blocks: list[nn.Module], plan: TensorParallelPlan,

@@ -78,7 +78,7 @@ from llm_gym.runner.safety import (
     human_size,
 )
 from llm_gym.runner.stop_agreement import StopAgreement
-from llm_gym.runner.tensor_parallel import vocab_parallel_loss
+from llm_gym.runner.tensor_parallel import loss_takes_vocab_parallel, vocab_parallel_loss
 
 T = TypeVar("T")
 
@@ -222,8 +222,7 @@ class Trainer:
         self.loss_fn = built["loss"]
         # Cross-entropy on logits cut by vocabulary (loss parallel), where the model is cut
         # by tensor parallelism and the loss declares it can (runner/tensor_parallel.py).
-        self.vocab_parallel = (tp_size(world) > 1
-                               and getattr(self.loss_fn, "vocab_parallel", False))
+        self.vocab_parallel = loss_takes_vocab_parallel(self.loss_fn, tp_size(world))
         if settings.compile:
             # The loss reads the step's largest tensor, the logits (batch x seq x vocab).
             # Compiled, its fp32 upcast, log-softmax and gradient fuse into a few passes
