@@ -201,18 +201,16 @@ def write_checkpoint(
 
 def _dcp_save(state: dict[str, Any], path: Path, writer: Any, world: World) -> None:
     with as_blocks(state):  # a tensor-parallel cut saved in the unsharded layout
-        _dcp_save_as_is(state, path, writer, world)
-
-
-def _dcp_save_as_is(state: dict[str, Any], path: Path, writer: Any, world: World) -> None:
-    if world.world_size > 1:
-        dcp.save(state, checkpoint_id=path, storage_writer=writer, process_group=world.group)
-        return
-    # One process plans alone: DCP's collectives would only pickle its plans and metadata
-    # to itself (about a sixth of gpt2-tiny's save). DCP warns that it assumes as much.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(state, checkpoint_id=path, storage_writer=writer, no_dist=True)
+        if world.world_size > 1:
+            dcp.save(state, checkpoint_id=path, storage_writer=writer,
+                     process_group=world.group)
+            return
+        # One process plans alone: DCP's collectives would only pickle its plans and
+        # metadata to itself (about a sixth of gpt2-tiny's save). DCP warns that it
+        # assumes as much.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.save(state, checkpoint_id=path, storage_writer=writer, no_dist=True)
 
 
 def _check_keep_last(keep_last: int | None) -> None:

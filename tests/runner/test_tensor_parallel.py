@@ -40,6 +40,17 @@ def test_two_way_tensor_parallel_trains_like_one_process(tmp_path, family):
     _assert_same_run(tmp_path / "tp", tmp_path / "one")
 
 
+def test_no_end_of_run_sample_is_drawn_under_tensor_parallelism(tmp_path, capfd):
+    """Decoding runs whole layers: the trainer says so and names the command that samples
+    the checkpoint, and the run ends normally."""
+    run_recipe("gpt2-debug", [*BATCH, "trainer.eval_every=null", "trainer.max_steps=1",
+                              "trainer.sample_prompt=The", TP2],
+               run_dir=tmp_path / "tp", nproc=2)
+    out = capfd.readouterr().out
+    assert "sample: not drawn under tensor parallelism (trainer.parallel.tp > 1)" in out
+    assert f"llm_gym generate {tmp_path / 'tp'} --prompt 'The'" in out
+
+
 @pytest.mark.dist
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_data_parallel_by_tensor_parallel_trains_like_one_process(tmp_path, family):
