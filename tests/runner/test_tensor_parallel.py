@@ -30,22 +30,17 @@ def _assert_same_run(run: Path, reference: Path, keys=("loss", "grad_norm", "eva
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_two_way_tensor_parallel_trains_like_one_process(tmp_path, family):
+def test_two_way_tensor_parallel_trains_like_one_process(tmp_path, family, capfd):
     """2 processes splitting every layer: the same losses, gradient norms and validation
-    losses (the two ranks of the group read the same samples and count once)."""
+    losses (the two ranks of the group read the same samples and count once). No
+    end-of-run sample is drawn (decoding runs whole layers): the trainer says so and
+    names the command that samples the checkpoint, and the run ends normally."""
     spec, extra = _recipe(family, tmp_path)
     run_recipe(spec, [*BATCH, *extra], run_dir=tmp_path / "one", allow_drift=True)
-    run_recipe(spec, [*BATCH, *extra, TP2], run_dir=tmp_path / "tp", nproc=2,
-               allow_drift=True)
+    capfd.readouterr()
+    run_recipe(spec, [*BATCH, *extra, TP2, "trainer.sample_prompt=The"],
+               run_dir=tmp_path / "tp", nproc=2, allow_drift=True)
     _assert_same_run(tmp_path / "tp", tmp_path / "one")
-
-
-def test_no_end_of_run_sample_is_drawn_under_tensor_parallelism(tmp_path, capfd):
-    """Decoding runs whole layers: the trainer says so and names the command that samples
-    the checkpoint, and the run ends normally."""
-    run_recipe("gpt2-debug", [*BATCH, "trainer.eval_every=null", "trainer.max_steps=1",
-                              "trainer.sample_prompt=The", TP2],
-               run_dir=tmp_path / "tp", nproc=2)
     out = capfd.readouterr().out
     assert "sample: not drawn under tensor parallelism (trainer.parallel.tp > 1)" in out
     assert f"llm_gym generate {tmp_path / 'tp'} --prompt 'The'" in out
