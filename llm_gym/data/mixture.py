@@ -134,7 +134,7 @@ class MixtureDataset(GlobalPosition):
         self.source_samples = np.array([s.samples_per_epoch for s in sources], dtype=np.int64)
         self.document_boundaries = document_boundaries
         self.cursor = 0  # global samples taken, all ranks together
-        self._chunks: dict[int, tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = {}
+        self._chunks: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
         self._rank_chunks: dict[int, RankChunk] = {}  # this rank's share, by source
         self._chunks_lock = threading.Lock()
         # Read ahead: this rank's next samples, gathered together, handed out as slices.
@@ -146,9 +146,10 @@ class MixtureDataset(GlobalPosition):
         self._group_bytes = GROUP_BYTES
         self._by_rows = [isinstance(s, IndexedRows) for s in self.sources]  # asked once
 
-    def _chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """For each sample of the chunk: its source and its global sample in that source;
-        and per source, the offsets in the chunk of its samples (ascending)."""
+    def _chunk(self, chunk: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """For each sample of the chunk its source; and per source, the offsets in the
+        chunk of its samples (ascending): its ``n``-th offset gives its global sample
+        ``chunk * chunk_counts[i] + n``."""
         with self._chunks_lock:  # a feed's thread reads on while the loop asks for tokens
             found = self._chunks.get(chunk)
             if found is None:
@@ -157,22 +158,18 @@ class MixtureDataset(GlobalPosition):
                     del self._chunks[next(iter(self._chunks))]
         return found
 
-    def _make_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    def _make_chunk(self, chunk: int) -> tuple[np.ndarray, list[np.ndarray]]:
         n_sources = len(self.sources)
         which = np.repeat(np.arange(n_sources), self.chunk_counts)
         np.random.default_rng([self.seed, chunk]).shuffle(which)
         # Each source's offsets, not a running count per offset ([CHUNK + 1, S], a strided
         # cumsum that cost more than the shuffle): a count is a binary search in them.
-        offsets = [np.flatnonzero(which == i) for i in range(n_sources)]
-        nth = np.empty(CHUNK, dtype=np.int64)
-        for i, at in enumerate(offsets):
-            nth[at] = np.arange(chunk * self.chunk_counts[i], (chunk + 1) * self.chunk_counts[i])
-        return which, nth, offsets
+        return which, [np.flatnonzero(which == i) for i in range(n_sources)]
 
     def positions_at(self, cursor: int) -> np.ndarray:
         """Samples each source has given before global sample ``cursor``."""
         chunk, offset = divmod(cursor, CHUNK)
-        given = [at.searchsorted(offset) for at in self._chunk(chunk)[2]]
+        given = [at.searchsorted(offset) for at in self._chunk(chunk)[1]]
         return chunk * self.chunk_counts + np.array(given, dtype=np.int64)
 
     def locate(self, start: int, count: int, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +179,11 @@ class MixtureDataset(GlobalPosition):
         while start < stop:
             chunk, offset = divmod(start, CHUNK)
             end = min(stop - chunk * CHUNK, CHUNK)
-            which, nth, _ = self._chunk(chunk)
+            which, offsets = self._chunk(chunk)
+            nth = np.empty(CHUNK, dtype=np.int64)  # the reference path: made on each call
+            for i, at in enumerate(offsets):
+                first = chunk * self.chunk_counts[i]
+                nth[at] = np.arange(first, first + self.chunk_counts[i])
             parts.append((which[offset:end:step], nth[offset:end:step]))
             start += step * len(parts[-1][0])
         if len(parts) == 1:
@@ -207,7 +208,7 @@ class MixtureDataset(GlobalPosition):
         with self._chunks_lock:
             found = self._rank_chunks.get(chunk)
         if found is None:
-            found = rank_chunk(chunk, CHUNK, self._chunk(chunk)[2], self.chunk_counts,
+            found = rank_chunk(chunk, CHUNK, self._chunk(chunk)[1], self.chunk_counts,
                                self.rank, self.world_size)
             with self._chunks_lock:
                 self._rank_chunks[chunk] = found
