@@ -58,6 +58,19 @@ def test_every_format_packs_to_the_bytes_of_jsonl(tmp_path: Path, corpus: Path) 
         assert pack_bytes(tmp_path, [corpus / name]) == expected, name
 
 
+@pytest.mark.parametrize("kind", ["large_string", "string_view", "dictionary", "binary_view"])
+def test_every_text_column_type_packs_to_the_bytes_of_jsonl(tmp_path: Path, corpus: Path,
+                                                           kind: str) -> None:
+    column = pa.array(TEXTS)
+    column = (column.dictionary_encode() if kind == "dictionary"
+              else column.cast(getattr(pa, kind)()))
+    pq.write_table(pa.table({"text": column}), tmp_path / "t.parquet", row_group_size=70)
+    _write_arrow(tmp_path / "t.arrow", pa.table({"text": column}))
+    expected = pack_bytes(tmp_path, [corpus / "c.jsonl"])
+    assert pack_bytes(tmp_path, [tmp_path / "t.parquet"]) == expected
+    assert pack_bytes(tmp_path, [tmp_path / "t.arrow"]) == expected
+
+
 def test_a_datasets_save_to_disk_directory_packs_to_the_bytes_of_jsonl(
         tmp_path: Path, corpus: Path) -> None:
     datasets = pytest.importorskip("datasets")  # in the test extra: never skipped in CI
@@ -147,6 +160,22 @@ def _corrupt_gzip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _string_array(values: list[bytes]) -> pa.Array:
+    """A string array holding exactly these bytes, UTF-8 or not: as a careless writer
+    makes one (pyarrow checks UTF-8 when it builds strings from Python, not from buffers)."""
+    offsets = [0]
+    for v in values:
+        offsets.append(offsets[-1] + len(v))
+    return pa.Array.from_buffers(pa.string(), len(values), [
+        None, pa.py_buffer(pa.array(offsets, pa.int32()).buffers()[1]),
+        pa.py_buffer(b"".join(values))])
+
+
+def _write_arrow(path: Path, table: pa.Table) -> None:
+    with pa.ipc.new_stream(path, table.schema) as w:
+        w.write_table(table)
+
+
 BAD = {
     "parquet-no-column": ("in.parquet", lambda p: pq.write_table(
         pa.table({"body": ["a"], "id": [1]}), p), [],
@@ -159,8 +188,17 @@ BAD = {
     "parquet-bad-utf8": ("in.parquet", lambda p: pq.write_table(
         pa.table({"text": pa.array([b"ok", b"\xff"], pa.binary())}), p), [],
         "in.parquet: row 2: column 'text' holds invalid UTF-8 at byte 1"),
+    "parquet-string-not-utf8": ("in.parquet", lambda p: pq.write_table(
+        pa.table({"text": _string_array([b"ok", b"ok\xff\xfe"])}), p), [],
+        "in.parquet: row 2: column 'text' holds invalid UTF-8 at byte 3"),
+    "arrow-string-not-utf8": ("in.arrow", lambda p: _write_arrow(
+        p, pa.table({"text": _string_array([b"a", b"b", b"\xc3"])})), [],
+        "in.arrow: row 3: column 'text' holds invalid UTF-8 at byte 1"),
+    "parquet-two-text-columns": ("in.parquet", lambda p: pq.write_table(pa.Table.from_arrays(
+        [pa.array(["a"]), pa.array(["b"])], names=["text", "text"]), p), [],
+        "in.parquet: 2 columns are named 'text' (columns 1, 2)"),
     "parquet-damaged": ("in.parquet", _damaged_parquet, [],
-                        "in.parquet: row group 1 (rows 101..200) cannot be read"),
+                        "in.parquet: row group 2 of 3 (rows 101..200) cannot be read"),
     "parquet-not-parquet": ("in.parquet", lambda p: p.write_text("{}\n"), [],
                             "in.parquet: not a readable Parquet file"),
     "gzip-truncated": ("in.jsonl.gz", _truncated("gz"), [],
