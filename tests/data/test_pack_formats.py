@@ -104,6 +104,47 @@ def test_inputs_expand_in_argument_order_each_sorted(tmp_path: Path) -> None:
                      ("a.jsonl", "jsonl")]
     assert [f.format for f in expand_inputs([tmp_path / "b/notes.txt"])] == ["jsonl"]
     assert [f.path.name for f in expand_inputs([tmp_path / "b"], "parquet")] == ["10.parquet"]
+    # A recursive glob matches the directory and all below it: each file once.
+    assert expand_inputs([f"{tmp_path}/b/**"]) == expand_inputs([tmp_path / "b"])
+
+
+def _save_to_disk_layout(folder: Path, listed: list[str]) -> None:
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": n}
+                                                                   for n in listed]}))
+    for name in listed:
+        (folder / name).write_bytes(b"")
+
+
+def test_a_dataset_inside_a_searched_directory_keeps_its_own_order(tmp_path: Path) -> None:
+    _save_to_disk_layout(tmp_path / "d/ds", ["data-1.arrow", "data-0.arrow"])
+    (tmp_path / "d/a.jsonl").write_text("")
+    (tmp_path / "d/z.jsonl").write_text("")
+    got = [str(f.path.relative_to(tmp_path)) for f in expand_inputs([tmp_path / "d"])]
+    assert got == ["d/a.jsonl", "d/ds/data-1.arrow", "d/ds/data-0.arrow", "d/z.jsonl"]
+    (tmp_path / "d/splits").mkdir()
+    (tmp_path / "d/splits/dataset_dict.json").write_text('{"splits": ["train", "test"]}')
+    _save_to_disk_layout(tmp_path / "d/splits/train", ["data-0.arrow"])
+    _save_to_disk_layout(tmp_path / "d/splits/test", ["data-0.arrow"])
+    with pytest.raises(UserError, match="splits: a DatasetDict of splits \\(test, train\\)"):
+        expand_inputs([tmp_path / "d"])
+
+
+def test_an_unreadable_folder_is_an_error_not_skipped(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    (tmp_path / "a.jsonl").write_text("")
+    real_walk = os.walk
+
+    def walk(top, onerror=None, followlinks=False):  # as os.walk does when denied entry
+        yield from real_walk(top, onerror=onerror, followlinks=followlinks)
+        if onerror is not None:
+            onerror(PermissionError(13, "Permission denied", str(tmp_path / "locked")))
+
+    monkeypatch.setattr("llm_gym.data.sources.inputs.os.walk", walk)
+    with pytest.raises(UserError, match="locked: cannot be searched for input files"
+                                        " \\(Permission denied\\)"):
+        expand_inputs([tmp_path])
 
 
 @pytest.mark.parametrize("args, message", [

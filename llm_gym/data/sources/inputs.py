@@ -76,20 +76,21 @@ def _expand_one(arg: str, fmt: str) -> list[InputFile]:
         matches = sorted(glob.glob(arg, recursive=True))
         if not matches:
             raise UserError(f"{arg}: the pattern matches no file")
+        # A matched directory is searched whole, so what the pattern also matched inside
+        # it (``dir/**`` matches dir/ and all below it) is already among its files.
+        folders = {str(Path(m)) for m in matches if os.path.isdir(m)}
+        matches = [m for m in matches
+                   if not any(str(p) in folders for p in Path(m).parents)]
         return [f for m in matches for f in _expand_path(Path(m), fmt, arg)]
     return _expand_path(path, fmt, arg)
 
 
 def _expand_path(path: Path, fmt: str, arg: str) -> list[InputFile]:
     if path.is_dir():
-        if fmt in ("auto", "hf-disk") and (path / "state.json").is_file():
-            return hf_disk_files(path)
+        if (dataset := _dataset_directory(path, fmt)) is not None:
+            return dataset
         if fmt == "hf-disk":
             raise UserError(f"{path}: not a Hugging Face save_to_disk directory (no state.json)")
-        if (path / "dataset_dict.json").is_file():
-            splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
-            raise UserError(f"{path}: a DatasetDict of splits ({', '.join(splits)}); name one,"
-                            f" e.g. {path / (splits[0] if splits else 'train')}")
         return _directory_files(path, fmt, arg)
     if fmt == "hf-disk":
         raise UserError(f"{path}: --format hf-disk names a save_to_disk directory, not a file")
@@ -97,20 +98,52 @@ def _expand_path(path: Path, fmt: str, arg: str) -> list[InputFile]:
     return [InputFile(path, format_of(path) if fmt == "auto" else fmt)]
 
 
+def _dataset_directory(path: Path, fmt: str) -> list[InputFile] | None:
+    """The Arrow files of a ``save_to_disk`` directory, in its rows' order; None for any
+    other directory. A DatasetDict (splits) is refused: which split to pack is the
+    user's choice, and all of them together would mix train and test."""
+    if fmt not in ("auto", "hf-disk", "arrow"):
+        return None
+    if (path / "state.json").is_file():
+        return hf_disk_files(path)
+    if (path / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
+        raise UserError(f"{path}: a DatasetDict of splits ({', '.join(splits)}); name one,"
+                        f" e.g. {path / (splits[0] if splits else 'train')}")
+    return None
+
+
 def _directory_files(path: Path, fmt: str, arg: str) -> list[InputFile]:
+    """The data files below ``path``, sorted by path; a ``save_to_disk`` directory met on
+    the way gives its Arrow files in its own order, at its place in that order."""
     wanted = _DIRECTORY_SUFFIXES if fmt == "auto" else tuple(
         s for s, f in _SUFFIXES if f == fmt and s in _DIRECTORY_SUFFIXES)
-    found = []
-    for root, dirs, names in os.walk(path, followlinks=False):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # caches, partial downloads
+    found: list[tuple[str, list[InputFile]]] = []
+
+    def unreadable(error: OSError) -> None:  # os.walk would skip the directory silently
+        raise UserError(f"{error.filename}: cannot be searched for input files"
+                        f" ({error.strerror})")
+
+    for root, dirs, names in os.walk(path, onerror=unreadable, followlinks=False):
+        kept = []
+        for d in sorted(dirs):
+            if d.startswith("."):  # caches, partial downloads
+                continue
+            if (dataset := _dataset_directory(Path(root) / d, fmt)) is not None:
+                found.append((str(Path(root) / d), dataset))
+            else:
+                kept.append(d)
+        dirs[:] = kept
         for name in names:
             if not name.startswith(".") and name.lower().endswith(wanted):
-                found.append(Path(root) / name)
+                file = Path(root) / name
+                found.append((str(file), [InputFile(file, format_of(file) if fmt == "auto"
+                                                    else fmt)]))
     if not found:
         raise UserError(f"{arg}: is a directory with no {'data' if fmt == 'auto' else fmt}"
                         f" file in it (searched for {', '.join(wanted)})")
-    found.sort(key=str)
-    return [InputFile(p, format_of(p) if fmt == "auto" else fmt) for p in found]
+    found.sort(key=lambda entry: entry[0])
+    return [f for _, files in found for f in files]
 
 
 def hf_disk_files(path: Path) -> list[InputFile]:
