@@ -234,6 +234,11 @@ def pack_files(
     check_pack_arguments(workers, batch_docs, on_bad_line)
     if not files:
         raise UserError("no input files to pack")
+    if out_prefix.name in ("", ".", "..") or out_prefix.is_dir():
+        # PREFIX.bin would be written beside the folder (or as a hidden "..bin" here).
+        raise UserError(f"--out {out_prefix}: is a folder; the output is a prefix of two"
+                        f" files, e.g. {out_prefix / 'corpus'} writes corpus.bin and"
+                        " corpus.idx in it (--shard-tokens N writes shards into a folder)")
     bin_path, idx_path = pack_paths(out_prefix)
     inputs = [f.path for f in files] + list(getattr(tokenizer, "files", ()))
     check_outputs({bin_path: PACKED_BIN, idx_path: PACKED_IDX}, inputs)

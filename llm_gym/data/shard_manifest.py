@@ -74,6 +74,10 @@ class Manifest:
     job: int | None  # None: the combined manifest
     job_inputs: tuple[int, int] | None  # [start, stop) of inputs packed by this job
     shards: tuple[ShardEntry, ...]
+    # How the texts were read: jobs that differ would pack other texts of the same files.
+    # None in a manifest written before they were recorded.
+    field: str | None = None
+    on_bad_line: str | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -132,7 +136,15 @@ def read_manifest(path: Path) -> Manifest:
         _field(data, "shard_tokens", int, path), tuple(_field(data, "inputs", list, path)),
         _field(data, "num_jobs", int, path), job if isinstance(job, int) else None,
         tuple(job_inputs) if isinstance(job_inputs, list) else None, tuple(shards),
+        _optional(data, "field", path), _optional(data, "on_bad_line", path),
     )  # fmt: skip
+
+
+def _optional(data: dict[str, Any], key: str, path: Path) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{path}: {key!r} is not a string; not an llm_gym shard manifest?")
+    return value
 
 
 def check_shard(directory: Path, entry: ShardEntry, manifest: Manifest, manifest_path: Path,
@@ -180,7 +192,7 @@ def job_manifests(directory: Path) -> dict[int, tuple[int, Path]]:
 
 
 _SAME_IN_EVERY_JOB = ("tokenizer_fingerprint", "vocab_size", "eod_id", "dtype",
-                      "shard_tokens", "inputs", "num_jobs")
+                      "shard_tokens", "inputs", "num_jobs", "field", "on_bad_line")
 
 
 def merge_jobs(directory: Path, *, threads: int = 8) -> Manifest:
@@ -210,7 +222,10 @@ def merge_jobs(directory: Path, *, threads: int = 8) -> Manifest:
                 what = ("shards packed with different tokenizers cannot be read as one"
                         " dataset" if key == "tokenizer_fingerprint" else
                         "the jobs were not run with the same arguments")
-                raise UserError(f"{path}: {key} differs from {first_path}'s: {what}")
+                raise UserError(f"{path}: {key} {getattr(m, key)!r} differs from"
+                                f" {first_path}'s {getattr(first, key)!r}: {what}"
+                                if key in ("field", "on_bad_line") else
+                                f"{path}: {key} differs from {first_path}'s: {what}")
     checks = [(entry, m, path) for path, m in manifests for entry in m.shards]
     with ThreadPoolExecutor(max(1, min(threads, len(checks)))) as pool:
         # hashlib releases the GIL on large buffers: shards are hashed in parallel.

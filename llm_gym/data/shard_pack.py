@@ -15,6 +15,7 @@ fails leaves the directory as it was.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -34,6 +35,8 @@ from llm_gym.data.shard_manifest import (
     ShardEntry,
     file_sha256,
     job_manifest_name,
+    job_manifests,
+    read_manifest,
     shard_prefix,
 )
 from llm_gym.data.sources import InputFile
@@ -133,6 +136,7 @@ def pack_shards(
     for path in (job_manifest, out_dir / MANIFEST_NAME):
         if any(os.path.realpath(path) == os.path.realpath(f.path) for f in files):
             raise UserError(f"output {path} is an input: choose another --out directory")
+    created = not out_dir.exists()
     make_parent_dirs(job_manifest)
     started = time.perf_counter()
     tally = Tally()
@@ -156,6 +160,10 @@ def pack_shards(
         _move_into_place(stage, out_dir, shards, inputs)
     except BaseException:
         writer.abort()
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:  # a folder this run made for nothing: gone again (rmdir: if empty)
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -163,8 +171,10 @@ def pack_shards(
         tokenizer.fingerprint(), tokenizer.vocab_size, tokenizer.eod_id,
         token_dtype(tokenizer.vocab_size).name, shard_tokens,
         tuple(f.to_json() for f in files), num_jobs, job_index, (start, stop), tuple(shards),
+        field, on_bad_line,
     )  # fmt: skip
     manifest.write(job_manifest)
+    _remove_stale_shards(out_dir, job_index, len(shards))
     written = [job_manifest]
     if num_jobs == 1:  # nothing to wait for: this job's manifest is the whole dataset's
         replace(manifest, job=None, job_inputs=None).write(out_dir / MANIFEST_NAME)
@@ -175,6 +185,25 @@ def pack_shards(
         manifest.dtype, time.perf_counter() - started, tuple(tally.bad), tally.n_bad,
         n_shards=len(shards),
     )  # fmt: skip
+
+
+def _remove_stale_shards(out_dir: Path, job: int, kept: int) -> None:
+    """Remove this job's shards numbered ``kept`` and up, left by an earlier run that wrote
+    more of them: its manifest, now replaced, was the last to name them. One still named
+    by another job's manifest (of an abandoned run with other job counts) is left alone."""
+    named: set[str] = set()
+    for other_job, (_, path) in job_manifests(out_dir).items():
+        if other_job != job:
+            with contextlib.suppress(UserError):
+                named.update(entry.prefix for entry in read_manifest(path).shards)
+    index = kept
+    while (prefix := shard_prefix(job, index)) and any(p.exists() for p in pack_paths(
+            out_dir / prefix)):
+        if prefix not in named:
+            for path in pack_paths(out_dir / prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        index += 1
 
 
 def _move_into_place(stage: Path, out_dir: Path, shards: list[ShardEntry],

@@ -257,6 +257,18 @@ BAD = {
 }
 
 
+@pytest.mark.parametrize("out", ["", ".", "sub/", "sub"])
+def test_an_output_prefix_naming_a_folder_is_refused(tmp_path: Path, monkeypatch, capsys,
+                                                     out: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", ["a"])
+    (tmp_path / "sub").mkdir()
+    code, said = _run_cli(capsys, "in.jsonl", "--out", out)
+    assert code == 2 and "is a folder; the output is a prefix of two files" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "sub"]
+    assert not any((tmp_path / "sub").iterdir())
+
+
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_exit_2_output_untouched(tmp_path: Path, monkeypatch, capsys,
                                            case: str) -> None:

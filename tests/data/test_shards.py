@@ -145,6 +145,11 @@ def test_merge_and_open_refuse_what_does_not_belong(tmp_path: Path, inputs: Path
                                         " .*shards packed with different tokenizers"):
         merge_jobs(out)
     pack_shards(_files(inputs), ByteLevelTokenizer(), out, shard_tokens=SHARD_TOKENS,
+                num_jobs=2, job_index=1, on_bad_line="skip")
+    with pytest.raises(UserError, match="job-00001-of-00002.json: on_bad_line 'skip' differs"
+                                        " from .*'fail': the jobs were not run with the same"):
+        merge_jobs(out)
+    pack_shards(_files(inputs), ByteLevelTokenizer(), out, shard_tokens=SHARD_TOKENS,
                 num_jobs=2, job_index=1)
     merge_jobs(out)
     victim = out / "part-00001-00001.bin"
@@ -170,6 +175,22 @@ def test_a_failed_job_leaves_the_directory_as_it_was(tmp_path: Path, inputs: Pat
     with pytest.raises(UserError, match="part4.jsonl:2: invalid JSON"):
         _pack_jobs(tmp_path / "bad", out, 1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    with pytest.raises(UserError, match="part4.jsonl:2: invalid JSON"):
+        _pack_jobs(tmp_path / "bad", tmp_path / "new", 1)
+    assert not (tmp_path / "new").exists()  # the folder it made for nothing is gone
+
+
+def test_a_job_packed_again_in_fewer_shards_leaves_none_of_its_old_ones(
+        tmp_path: Path, inputs: Path) -> None:
+    out = tmp_path / "s"
+    files = _files(inputs)
+    pack_shards(files, ByteLevelTokenizer(), out, shard_tokens=SHARD_TOKENS // 2)
+    many = len(read_manifest(out / "manifest.json").shards)
+    pack_shards(files, ByteLevelTokenizer(), out, shard_tokens=SHARD_TOKENS * 2)
+    shards = read_manifest(out / "manifest.json").shards
+    assert len(shards) < many
+    named = {f"{e.prefix}{suffix}" for e in shards for suffix in (".bin", ".idx")}
+    assert {p.name for p in out.glob("part-*")} == named
 
 
 def _cli(capsys, *args) -> tuple[int, str]:
