@@ -1,9 +1,10 @@
 """JSONL compressed with gzip or zstd, read as a stream of lines with bounded memory.
 
-A damaged stream is a UserError naming the file, the compressed byte offset where reading
-stopped and the last whole line read. A zstd stream cut short inside a frame is reported
-too: zstandard's own stream reader ends such a stream silently, so frames are decoded
-here one by one and a frame still open at the end of the file is an error.
+A damaged stream is a UserError naming the file, the compressed byte offset by which the
+decoder found the damage (it lies at or before it) and how many whole lines were read.
+A zstd stream cut short inside a frame is reported too: zstandard's own stream reader
+ends such a stream silently, so frames are decoded here one by one and a frame still
+open at the end of the file is an error.
 """
 
 from __future__ import annotations
@@ -63,23 +64,37 @@ def _decompressed(raw: BinaryIO, fmt: str) -> tuple[BinaryIO, tuple[type[BaseExc
     return io.BufferedReader(frames, 1 << 20), (zstd.ZstdError, EOFError)  # type: ignore[return-value]
 
 
+class _CountedLines:
+    """The lines of ``stream``, counting the whole ones handed on: where a damaged stream
+    stops, the count is the last good line, wherever the batch it was in had got to."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream, self.count = stream, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._stream:
+            self.count += 1
+            yield line
+
+
 def compressed_jsonl_batches(raw: BinaryIO, path: Path, fmt: str,
                              batch_docs: int) -> Iterator[TextBatch]:
     """Batches of lines of the compressed JSONL file open as ``raw``."""
     stream, damaged = _decompressed(raw, fmt)
     kind = "gzip" if fmt == "jsonl.gz" else "zstd"
-    last_line, position = 0, 0
-    batches = read_batches(stream, batch_docs)
+    lines = _CountedLines(stream)
+    position = 0
+    batches = read_batches(lines, batch_docs)  # type: ignore[arg-type]
     while True:
         try:
             batch = next(batches)
         except StopIteration:
             return
         except damaged as e:
+            # A decoder notices damage at or after it: the bytes read so far bound it.
             raise UserError(
-                f"{path}: damaged {kind} stream near compressed byte {raw.tell()}"
-                f" (after line {last_line}, the last whole line read): {e}"
+                f"{path}: damaged {kind} stream, found by compressed byte {raw.tell()} (the"
+                f" damage lies at or before it; {lines.count} whole lines read before): {e}"
             ) from None
-        last_line = batch.first_line + len(batch.lines) - 1
         moved, position = raw.tell() - position, raw.tell()
         yield TextBatch(str(path), "line", batch.first_line, moved, lines=batch.lines)

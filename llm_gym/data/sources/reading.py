@@ -9,12 +9,35 @@ from llm_gym.data.sources.batch import TextBatch, location
 from llm_gym.data.sources.compressed import compressed_jsonl_batches
 from llm_gym.data.sources.inputs import InputFile
 from llm_gym.data.sources.tables import arrow_batches, parquet_batches
+from llm_gym.errors import UserError
+
+# The first bytes of the binary formats, to name the right one when a file is read as
+# another (a Parquet file called .jsonl would otherwise be "invalid UTF-8 at line 1").
+_MAGICS = ((b"PAR1", "parquet", "a Parquet file", ".parquet"),
+           (b"\x1f\x8b", "jsonl.gz", "gzip-compressed data", ".jsonl.gz"),
+           (b"\x28\xb5\x2f\xfd", "jsonl.zst", "zstd-compressed data", ".jsonl.zst"),
+           (b"ARROW1", "arrow", "an Arrow IPC file", ".arrow"),
+           (b"\xff\xff\xff\xff", "arrow", "an Arrow IPC stream", ".arrow"))
+
+
+def check_content(file: InputFile) -> None:
+    """A UserError if ``file`` starts like another of the binary formats than its own."""
+    try:
+        with file.path.open("rb") as f:
+            head = f.read(8)
+    except OSError:
+        return  # the reader names the problem
+    for magic, fmt, what, suffix in _MAGICS:
+        if head.startswith(magic) and fmt != file.format:
+            raise UserError(f"{file.path}: read as {file.format}, but it starts as {what}"
+                            f" does: name it *{suffix} or pass --format {fmt}")
 
 
 def read_batches_of(file: InputFile, field: str, batch_docs: int,
                     on_bad_line: OnBadLine) -> Iterator[TextBatch]:
     """``file``'s documents in bounded batches, in file order. JSONL lines stay raw (they
     are parsed where they are tokenized); a table's bad rows are dealt with here."""
+    check_content(file)
     if file.format == "parquet":
         yield from parquet_batches(file.path, field, batch_docs, on_bad_line)
         return
