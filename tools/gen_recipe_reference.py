@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import re
 import sys
 from pathlib import Path
 
@@ -98,44 +97,9 @@ def render() -> str:
 def _table(rows: list[tuple[str, str, str, str, str]]) -> list[str]:
     out = ["| field | type | default | constraints | description |", "|---|---|---|---|---|"]
     for name, type_, default, constraints, description in rows:
-        out.append(f"| `{name}` | {_code(_short_type(type_))} | {_code(default)} | "
+        out.append(f"| `{name}` | {_code(type_)} | {_code(default)} | "
                    f"{_cell(constraints)} | {_cell(description)} |")
     return [*out, ""]
-
-
-_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-
-
-def _short_type(text: str) -> str:
-    """Readable types: ``list[llm_gym.runner.settings.Entry]`` -> ``list[Entry]``,
-    ``Optional[Annotated[int, Gt(gt=0)]]`` -> ``int > 0 | None``."""
-    text = re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text)
-    # Finite floats are the rule (STRICT_MODEL_CONFIG), not a field's bound; pydantic
-    # versions spell that marker differently, so it is left out.
-    text = re.sub(r", \w+\(allow_inf_nan=False\)", "", text)
-    text = re.sub(r"Annotated\[(\w+), FieldInfo\(annotation=NoneType, required=True, "
-                  r"metadata=\[(\w+)\((gt|ge|lt|le)=([^)]*)\)\]\)\]",
-                  lambda m: f"{m[1]} {_BOUNDS[m[3]]} {m[4]}", text)
-    text = re.sub(r"Annotated\[(\w+), \w+\((gt|ge|lt|le)=([^)]*)\)\]",
-                  lambda m: f"{m[1]} {_BOUNDS[m[2]]} {m[3]}", text)
-    for wrapper, tail in (("Optional[", " | None"), ("Union[", "")):
-        if text.startswith(wrapper) and text.endswith("]"):
-            text = " | ".join(_split_top(text[len(wrapper):-1])) + tail
-    return text
-
-
-def _split_top(text: str) -> list[str]:
-    """Split at the commas outside brackets."""
-    parts, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        if char in "[(":
-            depth += 1
-        elif char in "])":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append(text[start:i].strip())
-            start = i + 1
-    return [*parts, text[start:].strip()]
 
 
 def _doc(cls: type) -> str:

@@ -8,11 +8,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from llm_gym.data.mixture import MixtureDataset
-from llm_gym.registry import Component, ComponentConfig, component
+from llm_gym.data.mixture import CHUNK, MixtureDataset, plural, starved, starved_reason
+from llm_gym.registry import Component, ComponentConfig, component, problems_at
 
 Dataset = Component["dataset"]  # an alias: linters would read "dataset" as a type
 Weight = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_NAMED_UP_TO = 8  # weights named one by one; past that, counted
 
 
 @component("dataset", "Mixture", version=1)
@@ -40,8 +41,20 @@ class MixtureConfig(ComponentConfig):
     def _one_weight_per_source(cls, weights: list[float], info: ValidationInfo) -> list[float]:
         sources = info.data.get("sources")  # absent when the sources were refused
         if sources is not None and len(weights) != len(sources):
-            raise ValueError(f"{len(weights)} given for {len(sources)} sources; give one "
-                             "weight per source, in the order of sources")
+            raise ValueError(f"{plural(len(weights), 'weight')} given for "
+                             f"{plural(len(sources), 'source')}; give one weight per "
+                             "source, in the order of sources")
+        # What MixtureDataset would refuse when built, refused here at each weight's path.
+        if len(weights) > CHUNK:
+            raise ValueError(starved_reason(weights))
+        too_small = starved(weights)
+        if too_small:
+            reason = f"would get no sample: {starved_reason(weights)}"
+            named = [((i,), reason, weights[i]) for i in too_small[:_NAMED_UP_TO]]
+            if len(too_small) > _NAMED_UP_TO:
+                named.append(((), f"{len(too_small) - _NAMED_UP_TO} more weights would get "
+                              "no sample", weights))
+            raise problems_at(named, cls.__name__)
         return weights
 
     def preflight(self) -> Iterator[str]:

@@ -10,17 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field, PositiveInt, RootModel, ValidationError, create_model
+from pydantic import Field, PositiveInt, RootModel, ValidationError, create_model
 from pydantic.json_schema import models_json_schema
 
 from llm_gym.config.validation_errors import describe_errors
 from llm_gym.errors import UserError
-from llm_gym.registry import STRICT_MODEL_CONFIG, ComponentChoice, ResolverRegistry
+from llm_gym.registry import ComponentChoice, ResolverRegistry, StrictModel
 from llm_gym.registry.nesting import COMPONENT_SCHEMA_KEY
 
 
-class RecipeMeta(BaseModel):
-    model_config = STRICT_MODEL_CONFIG
+class RecipeMeta(StrictModel):
     description: str = Field("", description="one line shown by `recipe list`")
     name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
@@ -31,16 +30,14 @@ class RecipeMeta(BaseModel):
         None, description="a file outside a recipe dir: its version (default 1)")
 
 
-class Pin(BaseModel):
+class Pin(StrictModel):
     """The component a recipe was written against."""
 
-    model_config = STRICT_MODEL_CONFIG
     version: PositiveInt
     fingerprint: str = Field(pattern=r"^[0-9a-f]{12}$")
 
 
-class RecipeBase(BaseModel):
-    model_config = STRICT_MODEL_CONFIG
+class RecipeBase(StrictModel):
     recipe: RecipeMeta = Field(default_factory=RecipeMeta)
     pins: dict[str, Pin] = Field(default_factory=dict, description="kind/name -> pin")
 

@@ -1,12 +1,15 @@
 """A pydantic ValidationError as short lines: YAML path, what was expected, what was given.
 
-Two additions make a line say what to change: an unexpected key gets the closest valid
-key at its place ("did you mean 'max_steps'?"), and a value that came from an
-interpolation names the key it was interpolated from, which is the one the user can set.
+Additions make a line say what to change: an unexpected key gets the closest valid key
+at its place ("did you mean 'max_steps'?"), a near miss of a choice (a Literal or enum)
+the closest choice, an entry that is no component says what a component entry is, and a
+value that came from an interpolation, or sits inside one, names the key it was
+interpolated from, which is the one the user can set.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import types
 from collections.abc import Mapping
@@ -14,7 +17,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, Tag, ValidationError
 
-from llm_gym.registry.kinds import closest_name
+from llm_gym.registry.kinds import closest_name, yaml_repr
 from llm_gym.registry.nesting import NestedComponent, active_registry
 
 _MISSING = object()
@@ -68,8 +71,15 @@ def describe_errors(
         elif kind == "unknown_component" and error["msg"].startswith("type_hint: "):
             # The name is what is wrong, written out or as the `scheduler: StepLR` shorthand.
             line = f"{path}.type_hint: {error['msg'].removeprefix('type_hint: ')}"
-        elif kind in ("unknown_component", "missing_type_hint"):
+        elif kind in ("unknown_component", "missing_type_hint", "not_a_component"):
             line = f"{path}: {error['msg']}"
+        elif kind in ("union_tag_not_found", "union_tag_invalid"):
+            # Any other tagged union: pydantic's words name its internals (the tag function).
+            line = (f"{path}: not one of the forms this field takes{_tags(error)} "
+                    f"(got {_show(error.get('input'))})")
+        elif kind in ("literal_error", "enum"):
+            line = (f"{path}: {_lower_first(error['msg'])} (got {_show(error.get('input'))})"
+                    f"{_choice_hint(error)}")
         elif isinstance(error.get("input"), dict):
             # A check of a whole mapping: its message names the values; repeating them
             # all as "got {...}" only buries it. A `field=value` it suggests gets its path.
@@ -116,6 +126,38 @@ def _key_hint(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> str:
     return ""
 
 
+def _choice_hint(error: Any) -> str:
+    """``; did you mean 'cycle'?`` for a near miss of a Literal or enum value."""
+    given = error.get("input")
+    if not isinstance(given, str):
+        return ""
+    choices = [c for c in _choices(str((error.get("ctx") or {}).get("expected", "")))
+               if isinstance(c, str)]
+    closest = closest_name(given, choices) if choices else None
+    return f"; did you mean {closest!r}?" if closest is not None else ""
+
+
+_CHOICE = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s,]+""")
+
+
+def _choices(expected: str) -> list[Any]:
+    """The values of pydantic's ``'a', 'b' or 'c'`` (reprs, joined by ', ' and ' or ')."""
+    values = []
+    for token in _CHOICE.findall(expected):
+        if token == "or":
+            continue
+        try:
+            values.append(ast.literal_eval(token))
+        except (ValueError, SyntaxError):
+            continue
+    return values
+
+
+def _tags(error: Any) -> str:
+    expected = (error.get("ctx") or {}).get("expected_tags")
+    return f" (one of {expected})" if expected else ""
+
+
 def _qualify(message: str, path: str, mapping: dict[Any, Any]) -> str:
     """``warmup_steps=2`` -> ``scheduler.config.warmup_steps=2``, for keys of ``mapping``."""
     def qualified(match: re.Match[str]) -> str:
@@ -126,15 +168,32 @@ def _qualify(message: str, path: str, mapping: dict[Any, Any]) -> str:
 
 
 def origin_hint(path: str, interpolations: Mapping[str, str]) -> str:
-    """Where the values at ``path`` (or inside it) came from, when interpolated."""
+    """Where the values at ``path`` (or inside it) came from, when interpolated; for a
+    value inside an interpolated one (``weights[0]`` of ``weights: ${...}``), where its
+    nearest interpolated ancestor came from."""
+    keys = [key for key in interpolations
+            if key == path or key.startswith((f"{path}.", f"{path}["))]
+    if not keys:
+        keys = [ancestor for ancestor in _ancestors(path) if ancestor in interpolations][:1]
     hints = []
-    for key, expression in interpolations.items():
-        if key != path and not key.startswith((f"{path}.", f"{path}[")):
-            continue
+    for key in keys:
+        expression = interpolations[key]
         sources = _sources(expression)
         if sources:
             hints.append(f"{key} comes from {expression}: change {' or '.join(sources)}")
     return "; " + "; ".join(hints) if hints else ""
+
+
+_LAST_PART = re.compile(r"(?:\.[^.\[]+|\[\d+\])$")
+
+
+def _ancestors(path: str) -> list[str]:
+    """``a.b[0].c`` -> ``a.b[0]``, ``a.b``, ``a``: nearest first."""
+    found = []
+    while (shorter := _LAST_PART.sub("", path, count=1)) != path and shorter:
+        found.append(shorter)
+        path = shorter
+    return found
 
 
 def _sources(expression: str) -> list[str]:
@@ -187,8 +246,7 @@ def _step(tp: Any, element: Any) -> Any | None:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return yaml_repr(value)
 
 
 def _lower_first(text: str) -> str:

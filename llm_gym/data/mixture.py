@@ -77,14 +77,47 @@ GROUP_BYTES = 1 << 21  # int64 tokens read at once (at least a batch): about an 
 
 
 def chunk_counts(weights: Sequence[float], chunk: int = CHUNK) -> list[int]:
-    """Each weight's share of ``chunk`` samples, by largest remainder (ties: the earlier)."""
-    total = math.fsum(weights)
+    """Each weight's share of ``chunk`` samples, by largest remainder (ties: the earlier).
+
+    Weights whose sum overflows a float (``[1e308, 1e308]``) are divided by the largest
+    first; any other weights are used as given, so their counts never change."""
+    total = _sum(weights)
+    if not math.isfinite(total):
+        largest = max(weights)
+        weights = [w / largest for w in weights]
+        total = math.fsum(weights)
     quotas = [w / total * chunk for w in weights]
     counts = [math.floor(q) for q in quotas]
     by_remainder = sorted(range(len(quotas)), key=lambda i: (counts[i] - quotas[i], i))
     for i in by_remainder[: chunk - sum(counts)]:
         counts[i] += 1
     return counts
+
+
+def starved(weights: Sequence[float], chunk: int = CHUNK) -> list[int]:
+    """The indices of the weights too small to get a sample of any chunk."""
+    return [i for i, count in enumerate(chunk_counts(weights, chunk)) if count == 0]
+
+
+def starved_reason(weights: Sequence[float], chunk: int = CHUNK) -> str:
+    """Why a weight ``starved`` names gets no sample, in words."""
+    if len(weights) > chunk:
+        return (f"a mixture gives each source a share of every {chunk} samples, so it "
+                f"mixes at most {chunk} sources, not {len(weights)}")
+    return (f"a weight must be at least 1/{chunk} of their sum "
+            f"({_sum(weights) / chunk:.3g})")
+
+
+def _sum(weights: Sequence[float]) -> float:
+    try:
+        return math.fsum(weights)
+    except OverflowError:  # fsum refuses to overflow on the way; the sum is infinite
+        return math.inf
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 source``, ``2 sources``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 class MixtureDataset(GlobalPosition):
@@ -122,10 +155,8 @@ class MixtureDataset(GlobalPosition):
         counts = chunk_counts(weights)
         too_small = [labels[i] for i, c in enumerate(counts) if c == 0]
         if too_small:
-            raise UserError(
-                f"weights: {', '.join(too_small)} would get no sample: a weight must be at "
-                f"least 1/{CHUNK} of their sum ({math.fsum(weights) / CHUNK:.3g})"
-            )
+            raise UserError(f"weights: {', '.join(too_small)} would get no sample: "
+                            f"{starved_reason(weights)}")
         self.sources, self.labels = list(sources), labels
         self.seq_len = seq_lens.pop()
         self.seed, self.on_exhausted = seed, on_exhausted
@@ -355,8 +386,8 @@ def _plain(value: Any) -> Any:
 
 def _check_weights(weights: Sequence[float], n_sources: int) -> None:
     if len(weights) != n_sources:
-        raise UserError(f"weights: {len(weights)} given for {n_sources} sources; give one "
-                        "weight per source")
+        raise UserError(f"weights: {plural(len(weights), 'weight')} given for "
+                        f"{plural(n_sources, 'source')}; give one weight per source")
     for i, w in enumerate(weights):
         if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
             raise UserError(f"weights[{i}]: must be a finite number above 0, got {w!r}")

@@ -4,8 +4,10 @@ from llm_gym.registry.component import (
     STRICT_MODEL_CONFIG,
     ComponentConfig,
     ComponentSpec,
+    StrictModel,
     collect_components,
     component,
+    problems_at,
 )
 from llm_gym.registry.hookspecs import Slot, hookimpl
 from llm_gym.registry.kinds import ComponentChoice, UnknownComponentError
@@ -22,8 +24,10 @@ __all__ = [
     "LookupEnum",
     "ResolverRegistry",
     "Slot",
+    "StrictModel",
     "UnknownComponentError",
     "collect_components",
     "component",
     "hookimpl",
+    "problems_at",
 ]

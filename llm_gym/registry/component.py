@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from llm_gym.registry.number_fields import booleans_for_numbers
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 # Keys that document a schema without changing what it accepts: editing a description
@@ -47,7 +50,44 @@ _COSMETIC_SCHEMA_KEYS = {"description", "title", "examples"}
 STRICT_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class ComponentConfig(BaseModel):
+def problems_at(
+    problems: Iterable[tuple[tuple[str | int, ...], str, Any]], title: str = "config",
+) -> ValidationError:
+    """One error per ``(loc, message, input)``, ``loc`` relative to the value a validator
+    checks: raised from a validator, pydantic puts the field's own location in front, so
+    each problem is reported at its full YAML path (``weights[0]``, not ``weights``)."""
+    return ValidationError.from_exception_data(title, [
+        InitErrorDetails(type=PydanticCustomError("invalid_item", "{message}",
+                                                  {"message": message}),
+                         loc=loc, input=given)
+        for loc, message, given in problems
+    ])
+
+
+class StrictModel(BaseModel):
+    """Base of every model a recipe is validated into (component configs, the trainer
+    section, recipe metadata): ``STRICT_MODEL_CONFIG``, and a boolean is refused where a
+    number is expected (pydantic would read ``seed: true`` as 1). Numbers written as
+    strings (``"400"``) are still accepted, as everywhere in a recipe."""
+
+    model_config = STRICT_MODEL_CONFIG
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name is None:
+            return value
+        field_info = cls.model_fields.get(info.field_name)
+        if field_info is None:
+            return value
+        found = list(booleans_for_numbers(field_info.annotation, value))
+        if found:
+            raise problems_at([(loc, "input should be a number, not a boolean", given)
+                               for loc, given in found], cls.__name__)
+        return value
+
+
+class ComponentConfig(StrictModel):
     """Base class of every component's config: unknown keys and non-finite floats are errors."""
 
     model_config = ConfigDict(**STRICT_MODEL_CONFIG, protected_namespaces=())
@@ -92,9 +132,9 @@ class ComponentSpec:
 
     @property
     def doc(self) -> str:
-        """The first line of the config class's docstring."""
-        text = inspect.getdoc(self.config_cls) or ""
-        return text.strip().splitlines()[0] if text.strip() else ""
+        """The first paragraph of the config class's docstring, as one line: a summary
+        may wrap over several lines, and its first line alone would stop mid-sentence."""
+        return first_paragraph(inspect.getdoc(self.config_cls) or "")
 
     @cached_property
     def fingerprint(self) -> str:
@@ -121,6 +161,16 @@ class ComponentSpec:
     def preflight_dependencies(self) -> tuple[Dependency, ...]:
         """The named parameters of ``preflight`` after ``self``."""
         return _named_parameters(self.config_cls.preflight)
+
+
+def first_paragraph(text: str) -> str:
+    """The lines up to the first blank one, joined by spaces."""
+    lines = []
+    for line in text.strip().splitlines():
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    return " ".join(lines)
 
 
 def _named_parameters(method: Callable[..., Any]) -> tuple[Dependency, ...]:

@@ -55,6 +55,22 @@ def describe_unknown(kind: str, given: Any, known: list[str]) -> str:
     return f"{text}; did you mean {closest!r}?" if closest else text
 
 
+def describe_forms(kind: str, known: list[str]) -> str:
+    """What a recipe entry of ``kind`` may be: 'a dataset component: a name (A, B) or
+    {type_hint: NAME, config: {...}}'."""
+    return (f"a {kind} component: a name ({', '.join(known) or 'none registered'}) or "
+            "{type_hint: NAME, config: {...}}")
+
+
+def yaml_repr(value: Any) -> str:
+    """A value as an error shows it: null, true and false as YAML writes them, anything
+    else as its repr; shortened."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def closest_name(given: str, known: list[str]) -> str | None:
     by_normalized = {normalize_string(k): k for k in known}
     match = difflib.get_close_matches(normalize_string(given), list(by_normalized), n=1, cutoff=0.5)
@@ -133,14 +149,21 @@ class ComponentKind:
         union: Any = Union[tuple(choices)] if len(choices) > 1 else choices[0]  # noqa: UP007
         if len(choices) > 1:
             union = Annotated[union, Discriminator(_type_hint_name)]
-        return Annotated[union, BeforeValidator(self._canonical_type_hint)]
+        return Annotated[union, BeforeValidator(self._canonical_type_hint),
+                         NameShorthandSchema(self.name, tuple(self.names))]
 
     def _canonical_type_hint(self, value: Any) -> Any:
         """Turn whatever names the component (name, value, any spelling) into its enum member."""
         if isinstance(value, str):  # shorthand: `scheduler: StepLR` when the config has defaults
             value = {"type_hint": value}
+        if isinstance(value, BaseModel):
+            return value  # an entry validated before (a default, a copy): the model judges it
         if not isinstance(value, dict):
-            return value  # not ours to judge: the model reports the wrong type
+            raise PydanticCustomError(
+                "not_a_component", "{message}",
+                {"message": f"expected {describe_forms(self.name, self.names)}, "
+                            f"got {yaml_repr(value)}"},
+            )
         if "type_hint" not in value:
             raise PydanticCustomError(
                 "missing_type_hint",
@@ -156,6 +179,44 @@ class ComponentKind:
                 {"message": "type_hint: " + describe_unknown(self.name, given, self.names)},
             ) from None
         return {**value, "type_hint": member}
+
+
+class NameShorthandSchema:
+    """The JSON schema of a recipe entry: ``{type_hint, config}`` or the bare name
+    (``loss: CrossEntropy``), which the loader takes in any spelling it resolves
+    (``warmup_cosine``): the names for completion, and a pattern for the spellings."""
+
+    def __init__(self, kind: str, names: tuple[str, ...]) -> None:
+        self.kind, self.names = kind, names
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
+        entry = handler(schema)
+        if not self.names:
+            return entry
+        alternatives = "|".join(_spelling_pattern(name) for name in self.names)
+        name = {
+            "type": "string",
+            "description": f"the name of a {self.kind} component alone, its config all "
+                           "defaults; any spelling that ignores case, '-', '_' and spaces",
+            "anyOf": [{"enum": list(self.names)},
+                      {"pattern": f"^{_SEPARATORS}(?:{alternatives})$"}],
+        }
+        return {"anyOf": [entry, name]}
+
+
+_SEPARATORS = "[-_ ]*"
+
+
+def _spelling_pattern(name: str) -> str:
+    """A regex of every spelling ``LookupEnum`` resolves to ``name`` (class_resolver's
+    normalize_string: case, '-', '_' and spaces ignored)."""
+    parts = []
+    for char in normalize_string(name):
+        if char.isalpha():
+            parts.append(f"[{char.upper()}{char}]" if char.upper() != char else char)
+        else:
+            parts.append(re.escape(char))
+    return "".join(part + _SEPARATORS for part in parts)
 
 
 def _type_hint_name(value: Any) -> str | None:

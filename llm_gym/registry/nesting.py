@@ -29,12 +29,11 @@ registered; ``recipe schema`` replaces it with the kind's union.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError, core_schema
@@ -147,26 +146,6 @@ def nested_field_kinds(config_cls: type[BaseModel]) -> dict[str, list[str]]:
         if kinds:
             fields[name] = list(dict.fromkeys(kinds))
     return fields
-
-
-def nested_type_name(annotation: Any) -> str | None:
-    """``list[dataset component]`` for ``list[Component["dataset"]]``; None if none inside."""
-    if not nested_kinds(annotation):
-        return None
-    return _render(annotation)
-
-
-def _render(tp: Any) -> str:
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Annotated:
-        marks = [m for m in args[1:] if isinstance(m, NestedComponent)]
-        return f"{marks[0].kind} component" if marks else _render(args[0])
-    if origin is Union or origin is types.UnionType:
-        return " | ".join("None" if a is type(None) else _render(a) for a in args)
-    if origin is not None:
-        name = getattr(origin, "__name__", str(origin))
-        return f"{name}[{', '.join(_render(a) for a in args)}]"
-    return getattr(tp, "__name__", str(tp))
 
 
 def iter_choices(value: Any, path: str) -> Iterator[tuple[str, Any]]:

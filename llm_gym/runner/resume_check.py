@@ -1,8 +1,11 @@
 """What a resume may change: the recipe now against the recipe that wrote the checkpoint.
 
 Both recipes are compared as resolved data (every value after interpolation), flattened
-to dotted keys (``model.config.n_layer``). Each changed key is classified by one table,
-``RULES``, first match wins:
+to dotted keys down to their leaves, list items included (``model.config.n_layer``,
+``train_dataset.config.sources[1].config.path``), so a change is named where it is. Each
+changed key is classified by one table, ``RULES``, first match wins; an item of a list
+is judged as the list it is in (``optimizer.config.betas[1]`` as
+``optimizer.config.betas``):
 
 - ``safe``: applied and recorded (more steps, how often to log, evaluate or save, the
   loggers, the sample);
@@ -81,8 +84,9 @@ RULES: tuple[Rule, ...] = (
 
 
 def rule_for(key: str) -> Rule:
-    """The first rule whose pattern matches ``key`` (the last rule matches everything)."""
-    parts = key.split(".")
+    """The first rule whose pattern matches ``key`` (the last rule matches everything);
+    a key inside a list (``trainer.loggers[0].type_hint``) by the list's key."""
+    parts = _list_key(key).split(".")
     for rule in RULES:
         pattern = rule.pattern.split(".")
         if pattern == ["*"] or (
@@ -125,16 +129,42 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
-    before, after = flatten(old), flatten(new)
-    keys = sorted(set(before) | set(after))
-    return [Change(k, before.get(k, _UNSET), after.get(k, _UNSET)) for k in keys
-            if before.get(k, _UNSET) != after.get(k, _UNSET)]
+def diff(old: Any, new: Any, key: str = "") -> list[Change]:
+    """Every difference, at the deepest key where the two still have the same shape:
+    mappings key by key (one only one side has, leaf by leaf), lists of both sides item
+    by item (an item only one side has is one change, the item whole), anything else
+    as a whole."""
+    if isinstance(old, Mapping) or isinstance(new, Mapping):
+        if (isinstance(old, Mapping) or old is _UNSET) and (isinstance(new, Mapping)
+                                                           or new is _UNSET):
+            before = old if isinstance(old, Mapping) else {}
+            after = new if isinstance(new, Mapping) else {}
+            changes = []
+            for name in sorted(set(before) | set(after), key=str):
+                changes += diff(before.get(name, _UNSET), after.get(name, _UNSET),
+                                f"{key}.{name}" if key else str(name))
+            return changes
+    elif isinstance(old, list) and isinstance(new, list):
+        changes = []
+        for i in range(min(len(old), len(new))):
+            changes += diff(old[i], new[i], f"{key}[{i}]")
+        for i in range(len(new), len(old)):
+            changes.append(Change(f"{key}[{i}]", old[i], _UNSET))
+        for i in range(len(old), len(new)):
+            changes.append(Change(f"{key}[{i}]", _UNSET, new[i]))
+        return changes
+    return [Change(key, old, new)] if old != new else []
+
+
+def _list_key(key: str) -> str:
+    """``a.b[1].c`` -> ``a.b``: the key of the outermost list a key is inside."""
+    return key.split("[", 1)[0]
 
 
 def _named(key: str, allowed: Sequence[str]) -> bool:
-    """``--allow-change optimizer.config`` names every key under it."""
-    return any(key == a or key.startswith(a.rstrip(".") + ".") for a in allowed)
+    """``--allow-change optimizer.config`` names every key under it (list items too:
+    ``optimizer.config.betas`` names ``optimizer.config.betas[1]``)."""
+    return any(key == a or key.startswith((a.rstrip(".") + ".", a + "[")) for a in allowed)
 
 
 @dataclass(frozen=True)
@@ -153,7 +183,8 @@ class ResumePlan:
         return self.checkpoint is not None
 
     def changed(self, prefix: str) -> list[Change]:
-        return [c for c in self.applied if c.key == prefix or c.key.startswith(prefix + ".")]
+        return [c for c in self.applied
+                if c.key == prefix or c.key.startswith((prefix + ".", prefix + "["))]
 
 
 @dataclass

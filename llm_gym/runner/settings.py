@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
     Field,
     PositiveInt,
     ValidationInfo,
@@ -14,7 +13,7 @@ from pydantic import (
 )
 
 from llm_gym.registry import Component
-from llm_gym.registry.component import STRICT_MODEL_CONFIG
+from llm_gym.registry.component import StrictModel
 
 Precision = Literal["fp32", "bf16", "fp16"]
 # A registered component of kind logger, validated against the registry like a slot.
@@ -22,20 +21,16 @@ LoggerChoice = Component["logger"]
 EvaluatorChoice = Component["evaluator"]
 
 
-class ProfileSettings(BaseModel):
+class ProfileSettings(StrictModel):
     """``trainer.profile``: which optimizer steps torch.profiler records (runner/profiling.py)."""
-
-    model_config = STRICT_MODEL_CONFIG
 
     start_step: PositiveInt = Field(description="first profiled step (1 is the first step)")
     steps: PositiveInt = Field(description="how many consecutive steps to profile")
 
 
-class ParallelSettings(BaseModel):
+class ParallelSettings(StrictModel):
     """``trainer.parallel``: the device mesh (runner/mesh.py): data parallel, and tensor
     parallel inside each data-parallel rank."""
-
-    model_config = STRICT_MODEL_CONFIG
 
     dp_replicate: PositiveInt = Field(
         1, description="copies of the sharded model (HSDP when > 1: shard within a copy, "
@@ -54,10 +49,8 @@ class ParallelSettings(BaseModel):
         return value
 
 
-class TrainerSettings(BaseModel):
+class TrainerSettings(StrictModel):
     """Settings of the training loop (not a component: there is one runner)."""
-
-    model_config = STRICT_MODEL_CONFIG
 
     max_steps: PositiveInt = Field(description="optimizer steps to train for")
     seq_len: PositiveInt = Field(description="tokens per training sequence")

@@ -8,9 +8,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from llm_gym.cli.main import main
+from llm_gym.config.validation_errors import describe_errors
+from llm_gym.data.mixture import CHUNK
 from llm_gym.data.packed import PackedWriter
+from llm_gym.registry import ResolverRegistry
 from llm_gym_components.datasets.mixture import MixtureConfig, source_label
 
 RECIPE = """\
@@ -55,8 +59,12 @@ def _validate(capsys, tmp_path: Path, pack: Path, *, weights: str = "[3, 1]",
     ("[3, -1]", "train_dataset.config.weights[1]: input should be greater than 0"),
     ("[3, 0]", "train_dataset.config.weights[1]: input should be greater than 0"),
     ("[3, .nan]", "train_dataset.config.weights[1]"),
-    ("[3]", "train_dataset.config.weights: value error, 1 given for 2 sources"),
-    ("[3, 1, 1]", "train_dataset.config.weights: value error, 3 given for 2 sources"),
+    ("[3]", "train_dataset.config.weights: value error, 1 weight given for 2 sources; "),
+    ("[3, 1, 1]", "train_dataset.config.weights: value error, 3 weights given for 2 sources; "),
+    # What MixtureDataset refuses when built is refused by `validate`, at the weight's path.
+    ("[1.0e-9, 1]", "train_dataset.config.weights[0]: would get no sample: a weight must "
+                    "be at least 1/4096 of their sum"),
+    ("[1, 1.0e-9]", "train_dataset.config.weights[1]: would get no sample"),
 ])
 def test_bad_weights_are_named_by_their_yaml_path(capsys, tmp_path, pack, weights,
                                                   expected) -> None:
@@ -64,9 +72,33 @@ def test_bad_weights_are_named_by_their_yaml_path(capsys, tmp_path, pack, weight
     assert code == 2 and expected in out and "Traceback" not in out
 
 
-def test_a_good_mixture_validates(capsys, tmp_path, pack) -> None:
-    code, out = _validate(capsys, tmp_path, pack)
+@pytest.mark.parametrize("weights", ["[3, 1]", "[1.0e308, 1.0e308]"])  # a sum past floats
+def test_a_good_mixture_validates(capsys, tmp_path, pack, weights) -> None:
+    code, out = _validate(capsys, tmp_path, pack, weights=weights)
     assert code == 0, out
+
+
+@pytest.mark.parametrize(("n_sources", "weights", "expected"), [
+    (1, [1, 1], ["config.weights: value error, 2 weights given for 1 source; give one"]),
+    (CHUNK + 1, [1] * (CHUNK + 1),
+     ["config.weights: value error, a mixture gives each source a share of every 4096 "
+      "samples, so it mixes at most 4096 sources, not 4097"]),
+    (3, [1e-9, 1, 1e-9], ["config.weights[0]: would get no sample",
+                          "config.weights[2]: would get no sample"]),
+    (12, [1e-9] * 11 + [1], [f"config.weights[{i}]: would get no sample" for i in range(8)]
+     + ["config.weights: 3 more weights would get no sample"]),
+])
+def test_weights_the_mixture_would_refuse_are_refused_by_the_config(n_sources, weights,
+                                                                    expected) -> None:
+    registry = ResolverRegistry.from_installed_plugins()
+    data = {"type_hint": "Mixture", "config": {"weights": weights,
+                                               "sources": ["DemoCorpus"] * n_sources}}
+    with registry.active(), pytest.raises(ValidationError) as caught:
+        registry.kind("dataset").adapter.validate_python(data)
+    lines = describe_errors(caught.value, data)
+    assert len(lines) == len(expected)
+    assert all(line.startswith(fragment) for line, fragment in zip(lines, expected,
+                                                                    strict=True)), lines
 
 
 @pytest.mark.parametrize(("second", "expected"), [

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from llm_gym.cli.main import main
+from llm_gym.config.validation_errors import origin_hint
 from tests.conftest import REPO, run_cli
 
 DEBUG_RECIPE = REPO / "recipes" / "gpt2-debug" / "v1.yaml"
@@ -91,6 +92,34 @@ OVERRIDE_CASES = {
     "infinite scheduler ratio": (["scheduler.type_hint=WarmupCosine", "scheduler.config="
                                   "{warmup_steps: 1, decay_steps: 8, min_lr_ratio: .nan}"],
                                  ["scheduler.config.min_lr_ratio", "finite number"]),
+    # An entry that is neither a name nor a mapping: what a component entry may be.
+    "a number for a component": (["model=42"], [
+        "model: expected a model component: a name (GPT2, GPT2Pretrained, Llama, "
+        "LlamaPretrained) or {type_hint: NAME, config: {...}}, got 42"]),
+    "a null in a list of components": (["trainer.loggers=[Console, null]"], [
+        "trainer.loggers[1]: expected a logger component: a name (Console, Curves, "
+        "TensorBoard, WandB) or {type_hint: NAME, config: {...}}, got null"]),
+    "a number as a nested component": (
+        ["train_dataset=null", "train_dataset={type_hint: Mixture, config: {weights: [1, 1], "
+         "sources: [DemoCorpus, 42]}}"],
+        ["train_dataset.config.sources[1]: expected a dataset component: a name (DemoCorpus, "
+         "Mixture, PackedTokens) or {type_hint: NAME, config: {...}}, got 42"]),
+    # A near miss of a choice gets the closest one, as keys and component names do.
+    "literal near miss": (["train_dataset.config.split=trian"],
+                          ["train_dataset.config.split: input should be 'train' or 'val' "
+                           "(got 'trian'); did you mean 'train'?"]),
+    "trainer choice near miss": (["trainer.param_dtype=bf61"],
+                                 ["trainer.param_dtype: ", "did you mean 'bf16'?"]),
+    # A boolean is not a number (pydantic would read true as 1).
+    "boolean for an int": (["trainer.seed=true"],
+                           ["trainer.seed: input should be a number, not a boolean"]),
+    "boolean for a float": (["optimizer.config.lr=true"],
+                            ["optimizer.config.lr: input should be a number, not a boolean"]),
+    "boolean in a tuple of floats": (["optimizer.config.betas=[true, 0.9]"],
+                                     ["optimizer.config.betas[0]: input should be a number"]),
+    "boolean for an optional int": (["trainer.eval_every=false"],
+                                    ["trainer.eval_every: input should be a number, not a "
+                                     "boolean"]),
     "override value not YAML": (["trainer.max_steps=["],
                                 ["override 'trainer.max_steps=['", "not valid YAML", "quote it"]),
     "override value unclosed mapping": (["optimizer.config={lr: 1"],
@@ -228,6 +257,35 @@ def test_an_interpolated_leaf_names_its_source(capsys):
     assert ("train_dataset.config.corpus_mb: input should be less than or equal to 64 (got 100);"
             " train_dataset.config.corpus_mb comes from ${tokenizer.config.corpus_mb}: change "
             "tokenizer.config.corpus_mb") in output
+
+
+def test_numbers_as_strings_and_booleans_where_they_belong_still_validate(capsys):
+    code, output = _cli(capsys, "recipe", "validate", "gpt2-debug", 'trainer.max_steps="8"',
+                        'optimizer.config.lr="1e-3"', "trainer.compile=true",
+                        "train_dataset.config.corpus_mb=1")
+    assert code == 0, output
+
+
+def test_an_item_of_an_interpolated_list_names_the_list_it_came_from(capsys):
+    # gpt2-tiny-mix's eval weights are ${train_dataset.config.weights}.
+    code, output = _cli(capsys, "recipe", "validate", "gpt2-tiny-mix",
+                        "train_dataset.config.weights=[-1, 1]")
+    assert code == 2 and "Traceback" not in output
+    assert ("eval_dataset.config.weights[0]: input should be greater than 0 (got -1); "
+            "eval_dataset.config.weights comes from ${train_dataset.config.weights}: change "
+            "train_dataset.config.weights") in output
+
+
+@pytest.mark.parametrize(("path", "interpolations", "expected"), [
+    ("a.b[0]", {"a.b": "${x.y}"}, "; a.b comes from ${x.y}: change x.y"),
+    ("a.b[0].c[2].d", {"a.b": "${x.y}"}, "; a.b comes from ${x.y}: change x.y"),
+    # The nearest interpolated ancestor, not one further up.
+    ("a.b[0].c", {"a": "${z}", "a.b": "${x.y}"}, "; a.b comes from ${x.y}: change x.y"),
+    ("a.b", {"a.bc": "${x}"}, ""),  # a sibling whose name starts alike is no ancestor
+    ("a.bc[1]", {"a.b": "${x}"}, ""),
+])
+def test_origin_hint_names_the_nearest_interpolated_ancestor(path, interpolations, expected):
+    assert origin_hint(path, interpolations) == expected
 
 
 def test_an_environment_interpolation_names_the_variable(capsys, monkeypatch):

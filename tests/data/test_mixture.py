@@ -95,6 +95,21 @@ def test_chunk_counts_round_by_largest_remainder() -> None:
     assert chunk_counts([1, 1, 1], chunk=10) == [4, 3, 3]  # tie: the earlier one
     assert chunk_counts([0.2, 0.3, 0.5], chunk=7) == [1, 2, 4]  # 1.4, 2.1, 3.5
     assert sum(chunk_counts([0.1] * 7)) == CHUNK
+    # Weights as recipes give them: the counts every run so far was made with.
+    assert chunk_counts([1 / 3, 2 / 3]) == [1365, 2731]
+    assert chunk_counts([0.7, 0.2, 0.1]) == [2867, 819, 410]
+    assert chunk_counts([1e-300, 3e-300]) == chunk_counts([1e150, 3e150]) == [1024, 3072]
+
+
+@pytest.mark.parametrize(("weights", "counts"), [
+    ((1e308, 1e308), [2048, 2048]),  # the sum overflows a float
+    ((1.5e308, 0.5e308), [3072, 1024]),
+    ((1.7e308,) * 3, [1366, 1365, 1365]),
+])
+def test_chunk_counts_of_weights_whose_sum_overflows(prefixes, weights, counts) -> None:
+    assert chunk_counts(weights) == counts
+    if len(weights) == 2:
+        assert MixtureDataset(packs(prefixes), weights).chunk_counts.tolist() == counts
 
 
 @pytest.mark.parametrize("weights", [(3, 1), (0.2, 0.3, 0.5)])
@@ -238,7 +253,8 @@ def test_a_position_saved_on_two_ranks_resumes_on_one_and_on_four(prefixes) -> N
     ((3, -1), r"weights\[1\]: must be a finite number above 0, got -1"),
     ((3, 0), r"weights\[1\]"),
     ((1, float("nan")), r"weights\[1\]"),
-    ((1,), "weights: 1 given for 2 sources"),
+    ((1,), "weights: 1 weight given for 2 sources; "),
+    ((1, 1, 1), "weights: 3 weights given for 2 sources; "),
     ((1, 1e-5), "1 would get no sample"),
 ])
 def test_bad_weights_are_refused(prefixes, weights, match) -> None:

@@ -4,6 +4,7 @@ shows in the schema, pins and builds like a slot, at any depth."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def test_a_kind_holding_components_validates_shows_in_the_schema_pins_and_builds
     schema = recipe_json_schema(registry)
     field = schema["$defs"]["SequenceConfig"]["properties"]["schedulers"]
     assert field["items"] == {"$ref": "#/$defs/component_scheduler"}
-    assert {"$ref": "#/$defs/scheduler_StepLR"} in schema["$defs"]["component_scheduler"]["oneOf"]
+    entry, _name = schema["$defs"]["component_scheduler"]["anyOf"]
+    assert {"$ref": "#/$defs/scheduler_StepLR"} in entry["oneOf"]
     assert schema["$defs"]["scheduler_StepLR"]["properties"]["type_hint"]["const"] == "StepLR"
 
     # Built bottom-up: the nested schedulers got the optimizer a slot would get.
@@ -231,3 +233,66 @@ def test_an_override_reaches_into_a_nested_list_by_the_path_errors_print(registr
     assert first.config.factor == 0.25 and first.config.total_iters == 3  # merged, not replaced
     assert second.config.warmup_steps == 2
     assert [c.type_hint.name for c in loaded.recipe.trainer.loggers] == ["Curves"]
+
+
+def _takes_string(schema: dict, node: dict, value: str) -> bool:
+    """Whether ``node`` of ``schema`` accepts the string ``value``, for the forms
+    recipe_json_schema writes (refs, anyOf/oneOf, type, enum, const, pattern): a
+    structural check, as no JSON Schema validator is a dependency."""
+    if "$ref" in node:
+        node = {**schema["$defs"][node["$ref"].rsplit("/", 1)[-1]],
+                **{k: v for k, v in node.items() if k != "$ref"}}
+    if node.get("type", "string") != "string":
+        return False
+    forms = [k for k in ("anyOf", "oneOf", "enum", "const", "pattern", "type") if k in node]
+    if not forms:
+        return False
+    alternatives = node.get("anyOf", []) + node.get("oneOf", [])
+    return ((not alternatives or any(_takes_string(schema, a, value) for a in alternatives))
+            and ("enum" not in node or value in node["enum"])
+            and ("const" not in node or value == node["const"])
+            and ("pattern" not in node or re.search(node["pattern"], value) is not None))
+
+
+def test_the_schema_takes_a_component_by_its_name_wherever_the_loader_does():
+    schema = recipe_json_schema(ResolverRegistry.from_installed_plugins())
+    defs = schema["$defs"]
+    places = {
+        "loss": schema["properties"]["loss"],  # a slot with one component
+        "scheduler": schema["properties"]["scheduler"],  # an optional slot
+        "trainer.loggers[]": defs["TrainerSettings"]["properties"]["loggers"]["items"],
+        "Mixture sources[]": defs["MixtureConfig"]["properties"]["sources"]["items"],
+    }
+    accepted = {"loss": ["CrossEntropy", "cross_entropy"],
+                "scheduler": ["WarmupCosine", "warmup-cosine", "STEP_LR"],
+                "trainer.loggers[]": ["Console", "tensor_board"],
+                "Mixture sources[]": ["DemoCorpus", "PackedTokens"]}
+    refused = {"loss": ["CrossEntropyy", "AdamW", ""], "scheduler": ["Cosine"],
+               "trainer.loggers[]": ["Consol", "Mixture"], "Mixture sources[]": ["JSONL"]}
+    for place, node in places.items():
+        for name in accepted[place]:
+            assert _takes_string(schema, node, name), (place, name)
+        for name in refused[place]:
+            assert not _takes_string(schema, node, name), (place, name)
+    # Completion lists the names; the mapping form is still there.
+    name_form = defs["component_logger"]["anyOf"][1]
+    assert name_form["anyOf"][0] == {"enum": ["Console", "Curves", "TensorBoard", "WandB"]}
+    assert {"$ref": "#/$defs/logger_Console"} in defs["component_logger"]["anyOf"][0]["oneOf"]
+
+
+def test_components_show_renders_types_and_the_whole_summary():
+    from llm_gym.registry.component import spec_of
+    from llm_gym.registry.fields import describe_fields
+    from llm_gym_components.datasets.mixture import MixtureConfig
+    from llm_gym_components.evaluators.text_perplexity import TextPerplexityConfig
+
+    types = {row[0]: row[1] for row in describe_fields(MixtureConfig)}
+    assert types["weights"] == "list[float > 0]"
+    assert types["sources"] == "list[dataset component]"
+    assert types["on_exhausted"] == "Literal['cycle', 'stop']"
+    limit = {row[0]: row[1] for row in describe_fields(TextPerplexityConfig)}["limit"]
+    assert limit == "int > 0 | None"
+    # The summary wraps over two lines of the docstring: all of it, not the first line.
+    assert spec_of(MixtureConfig).doc == (
+        "Samples drawn from several datasets in proportions of tokens, the same for any "
+        "world size; its position, saved in checkpoints, resumes exactly.")

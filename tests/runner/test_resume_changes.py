@@ -4,6 +4,7 @@ segment keeps its own resolved recipe."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -163,6 +164,38 @@ def test_the_rule_table_decides_every_key_and_refuses_unknown_ones(tmp_path):
     plan = check_resume(old, new, **where)
     assert [str(c) for c in plan.applied] == ["trainer.log_every: 1 -> 2",
                                               "trainer.max_steps: 8 -> 9"]
+
+
+def _source(path: str) -> dict:
+    return {"type_hint": "PackedTokens", "config": {"path": path, "split": "train"}}
+
+
+def test_a_change_inside_a_list_is_named_at_its_leaf_and_judged_as_its_list(tmp_path):
+    old = {"trainer": {"max_steps": 8, "loggers": [{"type_hint": "Console", "config": {}}]},
+           "optimizer": {"type_hint": "AdamW", "config": {"betas": [0.9, 0.95]}},
+           "train_dataset": {"type_hint": "Mixture", "config": {
+               "weights": [3, 1], "sources": [_source("data/a"), _source("data/tiny")]}}}
+    new = copy.deepcopy(old)
+    new["train_dataset"]["config"]["sources"][1]["config"]["path"] = "data/a"
+    new["optimizer"]["config"]["betas"][1] = 0.99
+    new["trainer"]["loggers"].append({"type_hint": "Curves", "config": {}})
+    where = dict(step=4, checkpoint=tmp_path / "c", checkpoint_recipe=tmp_path / "r")
+    with pytest.raises(UserError) as caught:
+        check_resume(old, new, **where)
+    assert caught.value.problems == [
+        "optimizer.config.betas[1]: 0.95 -> 0.99 (the checkpoint's optimizer state carries "
+        "the old value; not applied unless asked: pass --allow-change "
+        "optimizer.config.betas[1] to train with the new value from step 5)",
+        "train_dataset.config.sources[1].config.path: data/tiny -> data/a (the checkpoint's "
+        "data position belongs to the old data: cannot be changed on resume, even with "
+        "--allow-change)"]
+    del new["train_dataset"]
+    new["train_dataset"] = old["train_dataset"]
+    plan = check_resume(old, new, allow_changes=("optimizer.config.betas",), **where)
+    assert [str(c) for c in plan.applied] == [
+        "optimizer.config.betas[1]: 0.95 -> 0.99",
+        'trainer.loggers[1]: (unset) -> {"type_hint": "Curves", "config": {}}']
+    assert plan.changed("optimizer.config.betas") and plan.changed("trainer.loggers")
 
 
 def test_the_command_line_refuses_a_change_and_allow_change_applies_it(four_steps):
