@@ -33,14 +33,15 @@ def _named_as_flags() -> Iterator[None]:
         raise e.with_skip_hint(CLI_SKIP_HINT) from None
 
 
-def _print_skipped(bad_lines: Sequence[tuple[str, str]], total: int) -> None:
+def _print_skipped(bad_lines: Sequence[tuple[str, str]], total: int,
+                   records: str = "lines") -> None:
     """``bad_lines``: (where, reason) of the first skipped, ``total`` of them all."""
     from llm_gym.cli.output import err
 
     for where, reason in bad_lines:
         err.print(f"skipped {where}: {reason}", markup=False)
     if total > len(bad_lines):
-        err.print(f"skipped {total - len(bad_lines)} more bad lines", markup=False)
+        err.print(f"skipped {total - len(bad_lines)} more bad {records}", markup=False)
 
 
 def _at_lines(source: Path, bad_lines: Sequence[Any]) -> list[tuple[str, str]]:
@@ -136,7 +137,7 @@ def pack(inputs: tuple[str, ...], tokenizer_spec: str, tokenizer_options: tuple[
     if len(files) > 1 or num_jobs > 1:
         for i, f in enumerate(files):
             err.print(f"input {i + 1}: {f.path} ({f.format})", markup=False)
-    _print_skipped(summary.bad_lines, summary.n_bad_lines)
+    _print_skipped(summary.bad_lines, summary.n_bad_lines, summary.records)
     out.print(f"packed {summary}", markup=False)
 
 

@@ -57,6 +57,7 @@ class PackSummary:
     bad_lines: tuple[Skipped, ...] = ()  # the first MAX_BAD_LINES_KEPT skipped
     n_bad_lines: int = 0
     n_shards: int = 0  # 0: one pack, PREFIX.bin + PREFIX.idx
+    records: str = "lines"  # what a bad one is called: JSONL lines, table rows, or both
 
     @property
     def source(self) -> Path:
@@ -83,7 +84,8 @@ class PackSummary:
         return (
             f"{self.n_docs} documents, {self.n_tokens} tokens ({self.dtype}) from {source}"
             f" ({self.bytes_read / 1e6:.1f} MB, {self.n_empty_lines} empty lines skipped"
-            + (f", {self.n_bad_lines} bad lines skipped" if self.n_bad_lines else "") + ")"
+            + (f", {self.n_bad_lines} bad {self.records} skipped" if self.n_bad_lines else "")
+            + ")"
             f" in {self.seconds:.2f}s -> {target}"
         )
 
@@ -157,7 +159,7 @@ class Tally:
         self.n_bad += len(skipped)
         self.bad.extend(skipped[: MAX_BAD_LINES_KEPT - len(self.bad)])
 
-    def nothing_packed(self, sources: Sequence[Path]) -> UserError:
+    def nothing_packed(self, sources: Sequence[Path], records: str = "lines") -> UserError:
         if len(sources) == 1:
             names, the, is_, has = str(sources[0]), "the file", "is", "has"
         else:
@@ -166,8 +168,15 @@ class Tally:
         if sum(p.stat().st_size for p in sources) == 0:
             what = f"{the} {is_} empty"
         if self.n_bad:
-            what = f"{the} {has} no valid lines: {self.n_bad} bad lines skipped"
+            what = f"{the} {has} no valid {records}: {self.n_bad} bad {records} skipped"
         return UserError(f"{names}: no documents to pack ({what})")
+
+
+def records_of(files: Sequence[InputFile]) -> str:
+    """What the inputs' documents are called in counts of bad ones: JSONL has lines, a
+    table (Parquet, Arrow) rows."""
+    tables = {f.format in ("parquet", "arrow") for f in files}
+    return "rows" if tables == {True} else "lines or rows" if len(tables) > 1 else "lines"
 
 
 def check_pack_arguments(workers: int, batch_docs: int, on_bad_line: str) -> None:
@@ -257,11 +266,12 @@ def pack_files(
         ):  # fmt: skip
             writer.add_documents(tokens, lengths)
         if writer.n_docs == 0:
-            raise tally.nothing_packed([f.path for f in files])
+            raise tally.nothing_packed([f.path for f in files], records_of(files))
     return PackSummary(
         tuple(f.path for f in files), (bin_path, idx_path), writer.n_docs, writer.n_tokens,
         tally.n_empty, sum(f.path.stat().st_size for f in files), writer.dtype.name,
         time.perf_counter() - started, tuple(tally.bad), tally.n_bad,
+        records=records_of(files),
     )  # fmt: skip
 
 

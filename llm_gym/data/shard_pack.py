@@ -27,7 +27,13 @@ import numpy as np
 
 from llm_gym.data.file_kinds import PACKED_BIN, PACKED_IDX, check_outputs
 from llm_gym.data.jsonl_texts import OnBadLine
-from llm_gym.data.pack import PackSummary, Tally, check_pack_arguments, tokenized_documents
+from llm_gym.data.pack import (
+    PackSummary,
+    Tally,
+    check_pack_arguments,
+    records_of,
+    tokenized_documents,
+)
 from llm_gym.data.packed import PackedWriter, pack_paths, token_dtype
 from llm_gym.data.shard_manifest import (
     MANIFEST_NAME,
@@ -155,7 +161,7 @@ def pack_shards(
                 writer.add_documents(tokens, lengths)
         shards = writer.finish()
         if mine and not shards:
-            raise tally.nothing_packed([f.path for f in mine])
+            raise tally.nothing_packed([f.path for f in mine], records_of(mine))
         inputs = [f.path for f in files] + list(getattr(tokenizer, "files", ()))
         _move_into_place(stage, out_dir, shards, inputs)
     except BaseException:
@@ -183,7 +189,7 @@ def pack_shards(
         tuple(f.path for f in mine), tuple(written), manifest.n_docs,
         manifest.n_tokens, tally.n_empty, sum(f.path.stat().st_size for f in mine),
         manifest.dtype, time.perf_counter() - started, tuple(tally.bad), tally.n_bad,
-        n_shards=len(shards),
+        n_shards=len(shards), records=records_of(mine),
     )  # fmt: skip
 
 

@@ -299,7 +299,7 @@ def test_null_rows_skipped_are_counted_and_named(tmp_path: Path, monkeypatch, ca
     assert code == 0, out
     assert "skipped in.parquet: row 2: column 'text' is null" in out
     assert "skipped in.parquet: row 4:" in out and "2 documents" in out
-    assert "2 bad lines skipped" in out
+    assert "2 bad rows skipped" in out
 
 
 def test_a_missing_extra_names_the_install_command(tmp_path: Path, monkeypatch) -> None:
