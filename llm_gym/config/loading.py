@@ -20,6 +20,7 @@ from omegaconf.errors import ConfigIndexError, OmegaConfBaseException
 from llm_gym.config.interpolation_bounds import bounded_interpolation
 from llm_gym.config.yaml_files import YAMLProblem, parse_yaml, read_yaml_file
 from llm_gym.errors import UserError
+from llm_gym.registry.kinds import closest_name, yaml_repr
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,13 @@ def apply_overrides(config: DictConfig, overrides: Sequence[str]) -> DictConfig:
             raise UserError(f"override {_short(item)!r}: the value is not valid YAML "
                             f"({exc.problem}){hint}") from None
         _check_list_items(updated, key.strip(), item)
+        target = _through_interpolation(updated, key.strip())
         try:
-            OmegaConf.update(updated, key.strip(), value, merge=True)
+            # A list given where the recipe has a mapping (``model=[GPT2]``), or the other
+            # way round, replaces it: validation then says what belongs there.
+            merge = not (isinstance(value, list) and isinstance(target, DictConfig)
+                         or isinstance(value, dict) and isinstance(target, ListConfig))
+            OmegaConf.update(updated, key.strip(), value, merge=merge)
         except (OmegaConfBaseException, TypeError, ValueError) as exc:
             raise UserError(f"override {_short(item)!r}: {_override_problem(exc)}") from None
     return updated
@@ -93,6 +99,46 @@ def _check_list_items(config: DictConfig, key: str, item: str) -> None:
 
 
 _ABSENT = object()
+_KEY_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+_WHOLE_REFERENCE = re.compile(r"^\$\{([^${}:]+)\}$")
+
+
+def _through_interpolation(config: DictConfig, key: str) -> Any:
+    """The node an override of ``key`` replaces (None if it is not in the recipe yet).
+
+    An override that goes through an interpolated value (``eval.weights.1`` where
+    ``eval.weights`` is ``${train.weights}``) is refused: OmegaConf would change the value
+    it was copied from, so the run would silently differ in a value never named."""
+    node: Any = config
+    for match in _KEY_PART.finditer(key):
+        if not isinstance(node, DictConfig | ListConfig):
+            return None
+        part: Any = match[1] if match[1] is not None else match[2]
+        if isinstance(node, ListConfig):
+            if not str(part).isdigit() or int(part) >= len(node):
+                return None
+            part = int(part)
+        try:
+            child = node._get_node(part)
+        except OmegaConfBaseException:
+            return None
+        if child is None:
+            return None
+        rest = key[match.end():]
+        if rest and child._is_interpolation():
+            raise _refused_through(key, key[:match.end()], str(child._value()), rest)
+        node = child
+    return node
+
+
+def _refused_through(key: str, prefix: str, expression: str, rest: str) -> UserError:
+    following = _KEY_PART.match(rest.lstrip("."))
+    whole = "[...]" if following and (following[1] or following[2].isdigit()) else "{...}"
+    advice = f"set the whole value ({prefix}={whole})"
+    reference = _WHOLE_REFERENCE.match(expression)
+    if reference:
+        advice += f" or the source ({reference[1].strip()}{rest}=...)"
+    return UserError(f"override {key}: {prefix} is {expression}; {advice}")
 
 
 def _override_problem(exc: Exception) -> str:
@@ -114,9 +160,66 @@ def resolve(config: DictConfig, source: Path | str) -> dict[str, Any]:
             resolved = OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
-        raise UserError(f"{source}: {key}: {_omegaconf_message(exc)}") from None
+        raise UserError(f"{source}: {key}: {_resolution_problem(exc, config, key)}") from None
     assert isinstance(resolved, dict)
     return resolved
+
+
+_NOT_FOUND = re.compile(r"Interpolation key '(.+?)' not found")
+_NO_VARIABLE = re.compile(r"Environment variable '(.+?)' not found")
+_NOT_A_CONTAINER = re.compile(r"node `(.+?)` is not a container and thus cannot contain `(.+?)`")
+_RAISED_WHILE = re.compile(r"^\w+ raised while resolving interpolation: ")
+
+
+def _resolution_problem(exc: OmegaConfBaseException, config: DictConfig, key: str) -> str:
+    """What is wrong with the interpolation at ``key``, in the recipe's words: the key it
+    refers to and the closest one there is, the variable to set, the value that is no
+    mapping."""
+    message = _omegaconf_message(exc)
+    try:
+        expression = interpolations(config).get(key)
+    except OmegaConfBaseException:
+        expression = None
+    written = f"{expression} " if expression else ""
+    if found := _NOT_FOUND.search(message):
+        missing = found[1]
+        closest = closest_name(missing, _all_keys(config))
+        hint = f"; did you mean {closest!r}?" if closest else ""
+        return f"{written}refers to {missing}, which is not in the recipe{hint}"
+    if found := _NO_VARIABLE.search(message):
+        variable = found[1]
+        return (f"{written}reads the environment variable {variable}, which is not set: "
+                f"set it, or give a default: ${{oc.env:{variable},default}}")
+    if found := _NOT_A_CONTAINER.search(message):
+        parent, child = found[1], found[2]
+        try:
+            value = OmegaConf.to_container(config, resolve=False)
+            for part in parent.split("."):
+                value = value[int(part) if isinstance(value, list) else part]
+            what = f"{yaml_repr(value)}, not a mapping"
+        except (LookupError, ValueError, TypeError):
+            what = "not a mapping"
+        return f"{written}refers to {parent}.{child}, but {parent} is {what}"
+    return _RAISED_WHILE.sub("", message)
+
+
+def _all_keys(config: DictConfig) -> list[str]:
+    """Every dotted key of the recipe, mappings and lists included (``trainer``,
+    ``trainer.seq_len``, ``optimizer.config.betas.0``)."""
+    keys: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if path:
+            keys.append(path)
+        if isinstance(node, dict):
+            for name, value in node.items():
+                walk(value, f"{path}.{name}" if path else str(name))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}.{i}")
+
+    walk(OmegaConf.to_container(config, resolve=False), "")
+    return keys
 
 
 def interpolations(config: DictConfig) -> dict[str, str]:

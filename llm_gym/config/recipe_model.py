@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 from llm_gym.config.validation_errors import describe_errors
 from llm_gym.errors import UserError
 from llm_gym.registry import ComponentChoice, ResolverRegistry, StrictModel
+from llm_gym.registry.kinds import article
 from llm_gym.registry.nesting import COMPONENT_SCHEMA_KEY
 
 
@@ -61,7 +62,7 @@ def build_recipe_model(registry: ResolverRegistry) -> type[RecipeBase]:
         if slot.kind not in registry.kinds:
             continue  # nobody provides this kind: the key is then simply unexpected
         choice = registry.kind(slot.kind).choice_type
-        description = slot.doc or f"a {slot.kind} component"
+        description = slot.doc or f"{article(slot.kind)} {slot.kind} component"
         if slot.required:
             fields[slot.name] = (choice, Field(description=description))
         else:
@@ -112,12 +113,56 @@ def recipe_json_schema(registry: ResolverRegistry) -> dict[str, Any]:
         ref = refs[(model, "validation")]["$ref"].rsplit("/", 1)[-1]
         defs[name] = defs.pop(ref) if ref != name else defs[ref]
         defs[name].pop("title", None)
-    schema = _link_components({**recipe, "$defs": defs})
+    schema = _take_interpolations(_link_components({**recipe, "$defs": defs}), root=True)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "llm_gym recipe",
         **{k: v for k, v in schema.items() if k != "title"},
     }
+
+
+# A value written as an interpolation, resolved by the loader before validation: a number,
+# a list or a choice may be `${trainer.seq_len}` or `${oc.env:VAR,default}`.
+INTERPOLATION_PATTERN = r"^\$\{.*\}$"
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs")
+_SCHEMA_ONE = ("additionalProperties", "items", "not", "contains", "propertyNames")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_OTHER_TYPES = ("integer", "number", "boolean", "array", "object")
+_STRING_CONSTRAINTS = ("enum", "const", "pattern", "format", "minLength", "maxLength")
+_ANNOTATIONS = ("title", "description", "default")
+
+
+def _take_interpolations(node: Any, root: bool = False) -> Any:
+    """Every schema that takes no arbitrary string (a number, a boolean, a list, a
+    mapping, a choice) takes an interpolation too: the file holds ``${...}`` there, which
+    the loader resolves before validating. A number, boolean, list or mapping becomes
+    ``type: [its type, string]`` with ``pattern`` (which only strings obey), so its
+    shape stays where editors and tests look for it; a choice becomes ``anyOf``. A
+    component entry's own mapping is left as it is (its ``type_hint`` tells the
+    alternatives apart); the kind's union takes a whole entry as an interpolation
+    (``NameShorthandSchema``)."""
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _take_interpolations(item) for name, item in value.items()}
+        elif key in _SCHEMA_ONE and isinstance(value, dict):
+            out[key] = _take_interpolations(value)
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [_take_interpolations(item) for item in value]
+        else:
+            out[key] = value
+    kind = out.get("type")
+    if root or "type_hint" in out.get("properties", {}):
+        return out
+    if kind in _OTHER_TYPES and "pattern" not in out:
+        return {**out, "type": [kind, "string"], "pattern": INTERPOLATION_PATTERN}
+    # (an untyped fragment, {const: GPT2} in a type_hint's anyOf, is its parent's part)
+    if kind == "string" and any(k in out for k in _STRING_CONSTRAINTS):
+        outer = {key: out.pop(key) for key in _ANNOTATIONS if key in out}
+        return {**outer, "anyOf": [out, {"type": "string", "pattern": INTERPOLATION_PATTERN}]}
+    return out
 
 
 def _link_components(node: Any) -> Any:

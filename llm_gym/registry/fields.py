@@ -19,12 +19,23 @@ def describe_fields(config_cls: type[BaseModel]) -> list[tuple[str, str, str, st
         if info.is_required():
             default = "required"
         elif info.default_factory is not None:
-            default = repr(info.default_factory())
+            default = _default(info.default_factory())
         else:
-            default = repr(info.default) if info.default is not PydanticUndefined else ""
+            default = _default(info.default) if info.default is not PydanticUndefined else ""
         constraints = ", ".join(_constraint(m) for m in info.metadata if _constraint(m))
         rows.append((name, _field_type(info), default, constraints, info.description or ""))
     return rows
+
+
+def _default(value: Any) -> str:
+    """A default as the reference shows it: its repr, but a nested settings model as the
+    mapping a recipe would write (``{dp_replicate: 1, dp_shard: -1, tp: 1}``), not its
+    Python repr."""
+    if isinstance(value, BaseModel):
+        from llm_gym.registry.kinds import yaml_repr
+
+        return yaml_repr(value.model_dump(mode="json"), limit=None)
+    return repr(value)
 
 
 def _field_type(info: Any) -> str:

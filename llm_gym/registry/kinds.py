@@ -50,25 +50,48 @@ class UnknownComponentError(UserError, LookupError):
 
 def describe_unknown(kind: str, given: Any, known: list[str]) -> str:
     """'no scheduler named X; registered: A, B; did you mean A?'"""
-    text = f"no {kind} named {given!r}; registered: {', '.join(known) or '(none)'}"
-    closest = closest_name(str(given), known)
+    if given is None:
+        return f"type_hint is null: name {article(kind)} {kind}; registered: " + (
+            ", ".join(known) or "(none)")
+    text = f"no {kind} named {yaml_repr(given)}; registered: {', '.join(known) or '(none)'}"
+    closest = closest_name(str(given), known) if isinstance(given, str) else None
     return f"{text}; did you mean {closest!r}?" if closest else text
 
 
 def describe_forms(kind: str, known: list[str]) -> str:
     """What a recipe entry of ``kind`` may be: 'a dataset component: a name (A, B) or
     {type_hint: NAME, config: {...}}'."""
-    return (f"a {kind} component: a name ({', '.join(known) or 'none registered'}) or "
+    names = ", ".join(known) or "none registered"
+    return (f"{article(kind)} {kind} component: a name ({names}) or "
             "{type_hint: NAME, config: {...}}")
 
 
-def yaml_repr(value: Any) -> str:
-    """A value as an error shows it: null, true and false as YAML writes them, anything
-    else as its repr; shortened."""
+def yaml_repr(value: Any, limit: int | None = 60) -> str:
+    """A value as an error shows it, as YAML writes it (flow style): null, true and
+    false, at any depth (``[null, true]``, ``{a: 1}``), strings quoted; shortened to
+    ``limit`` characters."""
+    text = _flow(value)
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _flow(value: Any) -> str:
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(value, LookupEnum):
+        return repr(value.name)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_flow(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key if isinstance(key, str) else _flow(key)}: "
+                               f"{_flow(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, BaseModel):
+        return _flow(value.model_dump(mode="json"))
+    return repr(value)
+
+
+def article(word: str) -> str:
+    """'a' or 'an' before ``word`` (by its first letter: 'an evaluator', 'a model')."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def closest_name(given: str, known: list[str]) -> str | None:
@@ -199,7 +222,9 @@ class NameShorthandSchema:
             "description": f"the name of a {self.kind} component alone, its config all "
                            "defaults; any spelling that ignores case, '-', '_' and spaces",
             "anyOf": [{"enum": list(self.names)},
-                      {"pattern": f"^{_SEPARATORS}(?:{alternatives})$"}],
+                      {"pattern": f"^{_SEPARATORS}(?:{alternatives})$"},
+                      # or the whole entry interpolated: eval_dataset: ${train_dataset}
+                      {"pattern": r"^\$\{.*\}$"}],
         }
         return {"anyOf": [entry, name]}
 
@@ -227,7 +252,11 @@ def _type_hint_name(value: Any) -> str | None:
 def _choice_model(spec: ComponentSpec, member: LookupEnum) -> type[ComponentChoice]:
     type_hint = Annotated[
         Literal[member],  # type: ignore[valid-type]
-        WithJsonSchema({"const": spec.name, "description": spec.doc}),
+        # The name for completion; any spelling the loader resolves (``warmup_cosine``).
+        WithJsonSchema({"type": "string", "anyOf": [
+            {"const": spec.name},
+            {"pattern": f"^{_SEPARATORS}(?:{_spelling_pattern(spec.name)})$"}],
+            "description": spec.doc}),
         PlainSerializer(lambda m: m.name, return_type=str),
     ]
     return create_model(

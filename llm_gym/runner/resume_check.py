@@ -8,7 +8,7 @@ is judged as the list it is in (``optimizer.config.betas[1]`` as
 ``optimizer.config.betas``):
 
 - ``safe``: applied and recorded (more steps, how often to log, evaluate or save, the
-  loggers, the sample);
+  loggers, the evaluators, the sample);
 - ``allowed``: honoured only when named with ``--allow-change KEY`` (the learning rate
   and other optimizer hyperparameters, the loss, the evaluation data, precision);
 - ``never``: refused even with ``--allow-change``, because the checkpoint cannot honour
@@ -50,7 +50,7 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.max_steps", SAFE, "where the run ends"),
     *(Rule(f"trainer.{key}", SAFE, "how the run is watched, saved or stopped")
       for key in ("log_every", "eval_every", "checkpoint_every", "keep_last",
-                  "async_checkpoint", "loggers",
+                  "async_checkpoint", "loggers", "evaluators",
                   "sample_prompt", "sample_tokens", "checkpoint_on_interrupt",
                   "on_nonfinite", "prefetch", "profile", "memory_snapshot_on_oom")),
     Rule("trainer.profile.*", SAFE, "which steps are profiled (runner/profiling.py)"),
@@ -167,6 +167,38 @@ def _named(key: str, allowed: Sequence[str]) -> bool:
     return any(key == a or key.startswith((a.rstrip(".") + ".", a + "[")) for a in allowed)
 
 
+def _check_allowed_names(allow_changes: Sequence[str], changes: Sequence[Change],
+                         old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """``--allow-change NAME`` naming no changed key and no key of either recipe is a typo
+    (``optimizer.config.lrr``), which would otherwise be ignored without a word."""
+    keys = list(dict.fromkeys([*_keys(old), *_keys(new)]))
+    unknown = [name for name in allow_changes
+               if not any(_named(c.key, [name]) for c in changes)
+               and not any(_named(key, [name]) for key in keys)]
+    if unknown:
+        from llm_gym.registry.kinds import closest_name
+
+        problems = []
+        for name in unknown:
+            closest = closest_name(name, keys)
+            hint = f"; did you mean {closest!r}?" if closest else ""
+            problems.append(f"--allow-change {name}: no key of the recipe is named so{hint}")
+        raise UserError("--allow-change names a key the recipe does not have; nothing was "
+                        "written", problems)
+
+
+def _keys(data: Any, key: str = "") -> list[str]:
+    """Every key of ``data``, mappings and list items included, at every depth."""
+    found = [key] if key else []
+    if isinstance(data, Mapping):
+        for name, value in data.items():
+            found += _keys(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            found += _keys(value, f"{key}[{i}]")
+    return found
+
+
 @dataclass(frozen=True)
 class ResumePlan:
     """What a run starting at ``step`` does with the recipe it was given."""
@@ -205,7 +237,9 @@ def check_resume(
     """Compare the recipe that wrote ``checkpoint`` (``old``) with this run's (``new``);
     raise one UserError listing every change that cannot be applied."""
     verdicts = _Verdicts()
-    for change in diff(old, new):
+    changes = diff(old, new)
+    _check_allowed_names(allow_changes, changes, old, new)
+    for change in changes:
         rule = rule_for(change.key)
         if rule.verdict == SAFE or (rule.verdict == ALLOWED and _named(change.key,
                                                                        allow_changes)):

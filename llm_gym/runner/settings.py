@@ -19,6 +19,9 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # A registered component of kind logger, validated against the registry like a slot.
 LoggerChoice = Component["logger"]
 EvaluatorChoice = Component["evaluator"]
+# The largest seed every consumer takes: torch.manual_seed and torch.Generator (unsigned
+# 64 bits); numpy's SeedSequence and default_rng take any non-negative integer.
+MAX_SEED = 2**64 - 1
 
 
 class ProfileSettings(StrictModel):
@@ -73,7 +76,8 @@ class TrainerSettings(StrictModel):
     async_checkpoint: bool = Field(
         False, description="write checkpoints in the background while training goes on "
         "(a copy of the state in host memory; at most one save in flight)")
-    seed: int = Field(0, description="same seed and world size give identical losses")
+    seed: int = Field(0, ge=0, le=MAX_SEED,
+                      description="same seed and world size give identical losses")
     param_dtype: Precision = Field("fp32", description="dtype of parameters in compute")
     reduce_dtype: Precision = Field("fp32", description="dtype of gradient reduction")
     activation_checkpointing: Literal["none", "full"] | PositiveInt = Field(

@@ -59,8 +59,8 @@ def _validate(capsys, tmp_path: Path, pack: Path, *, weights: str = "[3, 1]",
     ("[3, -1]", "train_dataset.config.weights[1]: input should be greater than 0"),
     ("[3, 0]", "train_dataset.config.weights[1]: input should be greater than 0"),
     ("[3, .nan]", "train_dataset.config.weights[1]"),
-    ("[3]", "train_dataset.config.weights: value error, 1 weight given for 2 sources; "),
-    ("[3, 1, 1]", "train_dataset.config.weights: value error, 3 weights given for 2 sources; "),
+    ("[3]", "train_dataset.config.weights: 1 weight given for 2 sources; "),
+    ("[3, 1, 1]", "train_dataset.config.weights: 3 weights given for 2 sources; "),
     # What MixtureDataset refuses when built is refused by `validate`, at the weight's path.
     ("[1.0e-9, 1]", "train_dataset.config.weights[0]: would get no sample: a weight must "
                     "be at least 1/4096 of their sum"),
@@ -79,9 +79,9 @@ def test_a_good_mixture_validates(capsys, tmp_path, pack, weights) -> None:
 
 
 @pytest.mark.parametrize(("n_sources", "weights", "expected"), [
-    (1, [1, 1], ["config.weights: value error, 2 weights given for 1 source; give one"]),
+    (1, [1, 1], ["config.weights: 2 weights given for 1 source; give one"]),
     (CHUNK + 1, [1] * (CHUNK + 1),
-     ["config.weights: value error, a mixture gives each source a share of every 4096 "
+     ["config.weights: a mixture gives each source a share of every 4096 "
       "samples, so it mixes at most 4096 sources, not 4097"]),
     (3, [1e-9, 1, 1e-9], ["config.weights[0]: would get no sample",
                           "config.weights[2]: would get no sample"]),

@@ -150,6 +150,9 @@ FILE_CASES = {
     "missing required slot": ("loss:\n  type_hint: CrossEntropy\n", "",
                               ["loss", "required"]),
     "missing type_hint": ("  type_hint: AdamW\n", "", ["optimizer", "missing 'type_hint'"]),
+    # gpt2-debug's model.config.n_positions is ${trainer.seq_len}: no note about it here.
+    "missing model type_hint": ("  type_hint: GPT2\n", "", ["model: missing 'type_hint'"],
+                                ["comes from"]),
     "yaml syntax error": ("  max_steps: 8\n", "  max_steps: [8\n", ["broken.yaml:", "YAML"]),
     "drifted pin": ("model/GPT2: {version: 1, fingerprint: ",
                     "model/GPT2: {version: 7, fingerprint: ",
@@ -162,12 +165,13 @@ FILE_CASES = {
 
 @pytest.mark.parametrize("case", sorted(FILE_CASES))
 def test_broken_recipe_file(capsys, tmp_path, case):
-    old, new, expected = FILE_CASES[case]
+    old, new, expected, *absent = FILE_CASES[case]
     code, output = _cli(capsys, "recipe", "validate", _edited(tmp_path, old, new))
     assert code == 2, output
     for fragment in expected:
         assert fragment in output, f"{fragment!r} missing from:\n{output}"
-    assert "Traceback" not in output
+    for fragment in ["Traceback", *(absent[0] if absent else [])]:
+        assert fragment not in output, f"{fragment!r} in:\n{output}"
 
 
 def test_drift_can_be_allowed_with_a_warning(capsys, tmp_path):
@@ -294,3 +298,116 @@ def test_an_environment_interpolation_names_the_variable(capsys, monkeypatch):
                         "optimizer.config.lr=${oc.env:LLM_GYM_TEST_LR}")
     assert code == 2
     assert "change the environment variable LLM_GYM_TEST_LR" in output
+
+
+# The red team's second pass: (recipe, overrides, fragments the output has, fragments it
+# must not have). Each is one line of what was wrong, at its full path, in the recipe's
+# words: no Python reprs, no pydantic internals, no note about an unrelated interpolation.
+RED_TEAM_CASES = {
+    # A "comes from ${...}" note only where the wrong value itself came from one.
+    "unknown model name": ("gpt2-tiny", ["model.type_hint=GPT3"],
+                           ["model.type_hint: no model named 'GPT3'"], ["comes from"]),
+    "model of another shape": ("gpt2-tiny", ["model.type_hint=Llama"],
+                               ["model.config.n_positions: unexpected key",
+                                "model.config.max_seq_len: required"], ["comes from"]),
+    "misspelt nested type_hint": (
+        "gpt2-tiny-mix", ["train_dataset.config.sources.1.type_hint=DemoCorpsu"],
+        ["train_dataset.config.sources[1].type_hint: no dataset named 'DemoCorpsu'"],
+        ["comes from"]),
+    "whole-mapping check names its own values": (
+        "gpt2-tiny", ["model.config.n_head=3"], ["model.config: n_embd (128) must be "
+                                                 "divisible by n_head (3)"], ["comes from"]),
+    # An override through an interpolated value would change the value it came from.
+    "override through an interpolation": (
+        "gpt2-tiny-mix", ["eval_dataset.config.weights.1=5"],
+        ["eval_dataset.config.weights.1: eval_dataset.config.weights is "
+         "${train_dataset.config.weights}; set the whole value (eval_dataset.config.weights="
+         "[...]) or the source (train_dataset.config.weights.1=...)"], []),
+    "override through an interpolation, indexed": (
+        "gpt2-tiny-mix", ["eval_dataset.config.weights[1]=5"],
+        ["the source (train_dataset.config.weights[1]=...)"], []),
+    # Seeds every consumer takes (torch: unsigned 64 bits).
+    "negative seed": ("gpt2-debug", ["trainer.seed=-1"],
+                      ["trainer.seed: input should be greater than or equal to 0"], []),
+    "seed past 64 bits": ("gpt2-debug", ["trainer.seed=18446744073709551616"],
+                          ["trainer.seed: input should be less than or equal to "
+                           "18446744073709551615"], []),
+    # Values as YAML writes them, the recipe's words rather than pydantic's.
+    "nested null and true": ("gpt2-debug", ["trainer.seed=[null,true]"],
+                             ["(got [null, true])"], ["None", "True"]),
+    "null type_hint": ("gpt2-debug", ["model.type_hint=null"],
+                       ["model.type_hint: type_hint is null: name a model"], ["None"]),
+    "settings given a number": ("gpt2-debug", ["trainer.parallel=5"],
+                                ["trainer.parallel: expected a mapping of trainer.parallel "
+                                 "settings (got 5)"], ["instance of", "ParallelSettings"]),
+    "component config given a number": ("gpt2-debug", ["optimizer.config=5"],
+                                        ["expected a mapping of optimizer.config settings"],
+                                        ["instance of", "Config"]),
+    "validator message": ("gpt2-debug", ["trainer.loggers=[Console,console]"],
+                          ["trainer.loggers: Console is listed twice"], ["alue error"]),
+    "article": ("gpt2-debug", ["trainer.evaluators=[5]"],
+                ["expected an evaluator component"], []),
+    # A setting beside type_hint belongs under config.
+    "setting beside type_hint": (
+        "gpt2-debug", ["tokenizer={type_hint: HFJson, path: /x/tok.json}"],
+        ["tokenizer.config.path: required, but missing",
+         "tokenizer.path: unexpected key here; it is a setting of HFJson: "
+         "tokenizer.config.path"], ["tokenizer.path: required", "valid keys here"]),
+    # Interpolation problems at the key holding them, with what to do.
+    "misspelt interpolation key": ("gpt2-debug", ["model.config.n_positions=${trainer.seq_lenn}"],
+                                   ["model.config.n_positions: ${trainer.seq_lenn} refers to "
+                                    "trainer.seq_lenn, which is not in the recipe; did you "
+                                    "mean 'trainer.seq_len'?"], ["Interpolation key"]),
+    "unset variable without a default": (
+        "gpt2-debug", ["trainer.seed=${oc.env:LLM_GYM_NO_SUCH}"],
+        ["trainer.seed: ${oc.env:LLM_GYM_NO_SUCH} reads the environment variable "
+         "LLM_GYM_NO_SUCH, which is not set: set it, or give a default: "
+         "${oc.env:LLM_GYM_NO_SUCH,default}"], ["KeyError"]),
+    "unset variable's default": (
+        "gpt2-debug", ["trainer.seed=${oc.env:LLM_GYM_NO_SUCH,x}"],
+        ["LLM_GYM_NO_SUCH is not set, so its default x is used"],
+        ["change the environment variable"]),
+    "interpolation into null": ("gpt2-debug", ["trainer=null"],
+                                ["model.config.n_positions: ${trainer.seq_len} refers to "
+                                 "trainer.seq_len, but trainer is null, not a mapping"],
+                                ["ConfigTypeError"]),
+    "a list for a component": ("gpt2-debug", ["model=[GPT2]"],
+                               ["model: expected a model component: a name"],
+                               ["Cannot merge"]),
+    # A union's members: one line, from the member that takes the given type.
+    "union near miss": ("gpt2-debug", ["trainer.activation_checkpointing=ful"],
+                        ["trainer.activation_checkpointing: input should be 'none' or 'full' "
+                         "(got 'ful'); did you mean 'full'?\n"], ["integer"]),
+    "union of no member's type": ("gpt2-debug", ["trainer.activation_checkpointing=[1]"],
+                                  ["trainer.activation_checkpointing: input should be 'none' "
+                                   "or 'full', or a valid integer (got [1])"], []),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RED_TEAM_CASES))
+def test_each_problem_is_one_clear_line(capsys, case):
+    recipe, overrides, expected, absent = RED_TEAM_CASES[case]
+    code, output = _cli(capsys, "recipe", "validate", recipe, *overrides)
+    assert code == 2, output
+    for fragment in expected:
+        assert fragment in output, f"{fragment!r} missing from:\n{output}"
+    for fragment in ["Traceback", *absent]:
+        assert fragment not in output, f"{fragment!r} in:\n{output}"
+    if "union" in case:
+        assert output.count("trainer.activation_checkpointing:") == 1, output
+
+
+def test_an_override_through_an_interpolation_changes_nothing_else(capsys):
+    code, output = _cli(capsys, "recipe", "show", "gpt2-tiny-mix",
+                        "eval_dataset.config.weights.1=5")
+    assert code == 2 and "weights:" not in output
+    # The whole value, or its source, is how to change it.
+    code, output = _cli(capsys, "recipe", "show", "gpt2-tiny-mix",
+                        "eval_dataset.config.weights=[3, 5]")
+    assert code == 0 and output.count("- 5.0") == 1, output
+
+
+def test_the_largest_seed_torch_takes_validates(capsys):
+    code, output = _cli(capsys, "recipe", "validate", "gpt2-debug",
+                        "trainer.seed=18446744073709551615")
+    assert code == 0, output

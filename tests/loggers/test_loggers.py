@@ -82,7 +82,7 @@ def test_a_logger_listed_twice_is_refused(tmp_path):
         run_recipe("gpt2-debug", ["trainer.loggers=[Console,console]"],
                    run_dir=tmp_path / "run")
     (problem,) = caught.value.problems
-    assert problem.startswith("trainer.loggers: value error, Console is listed twice ([0] "
+    assert problem.startswith("trainer.loggers: Console is listed twice ([0] "
                               "and [1])")
     assert not (tmp_path / "run").exists()
 

@@ -86,7 +86,8 @@ def test_a_kind_holding_components_validates_shows_in_the_schema_pins_and_builds
     assert field["items"] == {"$ref": "#/$defs/component_scheduler"}
     entry, _name = schema["$defs"]["component_scheduler"]["anyOf"]
     assert {"$ref": "#/$defs/scheduler_StepLR"} in entry["oneOf"]
-    assert schema["$defs"]["scheduler_StepLR"]["properties"]["type_hint"]["const"] == "StepLR"
+    assert {"const": "StepLR"} in schema["$defs"]["scheduler_StepLR"]["properties"]["type_hint"][
+        "anyOf"]
 
     # Built bottom-up: the nested schedulers got the optimizer a slot would get.
     model = torch.nn.Linear(2, 2)
@@ -296,3 +297,35 @@ def test_components_show_renders_types_and_the_whole_summary():
     assert spec_of(MixtureConfig).doc == (
         "Samples drawn from several datasets in proportions of tokens, the same for any "
         "world size; its position, saved in checkpoints, resumes exactly.")
+
+
+def test_the_schema_takes_interpolations_and_any_spelling_of_a_type_hint():
+    """What every shipped recipe holds: ``${...}`` where a number, list, mapping or choice
+    belongs, and ``type_hint: gpt-2`` as the loader resolves it (checked structurally,
+    as no JSON Schema validator is a dependency; a jsonschema run checks the recipes)."""
+    schema = recipe_json_schema(ResolverRegistry.from_installed_plugins())
+    defs = schema["$defs"]
+    interpolation = "${trainer.seq_len}"
+    for number in (defs["TrainerSettings"]["properties"]["seed"],
+                   defs["GPT2Config"]["properties"]["n_positions"]):
+        assert "string" in number["type"] and re.search(number["pattern"], interpolation)
+        assert not re.search(number["pattern"], "lots")
+    weights = defs["MixtureConfig"]["properties"]["weights"]
+    assert weights["type"] == ["array", "string"] and weights["items"]["type"][0] == "number"
+    assert _takes_string(schema, defs["TrainerSettings"]["properties"]["param_dtype"],
+                         "${oc.env:DTYPE,bf16}")
+    assert not _takes_string(schema, defs["TrainerSettings"]["properties"]["param_dtype"],
+                             "bf61")
+    type_hint = defs["model_GPT2"]["properties"]["type_hint"]
+    for spelling in ("GPT2", "gpt-2", "gpt_2"):
+        assert _takes_string(schema, type_hint, spelling), spelling
+    for other in ("GPT3", "Llama", interpolation):
+        assert not _takes_string(schema, type_hint, other), other
+
+
+def test_a_nested_settings_default_is_shown_as_a_recipe_writes_it():
+    from llm_gym.registry.fields import describe_fields
+    from llm_gym.runner.settings import TrainerSettings
+
+    defaults = {row[0]: row[2] for row in describe_fields(TrainerSettings)}
+    assert defaults["parallel"] == "{dp_replicate: 1, dp_shard: -1, tp: 1}"

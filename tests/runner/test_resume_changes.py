@@ -209,3 +209,28 @@ def test_the_command_line_refuses_a_change_and_allow_change_applies_it(four_step
     allowed = run_cli(*resume, "--allow-change", "optimizer.config")
     assert allowed.returncode == 0, allowed.stderr
     assert "resuming from step 4" in allowed.stdout and _lrs(four_steps)[5] == 0.002
+
+
+def test_evaluators_change_safely_and_an_unknown_allow_change_is_refused(tmp_path):
+    # Evaluators keep nothing in a checkpoint and consume no training randomness: like
+    # the loggers, a changed or added one is applied and recorded.
+    assert rule_for("trainer.evaluators").verdict == SAFE
+    text = {"type_hint": "TextPerplexity", "config": {"name": "text", "every": 2}}
+    old = {"trainer": {"max_steps": 4, "evaluators": [text]},
+           "optimizer": {"type_hint": "AdamW", "config": {"lr": 0.001}}}
+    new = copy.deepcopy(old)
+    new["trainer"]["evaluators"][0]["config"]["every"] = 3
+    new["trainer"]["evaluators"].append({"type_hint": "ValidationLoss", "config": {}})
+    where = dict(step=4, checkpoint=tmp_path / "c", checkpoint_recipe=tmp_path / "r")
+    plan = check_resume(old, new, **where)
+    assert [c.key for c in plan.applied] == ["trainer.evaluators[0].config.every",
+                                             "trainer.evaluators[1]"]
+    # A name that is no key of either recipe is a typo, not silently ignored; a key that
+    # exists but did not change (or a prefix of keys) is harmless and accepted.
+    with pytest.raises(UserError) as caught:
+        check_resume(old, new, allow_changes=("optimizer.config.lrr",), **where)
+    assert caught.value.problems == [
+        "--allow-change optimizer.config.lrr: no key of the recipe is named so; did you "
+        "mean 'optimizer.config.lr'?"]
+    check_resume(old, new, allow_changes=("optimizer.config.lr", "optimizer.config",
+                                          "trainer.evaluators[0]"), **where)
