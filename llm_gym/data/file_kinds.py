@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -81,6 +82,16 @@ def check_outputs(outputs: Mapping[Path, str], inputs: Iterable[Path]) -> None:
             raise UserError(
                 f"output {out} exists and is {found}, not {kind}; writing it would replace"
                 " that file. Choose another output path, or remove the file first"
+            )
+        if (found is None and kind != JSONL and st is not None and st.st_size > 0
+                and stat.S_ISREG(st.st_mode)):
+            # Not a file this tool writes (a manifest, a recipe, notes, a dataset's
+            # state.json): replacing it would lose what the user keeps there. (JSONL is
+            # the users' own format: the demo corpus asks for --force instead.)
+            raise UserError(
+                f"output {out} exists and is not {kind} (its content is not one llm_gym"
+                " writes); writing it would replace that file. Choose another output"
+                " path, or remove the file first"
             )
 
 

@@ -163,6 +163,35 @@ def test_bad_input_lists(tmp_path: Path, monkeypatch, args: list[str], message: 
         expand_inputs([a for a in args if not a.startswith("--")], fmt)
 
 
+def test_a_hard_link_is_the_same_file_named_twice(tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    os.link(tmp_path / "a.jsonl", tmp_path / "h.jsonl")
+    with pytest.raises(UserError, match="h.jsonl: named twice among the inputs"):
+        expand_inputs([tmp_path / "a.jsonl", tmp_path / "h.jsonl"])
+
+
+def test_errors_of_the_file_system_name_the_path(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "locked"))
+
+    with monkeypatch.context() as patch:  # a folder on the way that cannot be entered
+        patch.setattr("llm_gym.data.sources.inputs._expand_path", denied)
+        with pytest.raises(UserError, match="locked: cannot be read \\(Permission denied\\)"):
+            expand_inputs([tmp_path / "a.jsonl"])
+
+    def failing(*args, **kwargs):  # a disk failing under the reader
+        raise OSError(5, "Input/output error")
+        yield
+
+    monkeypatch.setattr("llm_gym.data.sources.reading.read_batches", failing)
+    with pytest.raises(UserError, match="a.jsonl: read error: Input/output error"):
+        pack_bytes(tmp_path, [tmp_path / "a.jsonl"])
+
+
 def test_hf_disk_directory_missing_a_listed_file(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text(json.dumps(
         {"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
@@ -276,6 +305,28 @@ def test_an_output_prefix_naming_a_folder_is_refused(tmp_path: Path, monkeypatch
     assert not any((tmp_path / "sub").iterdir())
 
 
+@pytest.mark.parametrize(("name", "content"), [("manifest.json", '{\n "kind": "mine"\n}\n'),
+                                               ("notes.txt", "my notes\n")])
+def test_a_file_of_unknown_content_is_not_replaced(tmp_path: Path, monkeypatch, capsys,
+                                                   name: str, content: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", ["a"])
+    Path(name).write_text(content)
+    code, said = _run_cli(capsys, "in.jsonl", "--out", Path(name).stem)  # .bin beside it
+    assert code == 0, said
+    code, said = main_code(capsys, ["tools", "tokenizer", "train", "in.jsonl",
+                                    "--vocab-size", "300", "--out", name])
+    assert code == 2 and f"output {name} exists and is not a tokenizer JSON" in said, said
+    assert Path(name).read_text() == content
+
+
+def main_code(capsys, args: list[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out + captured.err
+
+
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_exit_2_output_untouched(tmp_path: Path, monkeypatch, capsys,
                                            case: str) -> None:
@@ -284,7 +335,8 @@ def test_bad_input_exit_2_output_untouched(tmp_path: Path, monkeypatch, capsys,
     name, make, extra, message = BAD[case]
     monkeypatch.chdir(tmp_path)
     make(tmp_path / name)
-    (tmp_path / "out.bin").write_bytes(b"previous pack")  # not to be touched
+    write_jsonl(tmp_path / "old.jsonl", ["previous pack"])  # its pack is not to be touched
+    pack_files(expand_inputs([tmp_path / "old.jsonl"]), ByteLevelTokenizer(), tmp_path / "out")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     code, out = _run_cli(capsys, name, "--out", "out", *extra)
     assert code == 2 and (message in out or re.search(message, out)), out

@@ -160,7 +160,8 @@ def test_training_is_deterministic_and_atomic(trained: Path, tmp_path: Path) -> 
 
 def test_training_errors_leave_existing_output(tmp_path: Path) -> None:
     out = tmp_path / "tok.json"
-    out.write_text("previous", encoding="utf-8")
+    previous = '{"added_tokens": [], "normalizer": null, "model": "previous"}'
+    out.write_text(previous, encoding="utf-8")
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"text": "fine"}\n\n{"text": 3}\n', encoding="utf-8")
     with pytest.raises(UserError, match=re.escape(f"{corpus}:3: field 'text' is a int")):
@@ -170,7 +171,7 @@ def test_training_errors_leave_existing_output(tmp_path: Path) -> None:
         train_bpe_tokenizer(corpus, 300, out)
     with pytest.raises(UserError, match="vocab_size must be at least 257"):
         train_bpe_tokenizer(corpus, 100, out)
-    assert out.read_text(encoding="utf-8") == "previous"
+    assert out.read_text(encoding="utf-8") == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "tok.json"]
 
 

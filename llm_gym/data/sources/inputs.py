@@ -59,10 +59,14 @@ def expand_inputs(args: list[str | Path], fmt: str = "auto") -> list[InputFile]:
         raise UserError("no input given: name JSONL, Parquet or Arrow files, directories or globs")
     files: list[InputFile] = []
     for arg in args:
-        files.extend(_expand_one(str(arg), fmt))
-    seen: dict[str, str] = {}
+        try:
+            files.extend(_expand_one(str(arg), fmt))
+        except OSError as e:  # a folder or file on the way that cannot be looked into
+            raise UserError(f"{e.filename or arg}: cannot be read ({e.strerror})") from None
+    seen: dict[tuple[int, int], str] = {}
     for f in files:
-        key = os.path.realpath(f.path)
+        st = os.stat(f.path)
+        key = (st.st_dev, st.st_ino)  # the same file under any name: links, hard links
         if key in seen:
             raise UserError(f"{f.path}: named twice among the inputs (also as {seen[key]});"
                             " each document would be packed twice")

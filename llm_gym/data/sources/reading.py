@@ -37,6 +37,14 @@ def read_batches_of(file: InputFile, field: str, batch_docs: int,
                     on_bad_line: OnBadLine) -> Iterator[TextBatch]:
     """``file``'s documents in bounded batches, in file order. JSONL lines stay raw (they
     are parsed where they are tokenized); a table's bad rows are dealt with here."""
+    try:
+        yield from _batches_of(file, field, batch_docs, on_bad_line)
+    except OSError as e:  # a disk or network file system failing under the reader
+        raise UserError(f"{file.path}: read error: {e.strerror or e}") from None
+
+
+def _batches_of(file: InputFile, field: str, batch_docs: int,
+                on_bad_line: OnBadLine) -> Iterator[TextBatch]:
     check_content(file)
     if file.format == "parquet":
         yield from parquet_batches(file.path, field, batch_docs, on_bad_line)
