@@ -195,6 +195,16 @@ _SAME_IN_EVERY_JOB = ("tokenizer_fingerprint", "vocab_size", "eod_id", "dtype",
                       "shard_tokens", "inputs", "num_jobs", "field", "on_bad_line")
 
 
+def differing_key(a: Manifest, b: Manifest) -> str | None:
+    """The first of what every job of one pack must share that ``a`` and ``b`` do not
+    (a field a manifest written before it was recorded lacks is not compared)."""
+    for key in _SAME_IN_EVERY_JOB:
+        mine, theirs = getattr(a, key), getattr(b, key)
+        if mine is not None and theirs is not None and mine != theirs:
+            return key
+    return None
+
+
 def merge_jobs(directory: Path, *, threads: int = 8) -> Manifest:
     """The finishing step: check every job's manifest and shards, write ``manifest.json``."""
     directory = Path(directory)
@@ -217,15 +227,14 @@ def merge_jobs(directory: Path, *, threads: int = 8) -> Manifest:
     manifests = [(found[j][1], read_manifest(found[j][1])) for j in range(n)]
     first_path, first = manifests[0]
     for path, m in manifests[1:]:
-        for key in _SAME_IN_EVERY_JOB:
-            if getattr(m, key) != getattr(first, key):
-                what = ("shards packed with different tokenizers cannot be read as one"
-                        " dataset" if key == "tokenizer_fingerprint" else
-                        "the jobs were not run with the same arguments")
-                raise UserError(f"{path}: {key} {getattr(m, key)!r} differs from"
-                                f" {first_path}'s {getattr(first, key)!r}: {what}"
-                                if key in ("field", "on_bad_line") else
-                                f"{path}: {key} differs from {first_path}'s: {what}")
+        if (key := differing_key(m, first)) is not None:
+            what = ("shards packed with different tokenizers cannot be read as one"
+                    " dataset" if key == "tokenizer_fingerprint" else
+                    "the jobs were not run with the same arguments")
+            raise UserError(f"{path}: {key} {getattr(m, key)!r} differs from"
+                            f" {first_path}'s {getattr(first, key)!r}: {what}"
+                            if key in ("field", "on_bad_line") else
+                            f"{path}: {key} differs from {first_path}'s: {what}")
     checks = [(entry, m, path) for path, m in manifests for entry in m.shards]
     with ThreadPoolExecutor(max(1, min(threads, len(checks)))) as pool:
         # hashlib releases the GIL on large buffers: shards are hashed in parallel.

@@ -39,6 +39,7 @@ from llm_gym.data.shard_manifest import (
     MANIFEST_NAME,
     Manifest,
     ShardEntry,
+    differing_key,
     file_sha256,
     job_manifest_name,
     job_manifests,
@@ -142,6 +143,13 @@ def pack_shards(
     for path in (job_manifest, out_dir / MANIFEST_NAME):
         if any(os.path.realpath(path) == os.path.realpath(f.path) for f in files):
             raise UserError(f"output {path} is an input: choose another --out directory")
+    this_run = Manifest(
+        tokenizer.fingerprint(), tokenizer.vocab_size, tokenizer.eod_id,
+        token_dtype(tokenizer.vocab_size).name, shard_tokens,
+        tuple(f.to_json() for f in files), num_jobs, job_index, (start, stop), (),
+        field, on_bad_line,
+    )  # fmt: skip
+    _refuse_another_pack(out_dir, this_run)
     created = not out_dir.exists()
     make_parent_dirs(job_manifest)
     started = time.perf_counter()
@@ -173,12 +181,7 @@ def pack_shards(
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    manifest = Manifest(
-        tokenizer.fingerprint(), tokenizer.vocab_size, tokenizer.eod_id,
-        token_dtype(tokenizer.vocab_size).name, shard_tokens,
-        tuple(f.to_json() for f in files), num_jobs, job_index, (start, stop), tuple(shards),
-        field, on_bad_line,
-    )  # fmt: skip
+    manifest = replace(this_run, shards=tuple(shards))
     manifest.write(job_manifest)
     _remove_stale_shards(out_dir, job_index, len(shards))
     written = [job_manifest]
@@ -191,6 +194,26 @@ def pack_shards(
         manifest.dtype, time.perf_counter() - started, tuple(tally.bad), tally.n_bad,
         n_shards=len(shards), records=records_of(mine),
     )  # fmt: skip
+
+
+def _refuse_another_pack(out_dir: Path, this_run: Manifest) -> None:
+    """Before any work: ``out_dir`` may hold this pack's jobs (run again, they write the
+    same shards) or, for a single job, a single-job pack it replaces whole; never
+    another pack's jobs, whose shards this job would replace."""
+    if not out_dir.is_dir():
+        return
+    found = [path for _, path in job_manifests(out_dir).values()]
+    if (out_dir / MANIFEST_NAME).exists():
+        found.append(out_dir / MANIFEST_NAME)
+    for path in found:
+        other = read_manifest(path)
+        key = ("num_jobs" if other.num_jobs != this_run.num_jobs else
+               None if this_run.num_jobs == 1 else differing_key(other, this_run))
+        if key is not None:
+            raise UserError(
+                f"--out {out_dir}: holds a sharded pack made otherwise ({path} records"
+                f" another {key}); this job would replace its shards. Choose another --out"
+                " directory, or remove that pack first")
 
 
 def _remove_stale_shards(out_dir: Path, job: int, kept: int) -> None:

@@ -139,16 +139,20 @@ def test_merge_and_open_refuse_what_does_not_belong(tmp_path: Path, inputs: Path
         PackedTokens.open(out)
     with pytest.raises(UserError, match="the manifest of job 0 of 2 only"):
         PackedTokens.open(out / "job-00000-of-00002.json")
-    pack_shards(_files(inputs), OtherByteLevel(), out, shard_tokens=SHARD_TOKENS,
-                num_jobs=2, job_index=1)
+    # Jobs started at once on two machines see no manifest of each other: merge checks.
+    pack_shards(_files(inputs), OtherByteLevel(), tmp_path / "elsewhere",
+                shard_tokens=SHARD_TOKENS, num_jobs=2, job_index=1)
+    for made in (tmp_path / "elsewhere").iterdir():
+        (out / made.name).write_bytes(made.read_bytes())
     with pytest.raises(UserError, match="job-00001-of-00002.json: tokenizer_fingerprint differs"
                                         " .*shards packed with different tokenizers"):
         merge_jobs(out)
-    pack_shards(_files(inputs), ByteLevelTokenizer(), out, shard_tokens=SHARD_TOKENS,
-                num_jobs=2, job_index=1, on_bad_line="skip")
-    with pytest.raises(UserError, match="job-00001-of-00002.json: on_bad_line 'skip' differs"
-                                        " from .*'fail': the jobs were not run with the same"):
-        merge_jobs(out)
+    for made in (tmp_path / "elsewhere").iterdir():  # the user removes the stray job
+        (out / made.name).unlink()
+    with pytest.raises(UserError, match="job-00000-of-00002.json records another"
+                                        " on_bad_line"):
+        pack_shards(_files(inputs), ByteLevelTokenizer(), out, shard_tokens=SHARD_TOKENS,
+                    num_jobs=2, job_index=1, on_bad_line="skip")
     pack_shards(_files(inputs), ByteLevelTokenizer(), out, shard_tokens=SHARD_TOKENS,
                 num_jobs=2, job_index=1)
     merge_jobs(out)
@@ -178,6 +182,24 @@ def test_a_failed_job_leaves_the_directory_as_it_was(tmp_path: Path, inputs: Pat
     with pytest.raises(UserError, match="part4.jsonl:2: invalid JSON"):
         _pack_jobs(tmp_path / "bad", tmp_path / "new", 1)
     assert not (tmp_path / "new").exists()  # the folder it made for nothing is gone
+
+
+def test_a_job_of_another_pack_is_refused_before_it_replaces_a_shard(
+        tmp_path: Path, inputs: Path) -> None:
+    out = tmp_path / "s"
+    _pack_jobs(inputs, out, 2)
+    merge_jobs(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(UserError, match="holds a sharded pack made otherwise .* another"
+                                        " num_jobs"):
+        pack_shards(_files(inputs), ByteLevelTokenizer(), out, shard_tokens=SHARD_TOKENS,
+                    num_jobs=3, job_index=1)
+    with pytest.raises(UserError, match="another tokenizer_fingerprint"):
+        pack_shards(_files(inputs), OtherByteLevel(), out, shard_tokens=SHARD_TOKENS,
+                    num_jobs=2, job_index=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    _pack_jobs(inputs, out, 2)  # the same pack's jobs run again: the same files
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_a_job_packed_again_in_fewer_shards_leaves_none_of_its_old_ones(
