@@ -29,6 +29,19 @@ class UserError(Exception):
             return self.message
         return "\n".join([self.message, *(f"  - {p}" for p in self.problems)])
 
+    def at(self, path: str) -> UserError:
+        """This error named at YAML ``path`` (``train_dataset.config.sources[1]: ...``),
+        once: the innermost place it is known at wins, outer ones leave it as it is."""
+        if getattr(self, "located", False):
+            return self
+        import copy
+
+        found = copy.copy(self)
+        found.message = f"{path}: {self.message}"
+        found.args = (found.message,)
+        found.located = True
+        return found
+
 
 class ReportedError(Exception):
     """A failure that is not the user's mistake but whose message already says all that

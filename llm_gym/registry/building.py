@@ -20,7 +20,8 @@ class DependencyError(UserError):
     """A component needs something nobody provides, or components need each other."""
 
 
-def call_build(spec: ComponentSpec, config: ComponentConfig, available: Mapping[str, Any]) -> Any:
+def call_build(spec: ComponentSpec, config: ComponentConfig, available: Mapping[str, Any],
+               path: str = "") -> Any:
     """``config.build(...)`` with exactly the dependencies its signature asks for.
 
     Components in the config's nested fields are built first, bottom-up, from the same
@@ -33,13 +34,30 @@ def call_build(spec: ComponentSpec, config: ComponentConfig, available: Mapping[
     if spec.accepts_any_dependency:
         kwargs = {**available, **kwargs}
     for name in spec.nested_fields:
-        kwargs[name] = map_choices(getattr(config, name), lambda c: build_choice(c, available))
+        kwargs[name] = _build_nested(getattr(config, name), f"{path}.config.{name}", available)
     return config.build(**kwargs)
 
 
-def build_choice(choice: Any, available: Mapping[str, Any]) -> Any:
-    """Build one validated ``{type_hint, config}`` entry (a slot's or a nested one)."""
-    return call_build(spec_of(choice.type_hint.value), choice.config, available)
+def build_choice(choice: Any, available: Mapping[str, Any], path: str = "") -> Any:
+    """Build one validated ``{type_hint, config}`` entry (a slot's or a nested one); a
+    UserError it raises (a missing file, a pack of another tokenizer) is named at the
+    entry's YAML ``path``."""
+    try:
+        return call_build(spec_of(choice.type_hint.value), choice.config, available, path)
+    except UserError as exc:
+        if not path:
+            raise
+        raise exc.at(path).with_traceback(exc.__traceback__) from None
+
+
+def _build_nested(value: Any, path: str, available: Mapping[str, Any]) -> Any:
+    """``value`` (one component, a list or a mapping of them) built, shape kept."""
+    if isinstance(value, (list, tuple)):
+        return [_build_nested(item, f"{path}[{i}]", available) for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        return {key: _build_nested(item, f"{path}.{key}", available)
+                for key, item in value.items()}
+    return map_choices(value, lambda choice: build_choice(choice, available, path))
 
 
 def needs_of(choice: Any, path: str) -> list[tuple[Dependency, str, ComponentSpec]]:
@@ -94,7 +112,7 @@ def build_in_order(entries: Mapping[str, Any], provided: Mapping[str, Any]) -> d
     for slot in order:
         # A slot never feeds itself: a dependency named like the slot comes from the caller.
         available = {**provided, **{k: v for k, v in built.items() if k != slot}}
-        built[slot] = build_choice(entries[slot], available)
+        built[slot] = build_choice(entries[slot], available, slot)
     return built
 
 

@@ -155,3 +155,21 @@ def test_source_labels_name_the_index_type_and_path_or_part() -> None:
     assert source_label(0, choice("PackedTokens", path="data/web")) == "0:PackedTokens:data/web"
     assert source_label(1, choice("DemoCorpus", part="stdlib")) == "1:DemoCorpus:stdlib"
     assert source_label(2, choice("Custom")) == "2:Custom"
+
+
+def test_an_error_building_a_source_is_named_at_its_yaml_path(tmp_path, pack) -> None:
+    from llm_gym.errors import UserError
+    from llm_gym.recipes.loading import load_recipe
+    from llm_gym_components.tokenizers import ByteLevelTokenizer
+
+    path = tmp_path / "mix.yaml"
+    second = f'{{type_hint: PackedTokens, config: {{path: "{pack}"}}}}'
+    path.write_text(RECIPE.format(weights="[3, 1]", pack=pack, second=second))
+    registry = ResolverRegistry.from_installed_plugins()
+    recipe = load_recipe(str(path), registry=registry, allow_drift=True).recipe
+    given = {"world": SimpleNamespace(rank=0, world_size=1),
+             "trainer": SimpleNamespace(seq_len=16, seed=0),
+             "tokenizer": ByteLevelTokenizer()}  # not the tokenizer the pack was made with
+    with pytest.raises(UserError, match=r"^train_dataset\.config\.sources\[0\]: .*p\.bin: "
+                                        "packed with tokenizer fingerprint"):
+        registry.build_components({"train_dataset": recipe.train_dataset}, given)
