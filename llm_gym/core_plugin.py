@@ -37,7 +37,8 @@ def llm_gym_recipe_sections() -> dict[str, Any]:
 @hookimpl
 def llm_gym_recipe_checks() -> tuple[Callable[[Any], Iterable[str]], ...]:
     return (eval_needs_an_eval_dataset, loggers_ask_for_what_the_runner_gives,
-            evaluators_ask_for_what_the_run_has, model_satisfies_the_contract)
+            evaluators_ask_for_what_the_run_has, model_satisfies_the_contract,
+            boundaries_need_a_model_that_masks_by_them)
 
 
 def eval_needs_an_eval_dataset(recipe: Any) -> Iterator[str]:
@@ -88,3 +89,19 @@ def model_satisfies_the_contract(recipe: Any) -> Iterator[str]:
     from llm_gym.model_contract import contract_problems
 
     return contract_problems(recipe)
+
+
+def boundaries_need_a_model_that_masks_by_them(recipe: Any) -> Iterator[str]:
+    """Document boundaries go to the model with every batch: a model with no
+    ``attention_mask`` setting (a pretrained import, a custom model) cannot take them.
+    (A model with the setting checks the pairing itself, in its own preflight.)"""
+    model = getattr(recipe, "model", None)
+    if model is None or "attention_mask" in type(model.config).model_fields:
+        return
+    for slot in ("train_dataset", "eval_dataset"):
+        dataset = getattr(recipe, slot, None)
+        if dataset is not None and getattr(dataset.config, "document_boundaries", False) is True:
+            yield (f"{slot}.config.document_boundaries: true, but the model "
+                   f"({model.type_hint.name}) takes no document boundaries (it has no "
+                   f"attention_mask setting): set {slot}.config.document_boundaries=false")
+

@@ -76,6 +76,11 @@ class MixtureConfig(ComponentConfig):
                 yield (f"sources[{i}]: {name} builds a {built.__name__}, which does not say "
                        "where its documents start (sample_document_ids, see "
                        "llm_gym.data.indexed): document_boundaries needs it of every source")
+            elif self.document_boundaries:
+                # A source checks its document index itself only when its own flag is on.
+                problems = getattr(choice.config, "document_boundary_problems", None)
+                for line in problems() if problems is not None else ():
+                    yield f"sources[{i}].config.{line}"
             if (not self.document_boundaries
                     and getattr(choice.config, "document_boundaries", False) is True):
                 # The mixture reads its sources by global sample, never their batches: a

@@ -37,6 +37,18 @@ class PackedTokensConfig(ComponentConfig):
         yield from check_pack(self.path, self.split, self.val_fraction, trainer, model,
                               document_boundaries=self.document_boundaries)
 
+    def document_boundary_problems(self) -> Iterator[str]:
+        """What stops the pack from saying where its documents start (a damaged document
+        index), for a Mixture that hands its sources' boundaries on."""
+        try:
+            packed = PackedTokens.open(self.path)
+        except UserError:
+            return  # the pack's own preflight names it
+        try:
+            document_starts(packed)
+        except UserError as exc:
+            yield f"path: {exc.message}"
+
     def build(self, world: Any, trainer: Any, tokenizer: Any = None) -> PackedMemMapDataset:
         return open_packed(self.path, self.split, self.val_fraction, world, trainer, tokenizer,
                            document_boundaries=self.document_boundaries)

@@ -345,3 +345,48 @@ def test_validate_names_a_source_that_cannot_give_boundaries() -> None:
         "every source"]
     assert list(MixtureConfig.preflight(SimpleNamespace(sources=[source],
                                                         document_boundaries=False))) == []
+
+
+def test_a_damaged_index_of_a_mixture_source_is_named_by_validate(tmp_path, capsys) -> None:
+    from llm_gym.cli.main import main
+
+    prefix = _write(tmp_path / "bad", LENGTHS)
+    idx = _damage_offsets(prefix)
+    path = tmp_path / "mix.yaml"
+    # Only the mixture asks for boundaries: the source's own preflight does not look.
+    path.write_text(VALIDATE.format(pack=prefix, mixture="true", mask="document")
+                    .replace(", document_boundaries: true}", "}"))
+    with pytest.raises(SystemExit) as exited:
+        main(["recipe", "validate", str(path), "--allow-drift"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    assert (f"train_dataset.config.sources[0].config.path: {idx}: document offsets decrease"
+            in err), err
+
+
+def test_boundaries_for_a_model_without_an_attention_mask_are_refused() -> None:
+    from types import SimpleNamespace
+
+    from pydantic import BaseModel
+
+    from llm_gym.core_plugin import (
+        boundaries_need_a_model_that_masks_by_them,
+        llm_gym_recipe_checks,
+    )
+
+    assert boundaries_need_a_model_that_masks_by_them in llm_gym_recipe_checks()  # validate
+
+    class Imported(BaseModel):  # a model config with no attention_mask (a pretrained one)
+        path: str = "hf"
+
+    def recipe(boundaries: bool) -> SimpleNamespace:
+        dataset = SimpleNamespace(config=SimpleNamespace(document_boundaries=boundaries))
+        return SimpleNamespace(model=SimpleNamespace(type_hint=SimpleNamespace(
+            name="GPT2Pretrained"), config=Imported()), train_dataset=dataset,
+            eval_dataset=None)
+
+    assert list(boundaries_need_a_model_that_masks_by_them(recipe(False))) == []
+    assert list(boundaries_need_a_model_that_masks_by_them(recipe(True))) == [
+        "train_dataset.config.document_boundaries: true, but the model (GPT2Pretrained) "
+        "takes no document boundaries (it has no attention_mask setting): set "
+        "train_dataset.config.document_boundaries=false"]
