@@ -79,6 +79,7 @@ from llm_gym.runner.safety import (
 )
 from llm_gym.runner.stop_agreement import StopAgreement
 from llm_gym.runner.tensor_parallel import loss_takes_vocab_parallel, vocab_parallel_loss
+from llm_gym.runner.token_range import out_of_vocabulary
 
 T = TypeVar("T")
 
@@ -212,6 +213,7 @@ class Trainer:
         with torch.device(world.device):
             model = registry.build_component_by_config(entries.pop("model"))
         self.flops_per_token = as_language_model(model).flops_per_token(settings.seq_len)
+        self.vocab_size = as_language_model(model).vocab_size  # ids it embeds
         self.model = parallelize_as_configured(model, settings, world)
         seed_everything(settings.seed, world.rank)  # dropout and sampling differ per rank
         built = registry.build_components(
@@ -395,7 +397,12 @@ class Trainer:
                 inputs, targets, kwargs = model_call(self.train_feed.next())
             with self.profiler.phase("forward_backward"), \
                     vocab_parallel_loss(self.vocab_parallel):
-                loss = self.loss_fn(model(inputs, **kwargs), targets) / accumulation
+                try:
+                    logits = model(inputs, **kwargs)
+                except IndexError as exc:  # an id past the embedding: say it is the data's
+                    found = out_of_vocabulary(inputs, self.vocab_size, self.step + 1)
+                    raise (found or exc) from exc
+                loss = self.loss_fn(logits, targets) / accumulation
                 loss.backward()
             total += _local(loss.detach())
         with self.profiler.phase("optimizer"):
