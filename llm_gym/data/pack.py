@@ -164,7 +164,7 @@ class Tally:
             names, the, is_, has = str(sources[0]), "the file", "is", "has"
         else:
             names, the, is_, has = f"{len(sources)} inputs", "the inputs", "are", "have"
-        what = f"{the} {has} only blank lines"
+        what = f"{the} {has} only blank lines" if records == "lines" else f"{the} {has} no rows"
         if sum(p.stat().st_size for p in sources) == 0:
             what = f"{the} {is_} empty"
         if self.n_bad:

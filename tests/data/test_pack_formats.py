@@ -286,6 +286,9 @@ BAD = {
     "zstd-read-as-gzip": ("in.jsonl.zst", lambda p: p.write_bytes(
         zstandard.ZstdCompressor().compress(b'{"text": "a"}\n')), ["--format", "jsonl.gz"],
         "in.jsonl.zst: read as jsonl.gz, but it starts as zstd-compressed data does"),
+    "parquet-no-rows": ("in.parquet", lambda p: pq.write_table(
+        pa.table({"text": pa.array([], pa.string())}), p), [],
+        "in.parquet: no documents to pack (the file has no rows)"),
     "arrow-garbage": ("in.arrow", lambda p: p.write_bytes(b"\x00" * 64), [],
                       "in.arrow: not a readable Arrow IPC file"),
     "jobs-without-shards": ("in.jsonl", lambda p: write_jsonl(p, ["a"]), ["--num-jobs", "2"],
