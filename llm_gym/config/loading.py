@@ -9,7 +9,7 @@ YAML, parsed by the same bounded parser as recipe files (``yaml_files``).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,39 +206,27 @@ def _resolution_problem(exc: OmegaConfBaseException, config: DictConfig, key: st
 def _all_keys(config: DictConfig) -> list[str]:
     """Every dotted key of the recipe, mappings and lists included (``trainer``,
     ``trainer.seq_len``, ``optimizer.config.betas.0``)."""
-    keys: list[str] = []
-
-    def walk(node: Any, path: str) -> None:
-        if path:
-            keys.append(path)
-        if isinstance(node, dict):
-            for name, value in node.items():
-                walk(value, f"{path}.{name}" if path else str(name))
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                walk(value, f"{path}.{i}")
-
-    walk(OmegaConf.to_container(config, resolve=False), "")
-    return keys
+    raw = OmegaConf.to_container(config, resolve=False)
+    return [path for path, _ in _walk(raw, "", ".{}") if path]
 
 
 def interpolations(config: DictConfig) -> dict[str, str]:
     """``YAML path -> interpolation string`` for every value written as ``${...}``."""
     raw = OmegaConf.to_container(config, resolve=False)
-    found: dict[str, str] = {}
+    return {path: value for path, value in _walk(raw, "", "[{}]")
+            if isinstance(value, str) and "${" in value}
 
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{path}.{key}" if path else str(key))
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                walk(value, f"{path}[{i}]")
-        elif isinstance(node, str) and "${" in node:
-            found[path] = node
 
-    walk(raw, "")
-    return found
+def _walk(node: Any, path: str, item: str) -> Iterator[tuple[str, Any]]:
+    """``(path, value)`` of ``node`` and of everything in it; list items are named by
+    ``item`` (``.{}`` as overrides write them, ``[{}]`` as error messages do)."""
+    yield path, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{path}.{key}" if path else str(key), item)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, path + item.format(i), item)
 
 
 def load_config_with_sources(path: Path, overrides: Sequence[str] = ()) -> LoadedConfig:
