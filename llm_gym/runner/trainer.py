@@ -122,7 +122,16 @@ def train_worker(
                 if world.rank == 0 and (job.created_run_dir or lock.created):
                     remove_unused_run_dir(run_dir)
                 raise
-            result = trainer.fit()
+            try:
+                result = trainer.fit()
+            except UserError:
+                # Refused at the first step (the data ran out, ids past the vocabulary):
+                # nothing was trained, so a directory this run made goes, as above.
+                if trainer.step == 0 and world.rank == 0 and (job.created_run_dir
+                                                              or lock.created):
+                    trainer.close()
+                    remove_unused_run_dir(run_dir)
+                raise
             trainer.metrics.message(end_message(run_dir, trainer.step, job, world.world_size,
                                                 data_ran_out=result["data_ran_out"]))
             return result

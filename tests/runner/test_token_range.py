@@ -43,7 +43,7 @@ def test_a_damaged_pack_stops_the_run_naming_the_data(tmp_path: Path, capsys) ->
         w.add_documents(np.arange(400, dtype=np.int64) % 256, np.array([400]))
     bin_path = pack_paths(prefix)[0]
     raw = bytearray(bin_path.read_bytes())
-    raw[-200:] = b"\xff" * 200  # bytes changed after packing: ids 65535
+    raw[-800:] = b"\xff" * 800  # every token changed after packing: ids 65535
     bin_path.write_bytes(bytes(raw))
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(pack=prefix))
@@ -54,3 +54,4 @@ def test_a_damaged_pack_stops_the_run_naming_the_data(tmp_path: Path, capsys) ->
     assert exited.value.code == 2, err
     assert "the training batch holds token id 65535, outside the model's vocabulary" in err
     assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused at its first step: no folder left
