@@ -48,6 +48,8 @@ def document_starts(packed: Any) -> np.ndarray:
     """The pack's offsets index as int64 (a view of a single pack's map, no copy),
     refused naming the ``.idx`` (a sharded pack's manifest) when it cannot number
     documents: offsets that decrease would put tokens in no document or two."""
+    for shard in getattr(packed, "shards", ()):  # a damaged shard is named, not the manifest
+        document_starts(shard)
     offsets = np.asarray(packed.offsets)
     where = packed.idx_path
     if offsets.ndim != 1 or len(offsets) < 1:

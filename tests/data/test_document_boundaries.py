@@ -390,3 +390,20 @@ def test_boundaries_for_a_model_without_an_attention_mask_are_refused() -> None:
         "train_dataset.config.document_boundaries: true, but the model (GPT2Pretrained) "
         "takes no document boundaries (it has no attention_mask setting): set "
         "train_dataset.config.document_boundaries=false"]
+
+
+def test_a_damaged_shard_index_is_named_not_its_manifest(tmp_path) -> None:
+    import json
+
+    from llm_gym.data.shard_pack import pack_shards
+    from llm_gym.data.sources import expand_inputs
+    from llm_gym_components.tokenizers import ByteLevelTokenizer
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"document {i} " * 3}) + "\n"
+                              for i in range(60)))
+    pack_shards(expand_inputs([corpus]), ByteLevelTokenizer(), tmp_path / "s",
+                shard_tokens=600)
+    idx = _damage_offsets(tmp_path / "s" / "part-00000-00001")
+    with pytest.raises(UserError, match=rf"{idx}: document offsets decrease"):
+        PackedMemMapDataset(tmp_path / "s", SEQ, document_boundaries=True)
