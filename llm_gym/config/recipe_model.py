@@ -16,7 +16,7 @@ from pydantic.json_schema import models_json_schema
 from llm_gym.config.validation_errors import describe_errors
 from llm_gym.errors import UserError
 from llm_gym.registry import ComponentChoice, ResolverRegistry, StrictModel
-from llm_gym.registry.kinds import article
+from llm_gym.registry.kinds import INTERPOLATION_PATTERN, article
 from llm_gym.registry.nesting import COMPONENT_SCHEMA_KEY
 
 
@@ -121,9 +121,6 @@ def recipe_json_schema(registry: ResolverRegistry) -> dict[str, Any]:
     }
 
 
-# A value written as an interpolation, resolved by the loader before validation: a number,
-# a list or a choice may be `${trainer.seq_len}` or `${oc.env:VAR,default}`.
-INTERPOLATION_PATTERN = r"^\$\{.*\}$"
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs")
 _SCHEMA_ONE = ("additionalProperties", "items", "not", "contains", "propertyNames")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")

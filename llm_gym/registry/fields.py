@@ -34,7 +34,7 @@ def _default(value: Any) -> str:
     if isinstance(value, BaseModel):
         from llm_gym.registry.kinds import yaml_repr
 
-        return yaml_repr(value.model_dump(mode="json"), limit=None)
+        return yaml_repr(value, limit=None)
     return repr(value)
 
 

@@ -219,17 +219,21 @@ class NameShorthandSchema:
         alternatives = "|".join(_spelling_pattern(name) for name in self.names)
         name = {
             "type": "string",
-            "description": f"the name of a {self.kind} component alone, its config all "
+            "description": f"the name of {article(self.kind)} {self.kind} component alone, "
+                           "its config all "
                            "defaults; any spelling that ignores case, '-', '_' and spaces",
             "anyOf": [{"enum": list(self.names)},
                       {"pattern": f"^{_SEPARATORS}(?:{alternatives})$"},
                       # or the whole entry interpolated: eval_dataset: ${train_dataset}
-                      {"pattern": r"^\$\{.*\}$"}],
+                      {"pattern": INTERPOLATION_PATTERN}],
         }
         return {"anyOf": [entry, name]}
 
 
 _SEPARATORS = "[-_ ]*"
+# A value written as an interpolation, resolved by the loader before validation: a number,
+# a list, a choice or a whole entry may be `${trainer.seq_len}` or `${oc.env:VAR,default}`.
+INTERPOLATION_PATTERN = r"^\$\{.*\}$"
 
 
 def _spelling_pattern(name: str) -> str:
