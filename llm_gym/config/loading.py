@@ -207,26 +207,26 @@ def _all_keys(config: DictConfig) -> list[str]:
     """Every dotted key of the recipe, mappings and lists included (``trainer``,
     ``trainer.seq_len``, ``optimizer.config.betas.0``)."""
     raw = OmegaConf.to_container(config, resolve=False)
-    return [path for path, _ in _walk(raw, "", ".{}") if path]
+    return [path for path, _ in walk_paths(raw, "", ".{}") if path]
 
 
 def interpolations(config: DictConfig) -> dict[str, str]:
     """``YAML path -> interpolation string`` for every value written as ``${...}``."""
     raw = OmegaConf.to_container(config, resolve=False)
-    return {path: value for path, value in _walk(raw, "", "[{}]")
+    return {path: value for path, value in walk_paths(raw, "", "[{}]")
             if isinstance(value, str) and "${" in value}
 
 
-def _walk(node: Any, path: str, item: str) -> Iterator[tuple[str, Any]]:
+def walk_paths(node: Any, path: str = "", item: str = "[{}]") -> Iterator[tuple[str, Any]]:
     """``(path, value)`` of ``node`` and of everything in it; list items are named by
     ``item`` (``.{}`` as overrides write them, ``[{}]`` as error messages do)."""
     yield path, node
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _walk(value, f"{path}.{key}" if path else str(key), item)
+            yield from walk_paths(value, f"{path}.{key}" if path else str(key), item)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from _walk(value, path + item.format(i), item)
+            yield from walk_paths(value, path + item.format(i), item)
 
 
 def load_config_with_sources(path: Path, overrides: Sequence[str] = ()) -> LoadedConfig:

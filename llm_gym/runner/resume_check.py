@@ -117,18 +117,6 @@ def _show(value: Any) -> str:
     return json.dumps(value, separators=(", ", ": ")) if not isinstance(value, str) else value
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as dotted keys; lists and scalars are leaves."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
 def diff(old: Any, new: Any, key: str = "") -> list[Change]:
     """Every difference, at the deepest key where the two still have the same shape:
     mappings key by key (one only one side has, leaf by leaf), lists of both sides item
@@ -171,7 +159,12 @@ def _check_allowed_names(allow_changes: Sequence[str], changes: Sequence[Change]
                          old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """``--allow-change NAME`` naming no changed key and no key of either recipe is a typo
     (``optimizer.config.lrr``), which would otherwise be ignored without a word."""
-    keys = list(dict.fromkeys([*_keys(old), *_keys(new)]))
+    if not allow_changes:
+        return
+    from llm_gym.config.loading import walk_paths
+
+    keys = list(dict.fromkeys(key for data in (old, new)
+                              for key, _ in walk_paths(data) if key))
     unknown = [name for name in allow_changes
                if not any(_named(c.key, [name]) for c in changes)
                and not any(_named(key, [name]) for key in keys)]
@@ -185,18 +178,6 @@ def _check_allowed_names(allow_changes: Sequence[str], changes: Sequence[Change]
             problems.append(f"--allow-change {name}: no key of the recipe is named so{hint}")
         raise UserError("--allow-change names a key the recipe does not have; nothing was "
                         "written", problems)
-
-
-def _keys(data: Any, key: str = "") -> list[str]:
-    """Every key of ``data``, mappings and list items included, at every depth."""
-    found = [key] if key else []
-    if isinstance(data, Mapping):
-        for name, value in data.items():
-            found += _keys(value, f"{key}.{name}" if key else str(name))
-    elif isinstance(data, list):
-        for i, value in enumerate(data):
-            found += _keys(value, f"{key}[{i}]")
-    return found
 
 
 @dataclass(frozen=True)
@@ -215,8 +196,7 @@ class ResumePlan:
         return self.checkpoint is not None
 
     def changed(self, prefix: str) -> list[Change]:
-        return [c for c in self.applied
-                if c.key == prefix or c.key.startswith((prefix + ".", prefix + "["))]
+        return [c for c in self.applied if _named(c.key, [prefix])]
 
 
 @dataclass
@@ -252,7 +232,7 @@ def check_resume(
             verdicts.problems.append(
                 f"{change} ({rule.why}: cannot be changed on resume, even with "
                 "--allow-change)")
-    max_steps = int(flatten(new).get("trainer.max_steps", 0))
+    max_steps = int((new.get("trainer") or {}).get("max_steps", 0))
     if max_steps < step:
         verdicts.problems.append(
             f"trainer.max_steps={max_steps} is below the checkpoint's step {step}: nothing "
