@@ -8,7 +8,7 @@ from llm_gym.data.jsonl_texts import OnBadLine, open_jsonl, parse_lines, read_ba
 from llm_gym.data.sources.batch import TextBatch, location
 from llm_gym.data.sources.compressed import compressed_jsonl_batches
 from llm_gym.data.sources.inputs import InputFile
-from llm_gym.data.sources.tables import arrow_batches, parquet_batches
+from llm_gym.data.sources.tables import ARROW_FILE_MAGIC, arrow_batches, parquet_batches
 from llm_gym.errors import UserError
 
 # The first bytes of the binary formats, to name the right one when a file is read as
@@ -16,7 +16,7 @@ from llm_gym.errors import UserError
 _MAGICS = ((b"PAR1", "parquet", "a Parquet file", ".parquet"),
            (b"\x1f\x8b", "jsonl.gz", "gzip-compressed data", ".jsonl.gz"),
            (b"\x28\xb5\x2f\xfd", "jsonl.zst", "zstd-compressed data", ".jsonl.zst"),
-           (b"ARROW1", "arrow", "an Arrow IPC file", ".arrow"),
+           (ARROW_FILE_MAGIC, "arrow", "an Arrow IPC file", ".arrow"),
            (b"\xff\xff\xff\xff", "arrow", "an Arrow IPC stream", ".arrow"))
 
 

@@ -25,6 +25,8 @@ from llm_gym.data.sources.batch import TextBatch, location
 from llm_gym.data.sources.extras import require
 from llm_gym.errors import UserError
 
+ARROW_FILE_MAGIC = b"ARROW1"  # the random-access format; a stream starts otherwise
+
 
 def _check_text_column(schema: Any, field: str, path: Path, pa: Any) -> None:
     """A UserError unless ``schema`` has exactly one column ``field`` and it holds text
@@ -140,7 +142,7 @@ def arrow_batches(path: Path, field: str, batch_docs: int,
         # Read, not memory-mapped: mapped pages count in the resident set, which would
         # then grow with the file; a read batch is freed once it has been tokenized.
         source = pa.OSFile(str(path))
-        random_access = source.read(6) == b"ARROW1"
+        random_access = source.read(len(ARROW_FILE_MAGIC)) == ARROW_FILE_MAGIC
         source.seek(0)
         reader = pa.ipc.open_file(source) if random_access else pa.ipc.open_stream(source)
     except (pa.ArrowException, OSError) as e:
